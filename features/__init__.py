@@ -1,0 +1,1 @@
+"""Segments (product components) and the statistics of anomaly maps pooled over them."""

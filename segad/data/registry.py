@@ -1,0 +1,38 @@
+"""One entry point for ``--data PATH|BUILTIN --category NAME``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from segad.data.elpv import ELPV_CATEGORIES, load_elpv
+from segad.data.mvtec import categories, load_mvtec
+from segad.data.samples import Dataset, DatasetError
+from segad.data.synthetic import SYNTHETIC_CATEGORY, load_synthetic
+from segad.data.visa import is_visa_root, load_visa, visa_categories
+
+BUILTIN_DATASETS = {"elpv": ELPV_CATEGORIES, "synthetic": (SYNTHETIC_CATEGORY,)}
+
+
+def load_dataset(data: str | Path, category: str | None = None, *, include_uncertain: bool = False) -> Dataset:
+    """A built-in name (``elpv``, ``synthetic``) or a folder in the MVTec or VisA layout."""
+    if str(data) == "elpv":
+        return load_elpv(category or "mono", include_uncertain=include_uncertain)
+    if str(data) == "synthetic":
+        if category not in (None, SYNTHETIC_CATEGORY):
+            raise DatasetError(f"the synthetic dataset has one category, {SYNTHETIC_CATEGORY!r}; got {category!r}")
+        return load_synthetic()
+    root = Path(data).expanduser()
+    if not root.is_dir():
+        raise DatasetError(f"--data {data}: not a folder and not a built-in dataset ({', '.join(BUILTIN_DATASETS)})")
+    if is_visa_root(root):
+        if category is None:
+            raise DatasetError(
+                f"--category is needed for the VisA root {root}: one of {', '.join(visa_categories(root))}"
+            )
+        return load_visa(root, category)
+    if category is None:
+        found = categories(root)
+        if len(found) != 1:
+            raise DatasetError(f"--category is needed for {root}: one of {', '.join(found) or '(none found)'}")
+        category = found[0]
+    return load_mvtec(root, category)

@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from segad.data import ImageReadError, load_image, load_images, load_mask, read_rgb
+
+
+def _write(path: Path, arr: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), arr)
+    return path
+
+
+def test_grey_rgb_rgba_and_16_bit_read_alike(tmp_path: Path) -> None:
+    grey8 = _write(tmp_path / "g8.png", np.full((10, 12), 51, np.uint8))
+    grey16 = _write(tmp_path / "g16.png", np.full((10, 12), 13107, np.uint16))
+    bgr = np.zeros((10, 12, 3), np.uint8)
+    bgr[..., 2] = 255  # pure red in OpenCV's BGR order
+    rgb = _write(tmp_path / "rgb.png", bgr)
+    rgba = _write(tmp_path / "rgba.png", np.dstack([bgr, np.full((10, 12), 255, np.uint8)]))
+    for p in (grey8, grey16):
+        img = read_rgb(p)
+        assert img.shape == (10, 12, 3) and np.allclose(img, 0.2, atol=1e-4)
+    for p in (rgb, rgba):
+        assert np.allclose(read_rgb(p)[0, 0], [1.0, 0.0, 0.0])
+
+
+def test_resize_and_imagenet_normalisation(tmp_path: Path) -> None:
+    p = _write(tmp_path / "a.png", np.full((30, 50, 3), 255, np.uint8))
+    x = load_image(p, (16, 24))
+    assert x.shape == (3, 16, 24)
+    assert np.allclose(x[:, 0, 0], (1 - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225]), atol=1e-5)
+    batch = load_images([p, _write(tmp_path / "b.png", np.zeros((8, 8), np.uint8))], 32)
+    assert batch.shape == (2, 3, 32, 32)
+
+
+def test_unreadable_and_missing_files_are_named(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(ImageReadError, match=r"broken\.png is not a readable image"):
+        read_rgb(broken)
+    with pytest.raises(ImageReadError, match=r"gone\.png does not exist"):
+        load_image(tmp_path / "gone.png", 8)
+
+
+def test_mask_is_boolean_at_the_requested_size(tmp_path: Path) -> None:
+    m = np.zeros((20, 20), np.uint8)
+    m[5:10, 5:10] = 255
+    path = _write(tmp_path / "m.png", m)
+    same = load_mask(path, 20)
+    assert same.dtype == bool and np.array_equal(same, m > 0)
+    half = load_mask(path, 10)
+    assert half.shape == (10, 10) and half[3:5, 3:5].all() and half.sum() == 4  # nearest: no blended labels
+    assert not load_mask(None, 10).any()
