@@ -1,0 +1,162 @@
+"""The detector API every base detector follows, in the scikit-learn habit.
+
+``fit(good_images)`` returns self and leaves fitted state in attributes ending in ``_``;
+``predict(images)`` is pure and returns per-pixel anomaly maps plus one score per image, higher
+meaning more anomalous. State is saved as plain tensors in a safetensors file whose metadata
+carries the detector's name and config, so nothing pickled is ever loaded.
+"""
+
+from __future__ import annotations
+
+import json
+from abc import ABC, abstractmethod
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, ClassVar, Self
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from detectors.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
+from detectors.device import resolve_device
+
+ImageBatch = np.ndarray | torch.Tensor
+
+# Fields that change where or how fast a detector runs, not what it computes: left out of cache keys.
+RUNTIME_FIELDS = frozenset({"device", "batch_size", "progress"})
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    """Flat primitives only, so a config logs to MLflow as params and hashes into a cache key."""
+
+    backbone: str = DEFAULT_BACKBONE
+    seed: int = 0
+    device: str = "auto"
+    batch_size: int = 16
+    progress: bool = True
+
+    def to_params(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def identity(self) -> dict[str, Any]:
+        return {k: v for k, v in asdict(self).items() if k not in RUNTIME_FIELDS}
+
+    @classmethod
+    def from_params(cls, params: dict[str, Any]) -> Self:
+        known = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(params) - set(known))
+        if unknown:
+            raise ValueError(f"{cls.__name__} has no option(s) {unknown}; options: {sorted(known)}")
+        return cls(**params)
+
+
+@dataclass(frozen=True)
+class DetectorOutput:
+    maps: np.ndarray  # (N, H, W) float32
+    scores: np.ndarray  # (N,) float32
+
+
+def as_image_tensor(images: ImageBatch, what: str = "images") -> torch.Tensor:
+    """Validate an (N, 3, H, W) batch; mixed sizes must be resized before they get here."""
+    if isinstance(images, list | tuple):
+        shapes = {tuple(np.shape(im)) for im in images}
+        if len(shapes) > 1:
+            raise ValueError(f"{what} have mixed sizes {sorted(shapes)}; resize them to one size first")
+        images = np.stack(images) if images else np.empty((0, 3, 0, 0), np.float32)
+    t = torch.as_tensor(images)
+    if t.ndim != 4 or t.shape[1] != 3:
+        raise ValueError(f"{what} must be an (N, 3, H, W) batch, got shape {tuple(t.shape)}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{what}: the batch is empty; a detector needs at least one image")
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{what} contain NaN or infinite values; check the image files and their normalisation")
+    return t.float()
+
+
+class Detector(ABC):
+    name: ClassVar[str]
+    config_class: ClassVar[type[DetectorConfig]]
+
+    def __init__(self, config: DetectorConfig | None = None, **overrides: Any) -> None:
+        config = config or self.config_class()
+        if not isinstance(config, self.config_class):
+            raise TypeError(f"{type(self).__name__} takes a {self.config_class.__name__}, got {type(config).__name__}")
+        self.config = type(config).from_params({**config.to_params(), **overrides})
+        self._backbone: Backbone | None = None
+
+    # --- shared machinery ---------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return resolve_device(self.config.device)
+
+    @property
+    def backbone(self) -> Backbone:
+        if self._backbone is None:
+            self._backbone = load_backbone(self.config.backbone, self.device)
+        return self._backbone
+
+    def is_fitted(self) -> bool:
+        return getattr(self, "image_size_", None) is not None
+
+    def _check_fitted(self, images: torch.Tensor) -> None:
+        if not self.is_fitted():
+            raise RuntimeError(f"{self.name} is not fitted: call fit(good_images) or load a saved detector first")
+        if tuple(images.shape[-2:]) != self.image_size_:
+            raise ValueError(
+                f"{self.name} was fitted on {self.image_size_} images, got {tuple(images.shape[-2:])}; "
+                "resize to the fitted size"
+            )
+
+    def _batches(self, images: torch.Tensor, desc: str):
+        from tqdm.auto import tqdm
+
+        bs = self.config.batch_size
+        starts = range(0, images.shape[0], bs)
+        show = self.config.progress and len(starts) > 4
+        for s in tqdm(starts, desc=f"{self.name} {desc}", disable=not show, leave=False, unit="batch"):
+            yield images[s : s + bs].to(self.device, non_blocking=True)
+
+    # --- the API ------------------------------------------------------------------------------
+    @abstractmethod
+    def fit(self, images: ImageBatch) -> Self: ...
+
+    @abstractmethod
+    def predict(self, images: ImageBatch) -> DetectorOutput: ...
+
+    @abstractmethod
+    def _state(self) -> dict[str, torch.Tensor]: ...
+
+    @abstractmethod
+    def _set_state(self, state: dict[str, torch.Tensor]) -> None: ...
+
+    def save(self, path: str | Path) -> Path:
+        """Write fitted state atomically (temp file + rename) as safetensors."""
+        import os
+
+        if not self.is_fitted():
+            raise RuntimeError(f"{self.name} is not fitted; nothing to save")
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self._state().items()}
+        state["image_size_"] = torch.tensor(self.image_size_, dtype=torch.int64)
+        meta = {"detector": self.name, "config": json.dumps(self.config.to_params())}
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        save_file(state, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+        return path
+
+
+def read_metadata(path: str | Path) -> dict[str, str]:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
+def load_state(det: Detector, path: str | Path) -> Detector:
+    state = load_file(str(path))
+    det.image_size_ = tuple(int(v) for v in state.pop("image_size_").tolist())
+    det._set_state(state)
+    return det

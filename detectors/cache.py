@@ -1,0 +1,112 @@
+"""Anomaly-map cache: each map is computed once per (detector config, image size, fit set, image).
+
+A key hashes the detector's name and result-changing config, the image size and the content
+hashes of the fit images, so a changed config or fit set can never return stale maps. Inside a
+key's folder sit the fitted detector and one small file per image (float16 map, float32 score),
+each written to a temporary name and renamed, so an interrupted run keeps every finished map and
+never leaves a torn file behind.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+from detectors.base import Detector
+from detectors.registry import load_detector
+
+
+def content_id(data: bytes | np.ndarray) -> str:
+    """A stable id for an image's content (file bytes or a pixel array)."""
+    h = hashlib.sha1()
+    if isinstance(data, np.ndarray):
+        h.update(f"{data.dtype}{data.shape}".encode())
+        data = np.ascontiguousarray(data).tobytes()
+    h.update(data)
+    return h.hexdigest()
+
+
+def file_id(path: str | Path) -> str:
+    return content_id(Path(path).read_bytes())
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+class CacheEntry:
+    """One fitted detector's folder: the detector file plus a map per image id."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        (path / "maps").mkdir(parents=True, exist_ok=True)
+
+    @property
+    def detector_path(self) -> Path:
+        return self.path / "detector.safetensors"
+
+    def load_detector(self) -> Detector | None:
+        return load_detector(self.detector_path) if self.detector_path.is_file() else None
+
+    def save_detector(self, det: Detector) -> None:
+        det.save(self.detector_path)  # Detector.save is atomic itself
+
+    def _map_path(self, image_id: str) -> Path:
+        return self.path / "maps" / f"{image_id}.npz"
+
+    def get(self, image_id: str) -> tuple[np.ndarray, float] | None:
+        p = self._map_path(image_id)
+        if not p.is_file():
+            return None
+        with np.load(p) as f:
+            return f["map"], float(f["score"])
+
+    def has(self, image_id: str) -> bool:
+        return self._map_path(image_id).is_file()
+
+    def put(self, image_id: str, anomaly_map: np.ndarray, score: float) -> None:
+        def write(tmp: Path) -> None:
+            with tmp.open("wb") as f:
+                np.savez(f, map=anomaly_map.astype(np.float16), score=np.float32(score))
+
+        _atomic_write(self._map_path(image_id), write)
+
+
+class MapCache:
+    def __init__(self, root: str | Path) -> None:
+        self.root = Path(root)
+
+    @staticmethod
+    def key(det: Detector, image_size: tuple[int, int], fit_ids: Iterable[str]) -> str:
+        payload = {
+            "detector": det.name,
+            "config": det.config.identity(),
+            "image_size": list(image_size),
+            "fit": sorted(fit_ids),
+        }
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
+
+    def entry(self, det: Detector, image_size: tuple[int, int], fit_ids: Iterable[str]) -> CacheEntry:
+        key = self.key(det, image_size, fit_ids)
+        entry = CacheEntry(self.root / f"{det.name}-{key}")
+        meta = entry.path / "key.json"
+        if not meta.is_file():  # for people browsing the cache: what this folder holds
+            info = {"detector": det.name, "config": det.config.identity(), "image_size": list(image_size)}
+            _atomic_write(meta, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+        return entry
+
+    def clear(self) -> None:
+        """Remove every cached detector and map under the root."""
+        if self.root.is_dir():
+            shutil.rmtree(self.root)

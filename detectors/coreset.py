@@ -1,0 +1,68 @@
+"""Greedy k-center coreset selection (PatchCore's memory-bank subsampling).
+
+Each step adds the point farthest from the chosen set, so the cost is (points x dims) per chosen
+point: the part of PatchCore that dominates its fit time. On CPU a fused numba loop reads each
+projected feature once per step (about 4x faster than the same step in torch); on GPU torch does it.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+import torch
+
+
+@numba.njit(parallel=True, fastmath=True, cache=True)
+def _update_min_distances(x: np.ndarray, min_d: np.ndarray, centre: np.ndarray) -> None:
+    n, d = x.shape
+    for i in numba.prange(n):
+        s = np.float32(0.0)
+        for j in range(d):
+            t = x[i, j] - centre[j]
+            s += t * t
+        if s < min_d[i]:
+            min_d[i] = s
+
+
+@numba.njit(cache=True)
+def _greedy_cpu(x: np.ndarray, n_select: int, start: int) -> np.ndarray:
+    min_d = np.full(x.shape[0], np.inf, np.float32)
+    chosen = np.empty(n_select, np.int64)
+    idx = start
+    for k in range(n_select):
+        chosen[k] = idx
+        _update_min_distances(x, min_d, x[idx].copy())
+        idx = np.argmax(min_d)
+    return chosen
+
+
+def _greedy_torch(x: torch.Tensor, n_select: int, start: int) -> torch.Tensor:
+    sq = (x * x).sum(1)
+    min_d = torch.full_like(sq, float("inf"))
+    chosen = torch.empty(n_select, dtype=torch.long, device=x.device)
+    idx = torch.tensor(start, device=x.device)
+    for k in range(n_select):
+        chosen[k] = idx
+        d = sq - 2.0 * (x @ x[idx]) + sq[idx]
+        torch.minimum(min_d, d, out=min_d)
+        idx = torch.argmax(min_d)
+    return chosen
+
+
+def greedy_coreset(features: torch.Tensor, ratio: float, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:
+    """Indices of ``ceil(ratio * N)`` rows chosen by greedy k-center on a Gaussian random projection."""
+    if not 0.0 < ratio <= 1.0:
+        raise ValueError(f"coreset_ratio must be in (0, 1], got {ratio}")
+    n = features.shape[0]
+    n_select = max(1, int(np.ceil(ratio * n)))
+    if n_select >= n:
+        return torch.arange(n, device=features.device)
+    gen = torch.Generator(device="cpu").manual_seed(seed)
+    x = features.float()
+    if 0 < projection_dim < x.shape[1]:
+        proj = torch.randn(x.shape[1], projection_dim, generator=gen) / np.sqrt(projection_dim)
+        x = x @ proj.to(x.device)
+    start = int(torch.randint(n, (1,), generator=gen))
+    if x.device.type == "cpu":
+        return torch.from_numpy(_greedy_cpu(np.ascontiguousarray(x.numpy()), n_select, start))
+    return _greedy_torch(x, n_select, start)

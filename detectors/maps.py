@@ -1,0 +1,57 @@
+"""Turning coarse patch scores into image-sized anomaly maps: bilinear upsampling and Gaussian blur."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def gaussian_kernel1d(sigma: float, device: torch.device | None = None) -> torch.Tensor:
+    radius = max(1, int(4.0 * sigma + 0.5))  # truncate at 4 sigma, as scipy and anomalib do
+    x = torch.arange(-radius, radius + 1, dtype=torch.float32, device=device)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable blur of (N, H, W) maps with reflect padding; sigma <= 0 is a no-op."""
+    if sigma <= 0:
+        return maps
+    k = gaussian_kernel1d(sigma, maps.device).to(maps.dtype)
+    r = (k.numel() - 1) // 2
+    x = maps[:, None]
+    pad_mode = "reflect" if min(maps.shape[-2:]) > r else "replicate"
+    x = F.conv2d(F.pad(x, (r, r, 0, 0), mode=pad_mode), k.view(1, 1, 1, -1))
+    x = F.conv2d(F.pad(x, (0, 0, r, r), mode=pad_mode), k.view(1, 1, -1, 1))
+    return x[:, 0]
+
+
+def to_image_maps(patch_scores: torch.Tensor, size: tuple[int, int], sigma: float) -> torch.Tensor:
+    """(N, h, w) patch scores -> (N, H, W) maps, upsampled bilinearly then blurred."""
+    up = F.interpolate(patch_scores[:, None], size=size, mode="bilinear", align_corners=False)[:, 0]
+    return gaussian_blur(up, sigma)
+
+
+def pooled_features(feats: dict[str, torch.Tensor], layers: tuple[str, ...], avg_kernel: int) -> torch.Tensor:
+    """Locally averaged multi-level features, upsampled to the finest level and concatenated."""
+    target = feats[layers[0]].shape[-2:]
+    out = []
+    for name in layers:
+        f = feats[name]
+        if avg_kernel > 1:
+            f = F.avg_pool2d(f, avg_kernel, stride=1, padding=avg_kernel // 2, count_include_pad=False)
+        if f.shape[-2:] != target:
+            f = F.interpolate(f, size=target, mode="bilinear", align_corners=False)
+        out.append(f)
+    return torch.cat(out, dim=1)
+
+
+def parse_layers(layers: str) -> tuple[str, ...]:
+    """Configs keep layers as one flat string (``"layer2+layer3"``) so they log as a single param."""
+    parts = tuple(p.strip() for p in layers.replace(",", "+").split("+") if p.strip())
+    if not parts:
+        raise ValueError(f"layers {layers!r} names no backbone level; use e.g. 'layer2+layer3'")
+    return parts
+
+
+__all__ = ["gaussian_blur", "gaussian_kernel1d", "parse_layers", "pooled_features", "to_image_maps"]

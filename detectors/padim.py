@@ -1,0 +1,79 @@
+"""PaDiM (Defard et al., ICPR 2020): a Gaussian per feature-map position, Mahalanobis distance."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Self
+
+import numpy as np
+import torch
+
+from detectors.base import Detector, DetectorConfig, DetectorOutput, ImageBatch, as_image_tensor
+from detectors.maps import parse_layers, pooled_features, to_image_maps
+
+
+@dataclass(frozen=True)
+class PadimConfig(DetectorConfig):
+    layers: str = "layer1+layer2+layer3"
+    n_features: int = 100
+    covariance_eps: float = 0.01
+    blur_sigma: float = 4.0
+
+
+class Padim(Detector):
+    name = "padim"
+    config_class = PadimConfig
+    config: PadimConfig
+
+    def _embed(self, batch: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, d, h, w) with the fitted random channel subset."""
+        layers = parse_layers(self.config.layers)
+        with torch.inference_mode():
+            feats = pooled_features(self.backbone(batch, layers), layers, avg_kernel=1)
+        if not torch.isfinite(feats).all():
+            raise ValueError(f"{self.name}: the backbone produced NaN features; check the input images")
+        return feats[:, self.channels_.to(feats.device)]
+
+    def fit(self, images: ImageBatch) -> Self:
+        x = as_image_tensor(images, "good images")
+        total = sum(self.backbone.channels[n] for n in parse_layers(self.config.layers))
+        d = min(self.config.n_features, total)
+        gen = torch.Generator().manual_seed(self.config.seed)
+        self.channels_ = torch.randperm(total, generator=gen)[:d].sort().values
+        # Streaming sums in float64: no need to hold every embedding (PaDiM's reference does), and
+        # the one-pass covariance keeps its precision.
+        n, s1, s2 = 0, None, None
+        for batch in self._batches(x, "fit"):
+            e = self._embed(batch).flatten(2).permute(2, 0, 1).double()  # (P, B, d)
+            s1 = e.sum(1) if s1 is None else s1 + e.sum(1)
+            outer = torch.bmm(e.transpose(1, 2), e)
+            s2 = outer if s2 is None else s2 + outer
+            n += e.shape[1]
+        mean = s1 / n
+        cov = (s2 - n * mean[:, :, None] * mean[:, None, :]) / max(n - 1, 1)
+        cov += self.config.covariance_eps * torch.eye(d, dtype=cov.dtype, device=cov.device)
+        self.mean_ = mean.float().cpu()
+        self.inv_covariance_ = torch.linalg.inv(cov).float().cpu().contiguous()  # row-major, as loaded
+        self.image_size_ = tuple(x.shape[-2:])
+        return self
+
+    def predict(self, images: ImageBatch) -> DetectorOutput:
+        x = as_image_tensor(images)
+        self._check_fitted(x)
+        mean, inv = self.mean_.to(self.device), self.inv_covariance_.to(self.device)
+        maps, scores = [], []
+        for batch in self._batches(x, "predict"):
+            e = self._embed(batch)
+            b, _, h, w = e.shape
+            delta = e.flatten(2).permute(2, 0, 1) - mean[:, None, :]  # (P, B, d)
+            dist = (torch.bmm(delta, inv) * delta).sum(-1).clamp_min_(0).sqrt_()  # (P, B)
+            m = to_image_maps(dist.T.reshape(b, h, w), self.image_size_, self.config.blur_sigma)
+            maps.append(m.cpu())
+            scores.append(m.flatten(1).max(1).values.cpu())
+        return DetectorOutput(torch.cat(maps).numpy().astype(np.float32), torch.cat(scores).numpy().astype(np.float32))
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        return {"channels_": self.channels_, "mean_": self.mean_, "inv_covariance_": self.inv_covariance_}
+
+    def _set_state(self, state: dict[str, torch.Tensor]) -> None:
+        self.channels_, self.mean_, self.inv_covariance_ = state["channels_"], state["mean_"], state["inv_covariance_"]

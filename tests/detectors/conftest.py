@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+
+from segad.data.images import normalise
+from segad.data.samples import GOOD, Split
+from segad.data.synthetic import SyntheticSpec, render
+
+SPEC = SyntheticSpec(image_size=96, seed=11)
+
+
+@dataclass(frozen=True)
+class TinySet:
+    train: np.ndarray  # (n, 3, H, W) model-ready good images
+    test: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+
+
+def _batch(items) -> np.ndarray:
+    return np.stack([normalise(it.image.astype(np.float32) / 255.0) for it in items])
+
+
+@pytest.fixture(scope="session")
+def tiny() -> TinySet:
+    train = [render(SPEC, i, GOOD, Split.TRAIN) for i in range(12)]
+    test = [render(SPEC, i, GOOD) for i in range(4)]
+    test += [render(SPEC, i, kind) for kind in ("contamination", "missing") for i in range(3)]
+    return TinySet(
+        _batch(train),
+        _batch(test),
+        np.array([0 if t.defect_type == GOOD else 1 for t in test]),
+        np.stack([t.mask for t in test]),
+    )

@@ -1,0 +1,37 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from detectors.coreset import _greedy_torch, greedy_coreset
+
+
+def naive_greedy(x: np.ndarray, n_select: int, start: int) -> list[int]:
+    chosen = [start]
+    min_d = ((x - x[start]) ** 2).sum(1)
+    while len(chosen) < n_select:
+        idx = int(min_d.argmax())
+        chosen.append(idx)
+        min_d = np.minimum(min_d, ((x - x[idx]) ** 2).sum(1))
+    return chosen
+
+
+def test_numba_and_torch_follow_the_textbook_greedy() -> None:
+    x = torch.randn(500, 16, generator=torch.Generator().manual_seed(0))
+    picked = greedy_coreset(x, 0.05, projection_dim=0, seed=3).tolist()
+    assert picked == naive_greedy(x.numpy().astype(np.float64), 25, picked[0])
+    assert _greedy_torch(x, 25, picked[0]).tolist() == picked
+
+
+def test_coreset_covers_the_outliers_a_random_sample_misses() -> None:
+    x = torch.cat([torch.randn(2000, 8), torch.full((3, 8), 25.0) + torch.randn(3, 8)])
+    picked = set(greedy_coreset(x, 0.01, projection_dim=4).tolist())
+    assert {2000, 2001, 2002} & picked  # the far cluster is reached in the first steps
+
+
+def test_ratio_bounds() -> None:
+    x = torch.randn(10, 4)
+    assert greedy_coreset(x, 1.0).tolist() == list(range(10))
+    with pytest.raises(ValueError, match="coreset_ratio"):
+        greedy_coreset(x, 0.0)

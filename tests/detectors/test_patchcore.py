@@ -1,0 +1,78 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import roc_auc_score
+
+from detectors import PatchCore, PatchCoreConfig, load_detector, make_detector
+from tests.detectors.conftest import TinySet
+
+FAST = {"coreset_ratio": 0.1, "progress": False, "device": "cpu"}
+
+
+@pytest.fixture(scope="module")
+def fitted(tiny: TinySet) -> PatchCore:
+    return make_detector("patchcore", **FAST).fit(tiny.train)
+
+
+def peak_in_mask(maps: np.ndarray, masks: np.ndarray, tolerance_px: int = 4) -> np.ndarray:
+    kernel = np.ones((2 * tolerance_px + 1,) * 2, np.uint8)
+    return np.array(
+        [cv2.dilate(k.astype(np.uint8), kernel).reshape(-1)[m.argmax()] > 0 for m, k in zip(maps, masks, strict=True)]
+    )
+
+
+def test_finds_the_planted_defects(fitted: PatchCore, tiny: TinySet) -> None:
+    out = fitted.predict(tiny.test)
+    assert out.maps.shape == (len(tiny.test), 96, 96) and out.maps.dtype == np.float32
+    assert roc_auc_score(tiny.labels, out.scores) >= 0.95
+    bad = tiny.labels == 1
+    assert peak_in_mask(out.maps[bad], tiny.masks[bad]).all()
+
+
+def test_memory_bank_is_the_coreset(fitted: PatchCore) -> None:
+    n_patches = 12 * (96 // 8) ** 2
+    assert fitted.memory_bank_.shape == (int(np.ceil(0.1 * n_patches)), 40 + 112)
+    assert fitted.image_size_ == (96, 96)
+
+
+def test_save_load_gives_identical_maps(fitted: PatchCore, tiny: TinySet, tmp_path: Path) -> None:
+    path = fitted.save(tmp_path / "pc.safetensors")
+    again = load_detector(path)
+    assert isinstance(again, PatchCore) and again.config == fitted.config
+    a, b = fitted.predict(tiny.test), again.predict(tiny.test)
+    assert np.array_equal(a.maps, b.maps) and np.array_equal(a.scores, b.scores)
+
+
+def test_reweighting_and_half_bank(tiny: TinySet, fitted: PatchCore) -> None:
+    plain = fitted.predict(tiny.test).scores
+    reweighted = make_detector("patchcore", **FAST, reweight=True).fit(tiny.train).predict(tiny.test).scores
+    assert not np.allclose(plain, reweighted)
+    assert np.all(reweighted <= plain + 1e-6)  # the weight is in (0, 1)
+    assert roc_auc_score(tiny.labels, reweighted) >= 0.95
+    half = make_detector("patchcore", **FAST, half_bank=True).fit(tiny.train)
+    assert half.memory_bank_.dtype == torch.float16
+    assert np.allclose(half.predict(tiny.test).scores, plain, rtol=1e-2)
+
+
+def test_bad_input_is_a_clear_error(tiny: TinySet, fitted: PatchCore) -> None:
+    with pytest.raises(ValueError, match="empty"):
+        PatchCore(PatchCoreConfig(**FAST)).fit(tiny.train[:0])
+    with pytest.raises(ValueError, match="mixed sizes"):
+        PatchCore(PatchCoreConfig(**FAST)).fit([tiny.train[0], tiny.train[1, :, :64, :64]])
+    nan = tiny.train[:2].copy()
+    nan[0, 0, 0, 0] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        PatchCore(PatchCoreConfig(**FAST)).fit(nan)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        PatchCore().predict(tiny.test)
+    with pytest.raises(ValueError, match="fitted on"):
+        fitted.predict(tiny.test[:, :, :64, :64])
+    with pytest.raises(ValueError, match="available: padim, patchcore"):
+        make_detector("patchkore")
+    with pytest.raises(ValueError, match="no option"):
+        make_detector("patchcore", coreset=0.1)

@@ -1,0 +1,61 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from detectors import make_detector
+from detectors.cache import MapCache
+from segad.maps import ImageSet, compute_maps
+from tests.detectors.conftest import TinySet
+
+FAST = {"coreset_ratio": 0.1, "progress": False, "device": "cpu"}
+PADIM = {"progress": False, "device": "cpu"}
+
+
+def test_second_call_hits_and_a_config_change_misses(tiny: TinySet, tmp_path: Path) -> None:
+    cache = MapCache(tmp_path)
+    fit, test = ImageSet.from_arrays(tiny.train), ImageSet.from_arrays(tiny.test)
+    first = compute_maps(make_detector("patchcore", **FAST), fit, test, (96, 96), cache)
+    assert first.cached_maps == 0 and first.fit_seconds > 0
+    second = compute_maps(make_detector("patchcore", **FAST), fit, test, (96, 96), cache)
+    assert second.cached_maps == len(test) and second.fit_seconds == 0
+    assert np.array_equal(first.maps, second.maps) and np.array_equal(first.scores, second.scores)
+    # Runtime-only options do not change the key; result-changing ones do.
+    assert compute_maps(make_detector("patchcore", **{**FAST, "batch_size": 3}), fit, test, (96, 96), cache).cached_maps
+    changed = compute_maps(make_detector("patchcore", **{**FAST, "coreset_ratio": 0.2}), fit, test, (96, 96), cache)
+    assert changed.cached_maps == 0 and changed.fit_seconds > 0
+    refit = compute_maps(
+        make_detector("patchcore", **FAST), ImageSet.from_arrays(tiny.train[1:]), test, (96, 96), cache
+    )
+    assert refit.cached_maps == 0  # another fit set never returns stale maps
+
+
+def test_interrupted_run_keeps_finished_maps(tiny: TinySet, tmp_path: Path) -> None:
+    cache = MapCache(tmp_path)
+    fit = ImageSet.from_arrays(tiny.train)
+    full = ImageSet.from_arrays(tiny.test)
+    calls = []
+
+    def flaky(idx):
+        calls.append(list(idx))
+        if len(calls) > 1:
+            raise KeyboardInterrupt
+        return tiny.test[list(idx)]
+
+    with pytest.raises(KeyboardInterrupt):
+        compute_maps(make_detector("padim", **PADIM), fit, ImageSet(full.ids, flaky), (96, 96), cache, chunk=4)
+    resumed = compute_maps(make_detector("padim", **PADIM), fit, full, (96, 96), cache, chunk=4)
+    assert resumed.cached_maps == 4 and resumed.fit_seconds == 0
+    assert not list(tmp_path.rglob("*.tmp"))
+
+
+def test_no_cache_recomputes_and_clear_empties(tiny: TinySet, tmp_path: Path) -> None:
+    fit, test = ImageSet.from_arrays(tiny.train[:4]), ImageSet.from_arrays(tiny.test[:2])
+    out = compute_maps(make_detector("padim", **PADIM), fit, test, (96, 96), None)
+    assert out.cached_maps == 0 and out.maps.shape == (2, 96, 96)
+    cache = MapCache(tmp_path / "c")
+    compute_maps(make_detector("padim", **PADIM), fit, test, (96, 96), cache)
+    cache.clear()
+    assert not (tmp_path / "c").exists()
