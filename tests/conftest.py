@@ -1,10 +1,14 @@
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from segad.data.synthetic import SyntheticSpec, write_mvtec
+from segad.data.images import normalise
+from segad.data.samples import GOOD, Split
+from segad.data.synthetic import SyntheticSpec, render, write_mvtec
 
 TINY = SyntheticSpec(image_size=64, n_train=8, n_test_good=4, n_defects_per_type=2, seed=7)
 
@@ -20,3 +24,32 @@ def tiny_mvtec(tmp_path: Path) -> Path:
     """A tiny synthetic set in the MVTec layout; returns the dataset root (category ``widget``)."""
     write_mvtec(TINY, tmp_path / "root")
     return tmp_path / "root"
+
+
+# A model-ready set for detector tests: 96 px so the stride-8 features see the defects.
+SPEC = SyntheticSpec(image_size=96, seed=11)
+
+
+@dataclass(frozen=True)
+class TinySet:
+    train: np.ndarray  # (n, 3, H, W) model-ready good images
+    test: np.ndarray
+    labels: np.ndarray
+    masks: np.ndarray
+
+
+def _batch(items) -> np.ndarray:
+    return np.stack([normalise(it.image.astype(np.float32) / 255.0) for it in items])
+
+
+@pytest.fixture(scope="session")
+def tiny() -> TinySet:
+    train = [render(SPEC, i, GOOD, Split.TRAIN) for i in range(12)]
+    test = [render(SPEC, i, GOOD) for i in range(4)]
+    test += [render(SPEC, i, kind) for kind in ("contamination", "missing") for i in range(3)]
+    return TinySet(
+        _batch(train),
+        _batch(test),
+        np.array([0 if t.defect_type == GOOD else 1 for t in test]),
+        np.stack([t.mask for t in test]),
+    )

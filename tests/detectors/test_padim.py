@@ -8,7 +8,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from detectors import Padim, load_detector, make_detector
-from tests.detectors.conftest import TinySet
+from tests.conftest import TinySet
 from tests.detectors.test_patchcore import peak_in_mask
 
 FAST = {"progress": False, "device": "cpu", "batch_size": 5}

@@ -9,7 +9,7 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from detectors import PatchCore, PatchCoreConfig, load_detector, make_detector
-from tests.detectors.conftest import TinySet
+from tests.conftest import TinySet
 
 FAST = {"coreset_ratio": 0.1, "progress": False, "device": "cpu"}
 

@@ -8,7 +8,7 @@ import pytest
 from detectors import make_detector
 from detectors.cache import MapCache
 from segad.maps import ImageSet, compute_maps
-from tests.detectors.conftest import TinySet
+from tests.conftest import TinySet
 
 FAST = {"coreset_ratio": 0.1, "progress": False, "device": "cpu"}
 PADIM = {"progress": False, "device": "cpu"}
