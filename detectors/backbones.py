@@ -36,21 +36,27 @@ class Backbone(nn.Module):
         self.name = name
         self.channels = channels
 
-    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:  # pragma: no cover - abstract
+    def features(self, x: torch.Tensor, last: str = "layer4") -> dict[str, torch.Tensor]:  # pragma: no cover
         raise NotImplementedError
 
     def forward(self, x: torch.Tensor, layers: Sequence[str] = LAYERS) -> dict[str, torch.Tensor]:
         unknown = set(layers) - set(LAYERS)
         if unknown:
             raise ValueError(f"unknown backbone layers {sorted(unknown)}; choose from {LAYERS}")
-        feats = self.features(x)
-        return {k: feats[k] for k in layers}
+        deepest = max(LAYERS.index(k) for k in layers)  # stop there: deeper blocks would be wasted work
+        feats = self.features(self.prepare(x), LAYERS[deepest])
+        return {k: feats[k].contiguous() for k in layers}
 
     def freeze(self) -> Backbone:
+        """Eval mode, no gradients, and whatever inference-only speed-ups the network offers."""
         self.eval()
         for p in self.parameters():
             p.requires_grad_(False)
         return self
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        """Input layout the network runs fastest in (channels-last suits depthwise convs on CPU)."""
+        return x
 
 
 # --- EfficientNet-Lite0 --------------------------------------------------------------------------
@@ -99,6 +105,21 @@ class _MBConv(nn.Module):
         y = self._bn2(self._project_conv(y))
         return y + x if self.skip else y
 
+    def fuse(self) -> None:
+        pairs = [("_depthwise_conv", "_bn1"), ("_project_conv", "_bn2")]
+        if hasattr(self, "_expand_conv"):
+            pairs.append(("_expand_conv", "_bn0"))
+        for conv, bn in pairs:
+            _fuse(self, conv, bn)
+
+
+def _fuse(module: nn.Module, conv: str, bn: str) -> None:
+    """Fold an eval-mode BatchNorm into the conv before it: one pass over the activations, not two."""
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    setattr(module, conv, fuse_conv_bn_eval(getattr(module, conv), getattr(module, bn)))
+    setattr(module, bn, nn.Identity())
+
 
 class EfficientNetLite0(Backbone):
     # Index of the last block of each output level: strides 4, 8, 16, 32.
@@ -118,18 +139,31 @@ class EfficientNetLite0(Backbone):
         self._bn1 = nn.BatchNorm2d(1280, **_BN)
         self._fc = nn.Linear(1280, 1000)
 
-    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def features(self, x: torch.Tensor, last: str = "layer4") -> dict[str, torch.Tensor]:
         out = {}
         x = F.relu6(self._bn0(self._conv_stem(x)))
         for i, block in enumerate(self._blocks):
             x = block(x)
             if i in self._LEVEL_ENDS:
                 out[self._LEVEL_ENDS[i]] = x
+                if self._LEVEL_ENDS[i] == last:
+                    break
         return out
+
+    def freeze(self) -> Backbone:
+        super().freeze()
+        _fuse(self, "_conv_stem", "_bn0")
+        _fuse(self, "_conv_head", "_bn1")
+        for block in self._blocks:
+            block.fuse()
+        return self.to(memory_format=torch.channels_last)
+
+    def prepare(self, x: torch.Tensor) -> torch.Tensor:
+        return x.contiguous(memory_format=torch.channels_last)
 
     def classify(self, x: torch.Tensor) -> torch.Tensor:
         """ImageNet logits: only used to prove the shipped weights are the real ones."""
-        x = self.features(x)["layer4"]
+        x = self.features(self.prepare(x))["layer4"]
         x = F.relu6(self._bn1(self._conv_head(x)))
         return self._fc(x.mean(dim=(2, 3)))
 
@@ -160,13 +194,15 @@ class _TorchvisionResNet(Backbone):
         super().__init__(name, dict(zip(LAYERS, widths, strict=True)))
         self.net = net
 
-    def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def features(self, x: torch.Tensor, last: str = "layer4") -> dict[str, torch.Tensor]:
         n = self.net
         x = n.maxpool(n.relu(n.bn1(n.conv1(x))))
         out = {}
         for name in LAYERS:
             x = getattr(n, name)(x)
             out[name] = x
+            if name == last:
+                break
         return out
 
 

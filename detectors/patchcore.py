@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Self
 
@@ -55,11 +56,14 @@ class PatchCore(Detector):
 
     def fit(self, images: ImageBatch) -> Self:
         x = as_image_tensor(images, "good images")
+        t0 = time.perf_counter()
         patches = torch.cat([self._embed(b).flatten(0, 2).cpu() for b in self._batches(x, "fit")])
+        t1 = time.perf_counter()
         keep = greedy_coreset(
             patches.to(self.device), self.config.coreset_ratio, self.config.projection_dim, self.config.seed
         )
         bank = patches[keep.cpu()]
+        self.fit_seconds_ = {"features": t1 - t0, "coreset": time.perf_counter() - t1}
         self.memory_bank_ = bank.half() if self.config.half_bank else bank
         self.image_size_ = tuple(x.shape[-2:])
         return self

@@ -1,0 +1,118 @@
+"""Benchmark the base detectors: fit time, predict ms/image, peak RAM, image AUROC.
+
+Each (detector, size) runs in a fresh process so peak RAM is that run's alone.
+
+    python experiments/bench_detectors.py --n-fit 180 --no-quality     # speed: 180 ELPV mono cells, 256 px
+    python experiments/bench_detectors.py --category poly              # quality: all good training cells
+    python experiments/bench_detectors.py --fit-from all --n-fit 1000 --detectors patchcore --no-quality  # 8 GiB check
+    python experiments/bench_detectors.py --device cuda                # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+def fit_images(source: str, n: int) -> list:
+    """The first n (0: all) good training cells of an ELPV category, or of mono then poly for ``all``."""
+    from segad.data import load_elpv
+
+    cats = ("mono", "poly") if source == "all" else (source,)
+    paths = [s.image_path for c in cats for s in load_elpv(c).train_good]
+    if n > len(paths):
+        raise SystemExit(f"--n-fit {n}: ELPV {source} has only {len(paths)} good training cells")
+    return paths[: n or len(paths)]
+
+
+def run_one(args: argparse.Namespace) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    from detectors import make_detector
+    from segad.data import load_elpv, load_images
+
+    params = {"device": args.device, "progress": False, "backbone": args.backbone}
+    if args.detector == "patchcore":
+        params["coreset_ratio"] = args.coreset_ratio
+    det = make_detector(args.detector, **params)
+    fit_paths = fit_images(args.fit_from or args.category, args.n_fit)
+    fit = load_images(fit_paths, args.image_size)
+    t0 = time.perf_counter()
+    det.fit(fit)
+    if det.device.type == "cuda":
+        torch.cuda.synchronize()
+    fit_s = time.perf_counter() - t0
+    del fit
+    ds = load_elpv(args.category)
+    test = ds.test
+    x = load_images([s.image_path for s in test[: args.n_predict]], args.image_size)
+    det.predict(x[: det.config.batch_size])  # warm-up
+    t0 = time.perf_counter()
+    det.predict(x)
+    if det.device.type == "cuda":
+        torch.cuda.synchronize()
+    ms = (time.perf_counter() - t0) * 1000 / len(x)
+    out = {
+        "detector": args.detector,
+        "backbone": args.backbone,
+        "device": str(det.device),
+        "category": args.category,
+        "n_fit": len(fit_paths),
+        "image_size": args.image_size,
+        "fit_s": round(fit_s, 2),
+        "predict_ms_per_image": round(ms, 1),
+    }
+    if args.detector == "patchcore":
+        out["coreset_ratio"] = args.coreset_ratio
+        out["coreset_s"] = round(det.fit_seconds_["coreset"], 2)
+    if args.quality:
+        scores = []
+        for s in range(0, len(test), 64):
+            chunk = load_images([t.image_path for t in test[s : s + 64]], args.image_size)
+            scores.append(det.predict(chunk).scores)
+        out["image_auroc"] = round(float(roc_auc_score([t.label for t in test], np.concatenate(scores))), 4)
+    out["peak_rss_gib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2)
+    if det.device.type == "cuda":
+        out["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--detectors", default="patchcore,padim")
+    ap.add_argument("--detector", help=argparse.SUPPRESS)
+    ap.add_argument("--backbone", default="efficientnet_lite0")
+    ap.add_argument("--category", default="mono", choices=("mono", "poly"), help="ELPV category to test on")
+    ap.add_argument("--fit-from", choices=("mono", "poly", "all"), help="fit cells' category (default: --category)")
+    ap.add_argument("--n-fit", type=int, default=0, help="number of good cells to fit on (0: all)")
+    ap.add_argument("--n-predict", type=int, default=64)
+    ap.add_argument("--image-size", type=int, default=256)
+    ap.add_argument("--coreset-ratio", type=float, default=0.01)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--no-quality", dest="quality", action="store_false")
+    args = ap.parse_args()
+    if args.detector:
+        print(json.dumps(run_one(args)))
+        return
+    rows = []
+    for name in args.detectors.split(","):
+        cmd = [sys.executable, __file__, "--detector", name] + [a for a in sys.argv[1:]]
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode:
+            raise SystemExit(f"{name} failed:\n{res.stderr}")
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+    keys = sorted({k for r in rows for k in r}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
+    print(" | ".join(keys))
+    for r in rows:
+        print(" | ".join(str(r.get(k, "")) for k in keys))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,3 @@
+from segad.train import main
+
+raise SystemExit(main())

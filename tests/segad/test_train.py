@@ -1,0 +1,57 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from segad.data.synthetic import SyntheticSpec, write_mvtec
+from segad.train import main
+
+SMALL = SyntheticSpec(image_size=96, n_train=16, n_test_good=6, n_defects_per_type=2, seed=5)
+
+
+@pytest.fixture
+def small_mvtec(tmp_path: Path) -> Path:
+    write_mvtec(SMALL, tmp_path / "small")
+    return tmp_path / "small"
+
+
+def test_runs_the_protocol_and_writes_the_summary(small_mvtec: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "summary.json"
+    args = ["--data", str(small_mvtec), "--image-size", "96", "--shots", "2", "--seeds", "3", "--device", "cpu"]
+    args += ["--set", "patchcore.coreset_ratio=0.25"]
+    assert main([*args, "--summary-json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    for name in ("patchcore", "padim", "ensemble"):
+        assert name in printed
+    summary = json.loads(out.read_text())
+    assert set(summary["methods"]) == {"patchcore", "padim", "ensemble"}
+    for m in summary["methods"].values():
+        assert [r["seed"] for r in m["per_seed"]] == [333, 576, 725]
+        assert 0.0 <= m["auroc_mean"] <= 1.0 and 0.0 <= m["fpr95_mean"] <= 1.0
+    # The planted defects are obvious: the detectors must separate them.
+    assert summary["methods"]["patchcore"]["auroc_mean"] > 0.9
+    assert summary["config"]["shots"] == 2
+    # Second run: every map comes from the cache and the numbers are the same.
+    again = tmp_path / "again.json"
+    assert main([*args, "--summary-json", str(again)]) == 0
+    second = json.loads(again.read_text())
+    assert all(d["cached_maps"] > 0 and d["fit_seconds"] == 0 for d in second["detectors"].values())
+    assert second["methods"] == summary["methods"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--shots", "99"], "--shots 99: .* has 10 test defects"),
+        (["--detectors", "patchcore,fastflux"], "unknown detector 'fastflux'"),
+        (["--seeds", "11"], "--seeds must be between 1 and 10"),
+        (["--set", "patchcore.coreset=0.1"], "patchcore has no option 'coreset'"),
+        (["--set", "coreset_ratio=0.1"], "use DETECTOR.OPTION=VALUE"),
+    ],
+)
+def test_bad_options_fail_before_any_work(tiny_mvtec: Path, capsys, extra: list[str], message: str) -> None:
+    assert main(["--data", str(tiny_mvtec), "--image-size", "64", *extra]) == 2
+    err = capsys.readouterr().err
+    assert pytest.importorskip("re").search(message, err), err
