@@ -50,7 +50,7 @@ def test_too_few_normal_pixels_is_an_error() -> None:
 
 def test_too_few_thresholds_inside_the_bounds_is_an_error() -> None:
     masks, maps = _set(0)
-    with pytest.raises(MetricError, match="only .* thresholds fall inside"):
+    with pytest.raises(MetricError, match=r"only .* thresholds fall inside"):
         aupimo(masks, maps, num_thresholds=500)
 
 
