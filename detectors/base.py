@@ -115,7 +115,8 @@ class Detector(ABC):
         bs = self.config.batch_size
         starts = range(0, images.shape[0], bs)
         show = self.config.progress and len(starts) > 4
-        for s in tqdm(starts, desc=f"{self.name} {desc}", disable=not show, leave=False, unit="batch"):
+        # disable=None: tqdm shows the bar on a terminal only, so logs and CI stay clean.
+        for s in tqdm(starts, desc=f"{self.name} {desc}", disable=None if show else True, leave=False, unit="batch"):
             yield images[s : s + bs].to(self.device, non_blocking=True)
 
     # --- the API ------------------------------------------------------------------------------

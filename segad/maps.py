@@ -88,7 +88,12 @@ def compute_maps(
         else:
             maps[i], scores[i] = hit
     t0 = time.perf_counter()
-    for s in range(0, len(todo), chunk):
+    from tqdm.auto import tqdm
+
+    starts = range(0, len(todo), chunk)
+    for s in tqdm(
+        starts, desc=f"{det.name} maps", unit="chunk", leave=False, disable=None if len(starts) > 1 else True
+    ):
         idx = todo[s : s + chunk]
         out = det.predict(images.load(idx))
         for j, i in enumerate(idx):

@@ -1,7 +1,10 @@
-"""``python -m segad.train``: fit the base detectors, compare them over SegAD's seeds, print the table.
+"""``python -m segad.train``: SegAD against its base detectors, over SegAD's seeds, on one dataset.
 
-Runs SegAD's protocol (``segad.protocol``) on a dataset: every base detector alone and a naive
-ensemble (mean of z-normalised detector scores), image AUROC and FPR@95TPR as mean ± std over seeds.
+The pipeline, top to bottom: images -> detectors (fit on good, maps cached) -> segments -> per-segment
+features -> classifier per seed -> scores -> metrics. Every base detector alone, a naive ensemble
+(mean of z-normalised detector scores) and SegAD are scored on the same test set of each seed; the
+table gives image AUROC and FPR@95TPR as mean ± std over seeds. The saved model's classifier is the
+first seed's (held-out good + that seed's shots + generated defects).
 """
 
 from __future__ import annotations
@@ -19,10 +22,18 @@ import numpy as np
 
 from detectors import DEFAULT_BACKBONE, DEFAULT_DETECTORS, make_detector
 from detectors.registry import detector_class
-from segad.data import Dataset, DatasetError, load_dataset
+from features import FolderSegments, KMeansSegments, SegmentSpec, make_segmenter
+from features.vector import feature_matrix
+from segad.classifier import SegadClassifier
+from segad.data import Dataset, DatasetError, Sample, load_dataset
+from segad.defects import generate_defects
 from segad.evaluate import MethodResult, format_table, normalise_scores
 from segad.maps import DetectorMaps, ImageSet, compute_maps, default_cache
+from segad.pipeline import SegadPipeline
 from segad.protocol import check_evaluable, fit_split, seed_split, seeds
+
+GENERATED_SEED = 0
+KMEANS_FIT_IMAGES = 64
 
 
 @dataclass(frozen=True)
@@ -35,8 +46,12 @@ class TrainConfig:
     backbone: str = DEFAULT_BACKBONE
     image_size: int = 256
     shots: int = 10
+    generated: int = 0
     seeds: int = 10
+    segments: str = "auto"  # auto: the dataset's own segment maps when it has them, else kmeans:4
+    classifier: str = "brf"
     device: str = "auto"
+    model_dir: str | None = None
     summary_json: str | None = None
     no_cache: bool = False
     detector_options: str = ""  # "patchcore.coreset_ratio=0.1,padim.n_features=50"
@@ -87,6 +102,7 @@ class TrainResult:
     methods: list[MethodResult]
     detector_maps: dict[str, DetectorMaps]
     seconds: float
+    pipeline: SegadPipeline | None = None
 
     def summary(self) -> dict:
         return {
@@ -109,41 +125,165 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+def resolve_segments(cfg: TrainConfig, ds: Dataset) -> SegmentSpec:
+    if cfg.segments == "auto":
+        return SegmentSpec("folder") if ds.has_segments else SegmentSpec("kmeans", 4)
+    return SegmentSpec.parse(cfg.segments)
+
+
+def segment_paths(spec: SegmentSpec, ds: Dataset, samples: Sequence[Sample]) -> list[Path | None] | None:
+    """Each sample's segment map for ``folder`` segments, checked before any long work starts."""
+    if spec.method != "folder":
+        return None
+    if spec.path is None:
+        paths = [s.segment_path for s in samples]
+        missing = [str(s.image_path) for s, p in zip(samples, paths, strict=True) if p is None]
+        if missing:
+            raise DatasetError(
+                f"--segments folder: {ds.name}/{ds.category} has no segment map for {len(missing)} images, "
+                f"e.g. {missing[0]}; give --segments folder:PATH, kmeans:K or whole"
+            )
+        return paths
+    root = Path(spec.path)
+    out, missing = [], []
+    for s in samples:
+        nested = root / str(s.split) / s.defect_type / f"{s.stem}.png"
+        flat = root / f"{s.stem}.png"
+        p = nested if nested.is_file() else flat if flat.is_file() else None
+        if p is None:
+            missing.append(str(nested))
+        out.append(p)
+    if missing:
+        shown = "\n  ".join(missing[:10])
+        raise DatasetError(f"--segments {spec}: {len(missing)} segment maps are missing, e.g.\n  {shown}")
+    return out
+
+
 def run(cfg: TrainConfig) -> TrainResult:
     t0 = time.perf_counter()
     names = cfg.detector_names
     options = {n: cfg.options_for(n) for n in names}
+    SegadClassifier(cfg.classifier)  # a bad preset fails here
+    if cfg.generated < 0:
+        raise ValueError(f"--generated must be >= 0, got {cfg.generated}")
     ds: Dataset = load_dataset(cfg.data, cfg.category)
     check_evaluable(ds)
     splits = [seed_split(ds, cfg.shots, s) for s in seeds(cfg.seeds)]  # bad --shots fails here, before any fit
+    if cfg.shots == 0 and cfg.generated == 0:
+        raise ValueError("--shots 0 (one-class) needs generated defects to train on: add e.g. --generated 50")
     fs = fit_split(ds)
+    if not fs.holdout_good:
+        raise DatasetError(f"{ds.name}/{ds.category}: too few good training images to hold any out for SegAD")
+    spec = resolve_segments(cfg, ds)
+    scored = list(fs.holdout_good) + list(ds.test)
+    seg_paths = segment_paths(spec, ds, scored)  # folder maps that do not match fail here
     _log(ds.summary())
-    _log(f"detectors fit on {len(fs.fit_good)} good images; {len(fs.holdout_good)} held out for the classifier")
+    _log(f"detectors fit on {len(fs.fit_good)} good images; {len(fs.holdout_good)} held out for SegAD")
 
+    # 1. images -> detectors -> anomaly maps (cached)
     size = (cfg.image_size, cfg.image_size)
     fit_set = ImageSet.from_paths([s.image_path for s in fs.fit_good], size)
-    scored = list(fs.holdout_good) + list(ds.test)
     score_set = ImageSet.from_paths([s.image_path for s in scored], size)
+    generated, gen_set, gen_seg_paths = _generated_defects(cfg, fs, seg_paths, size)
     cache = None if cfg.no_cache else default_cache()
     maps: dict[str, DetectorMaps] = {}
+    gen_maps: dict[str, DetectorMaps] = {}
+    detectors = []
     for name in names:
         det = make_detector(name, **{"backbone": cfg.backbone, "device": cfg.device, **options[name]})
-        _log(f"{name}: fitting / predicting {len(score_set)} images ...")
+        _log(f"{name}: fitting / predicting {len(score_set) + len(gen_set)} images ...")
         maps[name] = compute_maps(det, fit_set, score_set, size, cache)
-        dm = maps[name]
-        _log(f"{name}: fit {dm.fit_seconds:.1f}s, {dm.cached_maps} maps from cache")
+        if len(gen_set):
+            gen_maps[name] = compute_maps(det, fit_set, gen_set, size, cache)
+        detectors.append(maps[name].detector)
+        _log(f"{name}: fit {maps[name].fit_seconds:.1f}s, {maps[name].cached_maps} maps from cache")
 
+    # 2. segments -> 3. per-segment features
+    segmenter = make_segmenter(spec, cfg.backbone, cfg.device)
+    segmenter = _fit_segmenter(segmenter, fit_set, fs, seg_paths)
+    k = segmenter.n_segments_
+    X = feature_matrix(
+        {n: maps[n].maps for n in names},
+        {n: maps[n].scores for n in names},
+        _segments(segmenter, score_set, seg_paths),
+        k,
+    )
+    X_gen = (
+        feature_matrix(
+            {n: gen_maps[n].maps for n in names},
+            {n: gen_maps[n].scores for n in names},
+            _segments(segmenter, gen_set, gen_seg_paths),
+            k,
+        )
+        if len(gen_set)
+        else np.empty((0, X.shape[1]))
+    )
+    _log(f"segments: {spec} ({k}); {X.shape[1]} features per image; {len(generated)} generated defects")
+
+    # 4. classifier per seed -> scores -> metrics
     n_hold = len(fs.holdout_good)
     labels = np.array([s.label for s in ds.test])
-    results = {n: MethodResult(n) for n in [*names, "ensemble"]}
+    X_hold, X_test = X[:n_hold], X[n_hold:]
+    results = {n: MethodResult(n) for n in [*names, "ensemble", "segad"]}
     normalised = {n: normalise_scores(maps[n].scores[n_hold:], maps[n].scores[:n_hold]) for n in names}
     ensemble = np.mean([normalised[n] for n in names], axis=0)
+    first_clf = None
     for sp in splits:
         y = labels[sp.test]
         for n in names:
             results[n].add(sp.seed, y, maps[n].scores[n_hold:][sp.test])
         results["ensemble"].add(sp.seed, y, ensemble[sp.test])
-    return TrainResult(cfg, f"{ds.name}/{ds.category}", list(results.values()), maps, time.perf_counter() - t0)
+        X_train = np.concatenate([X_hold, X_test[sp.train_defects], X_gen])
+        y_train = np.r_[np.zeros(n_hold), np.ones(len(sp.train_defects) + len(X_gen))]
+        clf = SegadClassifier(cfg.classifier, seed=sp.seed).fit(X_train, y_train)
+        results["segad"].add(sp.seed, y, clf.decision_function(X_test[sp.test]))
+        first_clf = first_clf or clf
+
+    result = TrainResult(cfg, f"{ds.name}/{ds.category}", list(results.values()), maps, time.perf_counter() - t0)
+    result.pipeline = SegadPipeline(
+        detectors,
+        segmenter,
+        first_clf,
+        size,
+        threshold=float(np.quantile(first_clf.decision_function(X_hold), 0.99)),
+        info={"dataset": result.dataset, "segments": str(spec), "trained_on_seed": splits[0].seed},
+    )
+    return result
+
+
+def _generated_defects(cfg: TrainConfig, fs, seg_paths, size):
+    """Defects generated on the held-out good images (a fixed draw, so their maps cache too)."""
+    if cfg.generated == 0:
+        return [], ImageSet((), lambda idx: np.empty((0, 3, *size), np.float32)), None
+    from segad.data.images import load_segments, normalise, read_rgb, resize
+
+    raw = [resize(read_rgb(s.image_path), size) for s in fs.holdout_good]
+    n_hold = len(fs.holdout_good)
+    src_paths = seg_paths[:n_hold] if seg_paths is not None else None
+    segs = [load_segments(p, size) for p in src_paths] if src_paths else [np.ones(size, np.int32)] * n_hold
+    made = generate_defects(raw, segs, cfg.generated, seed=GENERATED_SEED)
+    arrays = np.stack([normalise(d.image) for d in made])
+    # A generated image keeps its source's component map (folder segments); kmeans re-segments it.
+    gen_seg_paths = [src_paths[d.source] for d in made] if src_paths else None
+    return made, ImageSet.from_arrays(arrays), gen_seg_paths
+
+
+def _fit_segmenter(segmenter, fit_set: ImageSet, fs, seg_paths):
+    if isinstance(segmenter, KMeansSegments):
+        n = min(len(fit_set), KMEANS_FIT_IMAGES)
+        idx = np.random.default_rng(0).choice(len(fit_set), n, replace=False)
+        return segmenter.fit(fit_set.load(sorted(idx.tolist())))
+    if isinstance(segmenter, FolderSegments):
+        return segmenter.fit([p for p in seg_paths if p is not None])
+    return segmenter.fit()
+
+
+def _segments(segmenter, images: ImageSet, paths, chunk: int = 64) -> np.ndarray:
+    out = []
+    for s in range(0, len(images), chunk):
+        idx = list(range(s, min(s + chunk, len(images))))
+        out.append(segmenter.predict(images.load(idx), None if paths is None else [paths[i] for i in idx]))
+    return np.concatenate(out)
 
 
 def write_json(path: str | Path, payload: dict) -> Path:
@@ -164,8 +304,12 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     ap.add_argument("--backbone", default=d.backbone)
     ap.add_argument("--image-size", type=int, default=d.image_size)
     ap.add_argument("--shots", type=int, default=d.shots, help="labelled defects per seed for the classifier")
+    ap.add_argument("--generated", type=int, default=d.generated, help="generated defects added to its training set")
     ap.add_argument("--seeds", type=int, default=d.seeds, help="how many of SegAD's 10 seeds to run")
+    ap.add_argument("--segments", default=d.segments, help="auto, whole, kmeans:K or folder[:PATH]")
+    ap.add_argument("--classifier", default=d.classifier, choices=("brf", "rf", "bt"))
     ap.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
+    ap.add_argument("--model-dir", default=d.model_dir, help="save the fitted pipeline here (default: outputs/...)")
     ap.add_argument("--summary-json", default=d.summary_json, help="write the results as JSON here")
     ap.add_argument("--no-cache", action="store_true", help="recompute detectors and maps, write nothing to the cache")
     ap.add_argument(
@@ -194,6 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(f"({result.seconds:.0f} s)")
     if cfg.summary_json:
         write_json(cfg.summary_json, result.summary())
+    model_dir = Path(cfg.model_dir or Path("outputs") / "models" / result.dataset.replace("/", "_"))
+    result.pipeline.save(model_dir)
+    print(f"model saved to {model_dir}")
     return 0
 
 

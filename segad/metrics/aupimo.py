@@ -28,6 +28,7 @@ class AupimoResult:
     num_points: int  # thresholds inside the integration bounds
     thresholds: tuple[float, float]  # the thresholds at the FPR bounds (upper FPR, lower FPR)
     fpr_bounds: tuple[float, float]
+    fpr_achieved: tuple[float, float]  # the shared FPRs nearest the bounds, where integration starts and ends
 
     @property
     def mean(self) -> float:
@@ -126,9 +127,15 @@ def aupimo(
     if anomalous.all() or not anomalous.any():
         raise MetricError(f"aupimo needs normal and anomalous images; got {int(anomalous.sum())} anomalous of {len(m)}")
     normal = a[~anomalous].ravel()
-    thr = np.linspace(float(normal.min()), float(normal.max()), num_thresholds)
-    if thr[0] == thr[-1]:
+    if normal.min() == normal.max():
         raise MetricError("aupimo: the normal images' maps are constant; there is no threshold range")
+    # The reference builds the grid in the maps' own dtype (float32 maps: float32 thresholds).
+    thr = np.linspace(normal.min().item(), normal.max().item(), num_thresholds, dtype=a.dtype)
+    if not np.all(np.diff(thr) > 0):
+        raise MetricError(
+            f"aupimo: {num_thresholds} thresholds are not strictly increasing in {a.dtype} over the normal maps' "
+            "narrow range; use fewer thresholds or float64 maps"
+        )
     shared_fpr = _normal_ge_counts(normal, thr) / normal.size  # every image has H*W pixels: mean = pooled
     if lower < shared_fpr[-1]:
         raise MetricError(
@@ -149,9 +156,15 @@ def aupimo(
             f"aupimo: only {num_points} thresholds fall inside the FPR bounds {fpr_bounds}; "
             "raise num_thresholds (the reference needs more than 30)"
         )
-    norm = np.log(upper) - np.log(lower)
+    norm = float(np.log(upper / lower))
     scores = np.full(len(m), np.nan)
     for i in np.flatnonzero(anomalous):
         area = _image_auc(a[i][m[i]], thr, i_upper, i_lower, log_fpr, valid)
         scores[i] = min(max(area / norm, 0.0), 1.0)
-    return AupimoResult(scores, num_points, (float(thr[i_upper]), float(thr[i_lower])), (lower, upper))
+    return AupimoResult(
+        scores,
+        num_points,
+        (float(thr[i_upper]), float(thr[i_lower])),
+        (lower, upper),
+        (float(shared_fpr[i_lower]), float(shared_fpr[i_upper])),
+    )

@@ -3,12 +3,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from segad.data.synthetic import SyntheticSpec, write_mvtec
 from segad.train import main
 
-SMALL = SyntheticSpec(image_size=96, n_train=16, n_test_good=6, n_defects_per_type=2, seed=5)
+SMALL = SyntheticSpec(image_size=96, n_train=80, n_test_good=8, n_defects_per_type=3, seed=5)
 
 
 @pytest.fixture
@@ -19,20 +20,45 @@ def small_mvtec(tmp_path: Path) -> Path:
 
 def test_runs_the_protocol_and_writes_the_summary(small_mvtec: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "summary.json"
-    args = ["--data", str(small_mvtec), "--image-size", "96", "--shots", "2", "--seeds", "3", "--device", "cpu"]
-    args += ["--set", "patchcore.coreset_ratio=0.25"]
+    args = [
+        "--data",
+        str(small_mvtec),
+        "--image-size",
+        "96",
+        "--shots",
+        "5",
+        "--generated",
+        "4",
+        "--seeds",
+        "3",
+        "--device",
+        "cpu",
+    ]
+    args += ["--set", "patchcore.coreset_ratio=0.25", "--model-dir", str(tmp_path / "model")]
     assert main([*args, "--summary-json", str(out)]) == 0
     printed = capsys.readouterr().out
-    for name in ("patchcore", "padim", "ensemble"):
+    for name in ("patchcore", "padim", "ensemble", "segad"):
         assert name in printed
     summary = json.loads(out.read_text())
-    assert set(summary["methods"]) == {"patchcore", "padim", "ensemble"}
+    assert set(summary["methods"]) == {"patchcore", "padim", "ensemble", "segad"}
+    assert summary["methods"]["segad"]["auroc_mean"] > 0.9
     for m in summary["methods"].values():
         assert [r["seed"] for r in m["per_seed"]] == [333, 576, 725]
         assert 0.0 <= m["auroc_mean"] <= 1.0 and 0.0 <= m["fpr95_mean"] <= 1.0
     # The planted defects are obvious: the detectors must separate them.
     assert summary["methods"]["patchcore"]["auroc_mean"] > 0.9
-    assert summary["config"]["shots"] == 2
+    assert summary["config"]["shots"] == 5
+    # The saved model loads on its own and scores images.
+    from segad.data import load_dataset, load_images
+    from segad.pipeline import SegadPipeline
+
+    model = SegadPipeline.load(tmp_path / "model", device="cpu")
+    test = load_dataset(small_mvtec).test
+    out = model.predict(load_images([s.image_path for s in test], 96), [s.segment_path for s in test])
+    assert out.scores.shape == (len(test),) and np.isfinite(out.scores).all()
+    assert set(out.maps) == {"patchcore", "padim"} and out.maps["padim"].shape == (len(test), 96, 96)
+    labels = np.array([s.label for s in test])
+    assert out.scores[labels == 1].mean() > out.scores[labels == 0].mean()
     # Second run: every map comes from the cache and the numbers are the same.
     again = tmp_path / "again.json"
     assert main([*args, "--summary-json", str(again)]) == 0

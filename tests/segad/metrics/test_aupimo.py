@@ -8,7 +8,7 @@ from segad.metrics import MetricError, aupimo
 reference = pytest.importorskip("experiments.reference_metrics")
 
 
-def _set(seed: int, n_normal: int = 12, n_anomalous: int = 8, size: int = 64):
+def _set(seed: int, n_normal: int = 10, n_anomalous: int = 6, size: int = 128):
     rng = np.random.default_rng(seed)
     n = n_normal + n_anomalous
     masks = np.zeros((n, size, size), bool)
@@ -36,10 +36,16 @@ def test_perfect_and_hopeless_maps() -> None:
     perfect, hopeless = maps.copy(), maps.copy()
     perfect[masks] = 100.0  # above every normal score: TPR 1 at every threshold
     hopeless[masks] = -100.0
-    assert np.nanmin(aupimo(masks, perfect, num_thresholds=30_000).scores) == 1.0
-    assert np.nanmax(aupimo(masks, hopeless, num_thresholds=30_000).scores) == 0.0
     result = aupimo(masks, perfect, num_thresholds=30_000)
-    assert np.isnan(result.scores[:12]).all() and result.mean == 1.0 and result.std == 0.0
+    # TPR is 1 everywhere; the area is the share of ln(1e-4 / 1e-5) that the nearest achieved FPRs span
+    # (no interpolation at the bounds, as the reference): 1 only when both bounds are hit exactly.
+    lo, hi = result.fpr_achieved
+    assert result.mean == pytest.approx(np.log(hi / lo) / np.log(10)) and result.mean > 0.9
+    assert np.isnan(result.scores[:10]).all() and result.std == pytest.approx(0.0, abs=1e-12)
+    assert np.allclose(
+        result.scores, reference.reference_aupimo(masks, perfect, num_thresholds=30_000)[0], equal_nan=True
+    )
+    assert np.nanmax(aupimo(masks, hopeless, num_thresholds=30_000).scores) == 0.0
 
 
 def test_too_few_normal_pixels_is_an_error() -> None:
@@ -57,4 +63,4 @@ def test_too_few_thresholds_inside_the_bounds_is_an_error() -> None:
 def test_needs_both_kinds_of_image() -> None:
     masks, maps = _set(0)
     with pytest.raises(MetricError, match="normal and anomalous"):
-        aupimo(masks[12:], maps[12:])
+        aupimo(masks[10:], maps[10:])

@@ -1,0 +1,135 @@
+"""The deployable model: fitted detectors + segmenter + feature layout + classifier + threshold.
+
+Saved as a folder of safe formats (safetensors for tensors, XGBoost JSON, a JSON manifest), so
+loading it never unpickles anything.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from safetensors.torch import load_file, save_file
+
+from detectors.base import Detector
+from detectors.registry import load_detector
+from features.segments import FolderSegments, KMeansConfig, KMeansSegments, WholeImage
+from features.vector import feature_matrix, feature_names
+from segad.classifier import SegadClassifier
+
+MANIFEST = "segad_pipeline.json"
+
+
+@dataclass(frozen=True)
+class PipelineOutput:
+    scores: np.ndarray  # (N,) classifier margins, higher = more anomalous
+    decisions: np.ndarray  # (N,) bool, score >= threshold
+    maps: dict[str, np.ndarray]  # detector name -> (N, H, W) anomaly maps
+
+
+class SegadPipeline:
+    def __init__(
+        self,
+        detectors: Sequence[Detector],
+        segmenter: WholeImage | FolderSegments | KMeansSegments,
+        classifier: SegadClassifier,
+        image_size: tuple[int, int],
+        threshold: float = 0.0,
+        info: dict | None = None,
+    ) -> None:
+        self.detectors = list(detectors)
+        self.segmenter = segmenter
+        self.classifier = classifier
+        self.image_size = tuple(image_size)
+        self.threshold = float(threshold)
+        self.info = dict(info or {})
+
+    @property
+    def n_segments(self) -> int:
+        return int(self.segmenter.n_segments_)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return feature_names([d.name for d in self.detectors], self.n_segments)
+
+    def features(self, images: np.ndarray, segment_paths: Sequence[Path | None] | None = None):
+        outs = {d.name: d.predict(images) for d in self.detectors}
+        segments = self.segmenter.predict(images, segment_paths)
+        X = feature_matrix(
+            {k: o.maps for k, o in outs.items()}, {k: o.scores for k, o in outs.items()}, segments, self.n_segments
+        )
+        return X, outs
+
+    def predict(self, images: np.ndarray, segment_paths: Sequence[Path | None] | None = None) -> PipelineOutput:
+        """Score (N, 3, H, W) model-ready images (see ``segad.data.load_images``)."""
+        X, outs = self.features(images, segment_paths)
+        scores = self.classifier.decision_function(X)
+        return PipelineOutput(scores, scores >= self.threshold, {k: o.maps for k, o in outs.items()})
+
+    # --- persistence ----------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        """Write the model folder atomically: a reader sees the old model or the new one, never half."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
+        try:
+            for d in self.detectors:
+                d.save(tmp / f"detector_{d.name}.safetensors")
+            self.classifier.save(tmp / "classifier.json")
+            seg: dict = {"method": "whole"}
+            if isinstance(self.segmenter, KMeansSegments):
+                seg = {"method": "kmeans", "config": self.segmenter.config.__dict__}
+                save_file({"centroids": self.segmenter.centroids_.contiguous()}, str(tmp / "segments.safetensors"))
+            elif isinstance(self.segmenter, FolderSegments):
+                seg = {"method": "folder", "n_segments": self.segmenter.n_segments_}
+            manifest = {
+                "format": 1,
+                "detectors": [d.name for d in self.detectors],
+                "segments": seg,
+                "classifier": {"preset": self.classifier.preset, "seed": self.classifier.seed},
+                "image_size": list(self.image_size),
+                "threshold": self.threshold,
+                "feature_names": self.feature_names,
+                "info": self.info,
+            }
+            (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+                os.replace(tmp, path)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(tmp, path)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, device: str = "auto") -> SegadPipeline:
+        path = Path(path)
+        manifest_path = path / MANIFEST
+        if not manifest_path.is_file():
+            raise FileNotFoundError(f"{path} is not a saved segad pipeline (no {MANIFEST})")
+        m = json.loads(manifest_path.read_text())
+        detectors = []
+        for name in m["detectors"]:
+            det = load_detector(path / f"detector_{name}.safetensors")
+            det.config = type(det.config).from_params({**det.config.to_params(), "device": device, "progress": False})
+            detectors.append(det)
+        seg = m["segments"]
+        if seg["method"] == "kmeans":
+            segmenter = KMeansSegments(KMeansConfig(**{**seg["config"], "device": device}))
+            segmenter.centroids_ = load_file(str(path / "segments.safetensors"))["centroids"]
+        elif seg["method"] == "folder":
+            segmenter = FolderSegments(seg["n_segments"])
+        else:
+            segmenter = WholeImage()
+        clf = SegadClassifier.load(path / "classifier.json", m["classifier"]["preset"])
+        clf.seed = m["classifier"]["seed"]
+        return cls(detectors, segmenter, clf, tuple(m["image_size"]), m["threshold"], m.get("info"))
