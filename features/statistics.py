@@ -26,38 +26,68 @@ def _lerp(a: float, b: float, t: float) -> float:
     return b - d * (1.0 - t) if t >= 0.5 else a + d * t
 
 
-_BINS = 2048  # histogram bins per segment that narrow the quantile down before an exact pick
+_BINS = 512  # histogram bins per segment that narrow the quantile down before an exact pick
 
 
 @numba.njit(cache=True)
 def _stats_one(values: np.ndarray, labels: np.ndarray, n_segments: int, q: float, out: np.ndarray) -> None:
-    """Three streaming passes: (count, sum, min, max); (central moments, histogram); (gather the
-    quantile's bin). Ranks survive binning because the bin index is monotone in the value."""
+    """Two streaming passes: (count, sum, histogram over the map's range); (central moments, gather
+    the values in the bins that hold the quantile). Ranks survive binning: the bin is monotone in v."""
     n = values.size
+    vmin = np.inf
+    vmax = -np.inf
+    for p in range(n):
+        v = values[p]
+        vmin = min(vmin, v)
+        vmax = max(vmax, v)
+    lo_v = np.float64(vmin)
+    scale = _BINS / (np.float64(vmax) - lo_v) if vmax > vmin else 0.0
     counts = np.zeros(n_segments, np.int64)
     sums = np.zeros(n_segments)
-    mins = np.full(n_segments, np.inf)
-    maxs = np.full(n_segments, -np.inf)
+    hist = np.zeros((n_segments, _BINS), np.int64)
     for p in range(n):
         j = labels[p]
         v = np.float64(values[p])
         counts[j] += 1
         sums[j] += v
-        if v < mins[j]:
-            mins[j] = v
-        if v > maxs[j]:
-            maxs[j] = v
+        hist[j, min(int((v - lo_v) * scale), _BINS - 1)] += 1
     means = np.zeros(n_segments)
-    scales = np.zeros(n_segments)
+    lo_rank = np.zeros(n_segments, np.int64)
+    frac = np.zeros(n_segments)
+    first_bin = np.zeros(n_segments, np.int64)
+    last_bin = np.full(n_segments, -1, np.int64)
+    below = np.zeros(n_segments, np.int64)  # values in bins before first_bin
+    starts = np.zeros(n_segments + 1, np.int64)
     for j in range(n_segments):
-        if counts[j]:
-            means[j] = sums[j] / counts[j]
-            if maxs[j] > mins[j]:
-                scales[j] = _BINS / (maxs[j] - mins[j])
+        c = counts[j]
+        if c:
+            means[j] = sums[j] / c
+            pos = q * (c - 1)
+            lo = int(np.floor(pos))
+            lo_rank[j] = lo
+            frac[j] = pos - lo
+            hi = min(lo + 1, c - 1)
+            acc = 0
+            b = 0
+            while acc + hist[j, b] <= lo:
+                acc += hist[j, b]
+                b += 1
+            first_bin[j] = b
+            below[j] = acc
+            e = b
+            acc2 = acc + hist[j, b]
+            while acc2 <= hi:
+                e += 1
+                acc2 += hist[j, e]
+            last_bin[j] = e
+            starts[j + 1] = starts[j] + acc2 - acc
+        else:
+            starts[j + 1] = starts[j]
     m2 = np.zeros(n_segments)
     m3 = np.zeros(n_segments)
     m4 = np.zeros(n_segments)
-    hist = np.zeros((n_segments, _BINS), np.int64)
+    picked = np.empty(starts[n_segments])
+    fill = starts[:-1].copy()
     for p in range(n):
         j = labels[p]
         v = np.float64(values[p])
@@ -66,50 +96,7 @@ def _stats_one(values: np.ndarray, labels: np.ndarray, n_segments: int, q: float
         m2[j] += d2
         m3[j] += d2 * d
         m4[j] += d2 * d2
-        b = min(int((v - mins[j]) * scales[j]), _BINS - 1)
-        hist[j, b] += 1
-    # Which bins hold the two order statistics the linear quantile needs.
-    lo_rank = np.zeros(n_segments, np.int64)
-    frac = np.zeros(n_segments)
-    first_bin = np.zeros(n_segments, np.int64)
-    last_bin = np.zeros(n_segments, np.int64)
-    below = np.zeros(n_segments, np.int64)  # values in bins before first_bin
-    size = np.zeros(n_segments, np.int64)
-    for j in range(n_segments):
-        c = counts[j]
-        if c == 0:
-            continue
-        pos = q * (c - 1)
-        lo = int(np.floor(pos))
-        lo_rank[j] = lo
-        frac[j] = pos - lo
-        hi = min(lo + 1, c - 1)
-        acc = 0
-        b = 0
-        while acc + hist[j, b] <= lo:
-            acc += hist[j, b]
-            b += 1
-        first_bin[j] = b
-        below[j] = acc
-        acc2 = acc
-        e = b
-        while acc2 + hist[j, e] <= hi:
-            acc2 += hist[j, e]
-            e += 1
-        last_bin[j] = e
-        total = 0
-        for k in range(b, e + 1):
-            total += hist[j, k]
-        size[j] = total
-    starts = np.zeros(n_segments + 1, np.int64)
-    for j in range(n_segments):
-        starts[j + 1] = starts[j] + size[j]
-    picked = np.empty(starts[n_segments])
-    fill = starts[:-1].copy()
-    for p in range(n):
-        j = labels[p]
-        v = np.float64(values[p])
-        b = min(int((v - mins[j]) * scales[j]), _BINS - 1)
+        b = min(int((v - lo_v) * scale), _BINS - 1)
         if first_bin[j] <= b <= last_bin[j]:
             picked[fill[j]] = v
             fill[j] += 1
@@ -154,7 +141,7 @@ def _check_labels(segments: np.ndarray, n_segments: int) -> np.ndarray:
             f"segment labels must lie in 0..{n_segments - 1}, found {lab.min()}..{lab.max()}; "
             "check the segment maps or the number of segments"
         )
-    return lab.astype(np.int64, copy=False)
+    return lab.astype(np.int32, copy=False)  # segmenters emit int32; 4 bytes a pixel keeps the passes cheap
 
 
 def segment_statistics(anomaly_map: np.ndarray, segments: np.ndarray, n_segments: int) -> np.ndarray:

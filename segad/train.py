@@ -47,6 +47,7 @@ class TrainConfig:
     image_size: int = 256
     shots: int = 10
     generated: int = 0
+    holdout: float = 0.1  # share of train/good held out from the detectors for the classifier (SegAD: 10%)
     seeds: int = 10
     segments: str = "auto"  # auto: the dataset's own segment maps when it has them, else kmeans:4
     classifier: str = "brf"
@@ -171,7 +172,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     splits = [seed_split(ds, cfg.shots, s) for s in seeds(cfg.seeds)]  # bad --shots fails here, before any fit
     if cfg.shots == 0 and cfg.generated == 0:
         raise ValueError("--shots 0 (one-class) needs generated defects to train on: add e.g. --generated 50")
-    fs = fit_split(ds)
+    fs = fit_split(ds, cfg.holdout)
     if not fs.holdout_good:
         raise DatasetError(f"{ds.name}/{ds.category}: too few good training images to hold any out for SegAD")
     spec = resolve_segments(cfg, ds)
@@ -306,6 +307,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     ap.add_argument("--shots", type=int, default=d.shots, help="labelled defects per seed for the classifier")
     ap.add_argument("--generated", type=int, default=d.generated, help="generated defects added to its training set")
     ap.add_argument("--seeds", type=int, default=d.seeds, help="how many of SegAD's 10 seeds to run")
+    ap.add_argument("--holdout", type=float, default=d.holdout, help="share of good training images kept for SegAD")
     ap.add_argument("--segments", default=d.segments, help="auto, whole, kmeans:K or folder[:PATH]")
     ap.add_argument("--classifier", default=d.classifier, choices=("brf", "rf", "bt"))
     ap.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))

@@ -56,25 +56,21 @@ def _bin(s: float, thr: np.ndarray, lo: float, step: float) -> int:
     return k
 
 
-@numba.njit(cache=True, parallel=True)
+@numba.njit(cache=True)
 def _normal_ge_counts(values: np.ndarray, thr: np.ndarray) -> np.ndarray:
-    """For each threshold, how many of ``values`` are >= it."""
+    """For each threshold, how many of ``values`` are >= it: a histogram, then a reversed cumsum."""
     n_thr = thr.size
     lo = thr[0]
     step = (thr[n_thr - 1] - thr[0]) / (n_thr - 1) if n_thr > 1 else 0.0
-    n_chunks = numba.get_num_threads()
-    hist = np.zeros((n_chunks, n_thr), np.int64)
-    size = (values.size + n_chunks - 1) // n_chunks
-    for c in numba.prange(n_chunks):
-        for p in range(c * size, min((c + 1) * size, values.size)):
-            k = _bin(values[p], thr, lo, step)
-            if k >= 0:
-                hist[c, k] += 1
-    total = hist.sum(axis=0)
+    hist = np.zeros(n_thr, np.int64)
+    for p in range(values.size):
+        k = _bin(values[p], thr, lo, step)
+        if k >= 0:
+            hist[k] += 1
     ge = np.empty(n_thr, np.int64)
     acc = 0
     for k in range(n_thr - 1, -1, -1):
-        acc += total[k]
+        acc += hist[k]
         ge[k] = acc
     return ge
 

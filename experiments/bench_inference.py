@@ -1,0 +1,64 @@
+"""Per-image inference time of a saved pipeline: base detectors vs the SegAD layer on top.
+
+    python -m segad.train --model-dir outputs/models/elpv_mono      # once, to have a model
+    python experiments/bench_inference.py --model outputs/models/elpv_mono --n 128
+
+The SegAD layer is segments + per-segment features + classifier; the target is under 10% of the
+detectors' time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--data", default="elpv")
+    ap.add_argument("--category", default="mono")
+    ap.add_argument("--n", type=int, default=128)
+    ap.add_argument("--device", default="cpu")
+    args = ap.parse_args()
+
+    from features.vector import feature_matrix
+    from segad.data import load_dataset, load_images
+    from segad.pipeline import SegadPipeline
+
+    model = SegadPipeline.load(args.model, device=args.device)
+    test = load_dataset(args.data, args.category).test[: args.n]
+    x = load_images([s.image_path for s in test], model.image_size)
+    paths = [s.segment_path for s in test]
+    model.predict(x[:8], paths[:8])  # warm-up: backbone, numba, XGBoost
+
+    t = {}
+    t0 = time.perf_counter()
+    outs = {d.name: d.predict(x) for d in model.detectors}
+    t["detectors"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    segments = model.segmenter.predict(x, paths)
+    t["segments"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    X = feature_matrix(
+        {k: o.maps for k, o in outs.items()}, {k: o.scores for k, o in outs.items()}, segments, model.n_segments
+    )
+    t["features"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    model.classifier.decision_function(X)
+    t["classifier"] = time.perf_counter() - t0
+    n = len(x)
+    layer = t["segments"] + t["features"] + t["classifier"]
+    for k, v in t.items():
+        print(f"  {k:<11} {v / n * 1000:7.2f} ms/image")
+    print(
+        f"SegAD layer {layer / n * 1000:.2f} ms/image = {100 * layer / t['detectors']:.1f}% of the detectors' "
+        f"{t['detectors'] / n * 1000:.1f} ms/image ({', '.join(d.name for d in model.detectors)}; "
+        f"segments {model.info.get('segments')}); {np.prod(x.shape[-2:])} px images"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,32 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from features import segment_statistics
+from features.vector import feature_matrix, feature_names
+
+
+def test_layout_is_segads() -> None:
+    names = feature_names(["patchcore", "padim"], 2)
+    assert len(names) == 2 * 2 * 4 + 2
+    assert names[:4] == [
+        "patchcore/seg0/q995",
+        "patchcore/seg0/skewness",
+        "patchcore/seg0/kurtosis",
+        "patchcore/seg0/mean",
+    ]
+    assert names[-2:] == ["patchcore/score", "padim/score"]
+    rng = np.random.default_rng(0)
+    maps = {"patchcore": rng.random((3, 8, 8)), "padim": rng.random((3, 8, 8))}
+    scores = {"patchcore": np.array([1.0, 2, 3]), "padim": np.array([4.0, 5, 6])}
+    segs = rng.integers(0, 2, (3, 8, 8)).astype(np.int32)
+    X = feature_matrix(maps, scores, segs, 2)
+    assert X.shape == (3, len(names))
+    assert np.allclose(X[1, 8:16], segment_statistics(maps["padim"][1], segs[1], 2).ravel(), equal_nan=True)
+    assert np.array_equal(X[:, -2:], [[1, 4], [2, 5], [3, 6]])
+
+
+def test_mismatched_segments_are_an_error() -> None:
+    with pytest.raises(ValueError, match="do not match"):
+        feature_matrix({"a": np.zeros((2, 8, 8))}, {"a": np.zeros(2)}, np.zeros((2, 4, 4), np.int32), 1)
