@@ -93,26 +93,34 @@ def blur(image: np.ndarray, segments: np.ndarray, rng: np.random.Generator, **_)
     return GeneratedDefect(out.astype(np.float32), mask, "blur")
 
 
+def _shade(image: np.ndarray, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Darken or brighten the pixels under the mask, keeping their texture and (for grey images) no colour.
+
+    Real defects mostly change intensity (stains, cracks, dead cell areas) rather than paint a random
+    colour, and a colour that grey images never show would teach the classifier a shortcut.
+    """
+    factor = rng.uniform(0.2, 0.7) if rng.random() < 0.6 else rng.uniform(1.4, 2.2)
+    out = image.copy()
+    out[mask] = np.clip(image[mask] * factor + (0.0 if factor < 1 else 0.05), 0.0, 1.0)
+    return out
+
+
 def rectangle(image: np.ndarray, segments: np.ndarray, rng: np.random.Generator, **_) -> GeneratedDefect:
-    """A small rectangle of another colour (contamination, a foreign part)."""
+    """A small darker or brighter rectangle (a stain, a dead area, a foreign part)."""
     H, W = image.shape[:2]
     h, w = (int(rng.uniform(0.03, 0.1) * s) + 2 for s in (H, W))
     mask = _rect_mask((H, W), h, w, rng, within=segments > 0 if (segments > 0).any() else None)
-    out = image.copy()
-    out[mask] = rng.uniform(0, 1, 3)
-    return GeneratedDefect(out.astype(np.float32), mask, "rectangle")
+    return GeneratedDefect(_shade(image, mask, rng).astype(np.float32), mask, "rectangle")
 
 
 def thin_rectangle(image: np.ndarray, segments: np.ndarray, rng: np.random.Generator, **_) -> GeneratedDefect:
-    """A thin rectangle (a scratch or a crack), horizontal or vertical."""
+    """A thin darker or brighter rectangle (a scratch or a crack), horizontal or vertical."""
     H, W = image.shape[:2]
     long_side = int(rng.uniform(0.1, 0.3) * min(H, W)) + 2
     thin = int(rng.integers(1, max(2, min(H, W) // 64) + 1))
     h, w = (thin, long_side) if rng.random() < 0.5 else (long_side, thin)
     mask = _rect_mask((H, W), h, w, rng, within=segments > 0 if (segments > 0).any() else None)
-    out = image.copy()
-    out[mask] = rng.uniform(0, 1, 3)
-    return GeneratedDefect(out.astype(np.float32), mask, "thin_rectangle")
+    return GeneratedDefect(_shade(image, mask, rng).astype(np.float32), mask, "thin_rectangle")
 
 
 def draem(
