@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from detectors.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from detectors.device import resolve_device
+from detectors.maps import parse_layers, pooled_features
 
 ImageBatch = np.ndarray | torch.Tensor
 
@@ -108,6 +109,15 @@ class Detector(ABC):
                 f"{self.name} was fitted on {self.image_size_} images, got {tuple(images.shape[-2:])}; "
                 "resize to the fitted size"
             )
+
+    def _pooled_features(self, batch: torch.Tensor, layers: str, avg_kernel: int) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, C, h, w): the named backbone levels, locally averaged, at the finest level."""
+        names = parse_layers(layers)
+        with torch.inference_mode():
+            feats = pooled_features(self.backbone(batch, names), names, avg_kernel)
+        if not torch.isfinite(feats).all():
+            raise ValueError(f"{self.name}: the backbone produced NaN features; check the input images")
+        return feats
 
     def _batches(self, images: torch.Tensor, desc: str):
         from tqdm.auto import tqdm

@@ -9,7 +9,7 @@ import numpy as np
 import torch
 
 from detectors.base import Detector, DetectorConfig, DetectorOutput, ImageBatch, as_image_tensor
-from detectors.maps import parse_layers, pooled_features, to_image_maps
+from detectors.maps import parse_layers, to_image_maps
 
 
 @dataclass(frozen=True)
@@ -27,11 +27,7 @@ class Padim(Detector):
 
     def _embed(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, d, h, w) with the fitted random channel subset."""
-        layers = parse_layers(self.config.layers)
-        with torch.inference_mode():
-            feats = pooled_features(self.backbone(batch, layers), layers, avg_kernel=1)
-        if not torch.isfinite(feats).all():
-            raise ValueError(f"{self.name}: the backbone produced NaN features; check the input images")
+        feats = self._pooled_features(batch, self.config.layers, avg_kernel=1)
         return feats[:, self.channels_.to(feats.device)]
 
     def fit(self, images: ImageBatch) -> Self:

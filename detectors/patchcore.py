@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from detectors.base import Detector, DetectorConfig, DetectorOutput, ImageBatch, as_image_tensor
 from detectors.coreset import greedy_coreset
-from detectors.maps import parse_layers, pooled_features, to_image_maps
+from detectors.maps import to_image_maps
 
 
 @dataclass(frozen=True)
@@ -47,12 +47,7 @@ class PatchCore(Detector):
 
     def _embed(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, h, w, C) patch features."""
-        layers = parse_layers(self.config.layers)
-        with torch.inference_mode():
-            feats = pooled_features(self.backbone(batch, layers), layers, self.config.avg_kernel)
-        if not torch.isfinite(feats).all():
-            raise ValueError(f"{self.name}: the backbone produced NaN features; check the input images")
-        return feats.permute(0, 2, 3, 1)
+        return self._pooled_features(batch, self.config.layers, self.config.avg_kernel).permute(0, 2, 3, 1)
 
     def fit(self, images: ImageBatch) -> Self:
         x = as_image_tensor(images, "good images")

@@ -49,7 +49,7 @@ class TrainConfig:
     generated: int = 0
     holdout: float = 0.1  # share of train/good held out from the detectors for the classifier (SegAD: 10%)
     seeds: int = 10
-    segments: str = "auto"  # auto: the dataset's own segment maps when it has them, else kmeans:4
+    segments: str = "auto"  # auto: the dataset's own segment maps when it has them, else kmeans:8
     classifier: str = "brf"
     device: str = "auto"
     model_dir: str | None = None
@@ -128,7 +128,7 @@ def _log(msg: str) -> None:
 
 def resolve_segments(cfg: TrainConfig, ds: Dataset) -> SegmentSpec:
     if cfg.segments == "auto":
-        return SegmentSpec("folder") if ds.has_segments else SegmentSpec("kmeans", 4)
+        return SegmentSpec("folder") if ds.has_segments else SegmentSpec("kmeans", 8)
     return SegmentSpec.parse(cfg.segments)
 
 
