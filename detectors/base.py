@@ -79,6 +79,8 @@ def as_image_tensor(images: ImageBatch, what: str = "images") -> torch.Tensor:
 class Detector(ABC):
     name: ClassVar[str]
     config_class: ClassVar[type[DetectorConfig]]
+    # Bumped whenever the computation changes, so maps cached by an older version are not reused.
+    version: ClassVar[int] = 1
 
     def __init__(self, config: DetectorConfig | None = None, **overrides: Any) -> None:
         config = config or self.config_class()

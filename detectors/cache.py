@@ -91,6 +91,7 @@ class MapCache:
     def key(det: Detector, image_size: tuple[int, int], fit_ids: Iterable[str]) -> str:
         payload = {
             "detector": det.name,
+            "version": det.version,
             "config": det.config.identity(),
             "image_size": list(image_size),
             "fit": sorted(fit_ids),

@@ -23,6 +23,7 @@ class PadimConfig(DetectorConfig):
 class Padim(Detector):
     name = "padim"
     config_class = PadimConfig
+    version = 2  # 2: float32 outer products on shifted data
     config: PadimConfig
 
     def _embed(self, batch: torch.Tensor) -> torch.Tensor:
@@ -36,17 +37,22 @@ class Padim(Detector):
         d = min(self.config.n_features, total)
         gen = torch.Generator().manual_seed(self.config.seed)
         self.channels_ = torch.randperm(total, generator=gen)[:d].sort().values
-        # Streaming sums in float64: no need to hold every embedding (PaDiM's reference does), and
-        # the one-pass covariance keeps its precision.
-        n, s1, s2 = 0, None, None
+        # Streaming sums: no need to hold every embedding (PaDiM's reference does). Each batch is
+        # centred on the first batch's mean ("shifted data"), so its outer products can run in fast
+        # float32 without the cancellation of a raw one-pass covariance; sums add up in float64.
+        n, shift, s1, s2 = 0, None, None, None
         for batch in self._batches(x, "fit"):
-            e = self._embed(batch).flatten(2).permute(2, 0, 1).double()  # (P, B, d)
-            s1 = e.sum(1) if s1 is None else s1 + e.sum(1)
-            outer = torch.bmm(e.transpose(1, 2), e)
-            s2 = outer if s2 is None else s2 + outer
+            e = self._embed(batch).flatten(2).permute(2, 0, 1).float()  # (P, B, d)
+            if shift is None:
+                shift = e.mean(1, keepdim=True)
+            c = e - shift
+            part1, part2 = c.sum(1).double(), torch.bmm(c.transpose(1, 2), c).double()
+            s1 = part1 if s1 is None else s1 + part1
+            s2 = part2 if s2 is None else s2 + part2
             n += e.shape[1]
-        mean = s1 / n
-        cov = (s2 - n * mean[:, :, None] * mean[:, None, :]) / max(n - 1, 1)
+        offset = s1 / n  # mean - shift
+        mean = shift[:, 0].double() + offset
+        cov = (s2 - n * offset[:, :, None] * offset[:, None, :]) / max(n - 1, 1)
         cov += self.config.covariance_eps * torch.eye(d, dtype=cov.dtype, device=cov.device)
         self.mean_ = mean.float().cpu()
         self.inv_covariance_ = torch.linalg.inv(cov).float().cpu().contiguous()  # row-major, as loaded
