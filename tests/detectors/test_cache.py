@@ -35,3 +35,11 @@ def test_content_id_sees_pixels_not_objects() -> None:
     b = a.copy()
     b[0, 0, 0] = 1
     assert content_id(a) != content_id(b)
+
+
+def test_a_new_detector_version_never_reuses_old_maps(monkeypatch) -> None:
+    from detectors.padim import Padim
+
+    before = MapCache.key(make_detector("padim"), (8, 8), ["a"])
+    monkeypatch.setattr(Padim, "version", Padim.version + 1)
+    assert MapCache.key(make_detector("padim"), (8, 8), ["a"]) != before
