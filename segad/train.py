@@ -48,6 +48,7 @@ class TrainConfig:
     shots: int = 10
     generated: int = 0
     holdout: float = 0.1  # share of train/good held out from the detectors for the classifier (SegAD: 10%)
+    target_fpr: float = 0.01  # the saved model's threshold: this FPR on the held-out good images
     seeds: int = 10
     segments: str = "auto"  # auto: the dataset's own segment maps when it has them, else kmeans:8
     classifier: str = "brf"
@@ -55,6 +56,10 @@ class TrainConfig:
     model_dir: str | None = None
     summary_json: str | None = None
     no_cache: bool = False
+    experiment: str | None = None  # MLflow experiment (default: segad-<data>-<category>)
+    tracking_uri: str | None = None  # default: MLflow's own (MLFLOW_TRACKING_URI, else ./mlflow.db)
+    run_name: str | None = None
+    no_mlflow: bool = False
     detector_options: str = ""  # "patchcore.coreset_ratio=0.1,padim.n_features=50"
 
     @property
@@ -104,6 +109,10 @@ class TrainResult:
     detector_maps: dict[str, DetectorMaps]
     seconds: float
     pipeline: SegadPipeline | None = None
+    dataset_table: Dataset | None = None
+    first_seed_test: np.ndarray | None = None  # indices into dataset_table.test of seed 1's test set
+    first_seed_scores: dict[str, np.ndarray] | None = None  # method -> scores on that set
+    feature_importances: np.ndarray | None = None  # mean over seeds, in pipeline.feature_names order
 
     def summary(self) -> dict:
         return {
@@ -228,17 +237,25 @@ def run(cfg: TrainConfig) -> TrainResult:
     results = {n: MethodResult(n) for n in [*names, "ensemble", "segad"]}
     normalised = {n: normalise_scores(maps[n].scores[n_hold:], maps[n].scores[:n_hold]) for n in names}
     ensemble = np.mean([normalised[n] for n in names], axis=0)
-    first_clf = None
+    first_clf, first_scores, importances = None, {}, []
     for sp in splits:
         y = labels[sp.test]
-        for n in names:
-            results[n].add(sp.seed, y, maps[n].scores[n_hold:][sp.test])
-        results["ensemble"].add(sp.seed, y, ensemble[sp.test])
+        scores = {n: maps[n].scores[n_hold:][sp.test] for n in names}
+        scores["ensemble"] = ensemble[sp.test]
         X_train = np.concatenate([X_hold, X_test[sp.train_defects], X_gen])
         y_train = np.r_[np.zeros(n_hold), np.ones(len(sp.train_defects) + len(X_gen))]
         clf = SegadClassifier(cfg.classifier, seed=sp.seed).fit(X_train, y_train)
-        results["segad"].add(sp.seed, y, clf.decision_function(X_test[sp.test]))
-        first_clf = first_clf or clf
+        scores["segad"] = clf.decision_function(X_test[sp.test])
+        for method, s in scores.items():
+            results[method].add(sp.seed, y, s)
+        if np.ptp(clf.decision_function(X_train)) == 0:
+            _log(
+                f"warning: seed {sp.seed}: the classifier learned nothing (constant output) from "
+                f"{n_hold} good and {len(y_train) - n_hold} defect examples; add --generated or good images"
+            )
+        importances.append(clf.feature_importances())
+        if first_clf is None:
+            first_clf, first_scores = clf, scores
 
     result = TrainResult(cfg, f"{ds.name}/{ds.category}", list(results.values()), maps, time.perf_counter() - t0)
     result.pipeline = SegadPipeline(
@@ -246,9 +263,14 @@ def run(cfg: TrainConfig) -> TrainResult:
         segmenter,
         first_clf,
         size,
-        threshold=float(np.quantile(first_clf.decision_function(X_hold), 0.99)),
+        # The decision threshold: the held-out good images' score quantile that gives --target-fpr.
+        threshold=float(np.quantile(first_clf.decision_function(X_hold), 1.0 - cfg.target_fpr)),
         info={"dataset": result.dataset, "segments": str(spec), "trained_on_seed": splits[0].seed},
     )
+    result.dataset_table = ds
+    result.first_seed_test = splits[0].test
+    result.first_seed_scores = first_scores
+    result.feature_importances = np.mean(importances, axis=0)
     return result
 
 
@@ -308,12 +330,19 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     ap.add_argument("--generated", type=int, default=d.generated, help="generated defects added to its training set")
     ap.add_argument("--seeds", type=int, default=d.seeds, help="how many of SegAD's 10 seeds to run")
     ap.add_argument("--holdout", type=float, default=d.holdout, help="share of good training images kept for SegAD")
+    ap.add_argument(
+        "--target-fpr", type=float, default=d.target_fpr, help="FPR on held-out good that sets the threshold"
+    )
     ap.add_argument("--segments", default=d.segments, help="auto, whole, kmeans:K or folder[:PATH]")
     ap.add_argument("--classifier", default=d.classifier, choices=("brf", "rf", "bt"))
     ap.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
     ap.add_argument("--model-dir", default=d.model_dir, help="save the fitted pipeline here (default: outputs/...)")
     ap.add_argument("--summary-json", default=d.summary_json, help="write the results as JSON here")
     ap.add_argument("--no-cache", action="store_true", help="recompute detectors and maps, write nothing to the cache")
+    ap.add_argument("--experiment", default=d.experiment, help="MLflow experiment (default: segad-<data>-<category>)")
+    ap.add_argument("--tracking-uri", default=d.tracking_uri, help="MLflow store (default: MLflow's own, ./mlflow.db)")
+    ap.add_argument("--run-name", default=d.run_name, help="name of the MLflow run")
+    ap.add_argument("--no-mlflow", action="store_true", help="do not record the run in MLflow")
     ap.add_argument(
         "--set",
         dest="detector_options",
@@ -329,9 +358,16 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from contextlib import nullcontext
+
+    from segad import tracking
+
+    cfg = parse_args(argv)
     try:
-        cfg = parse_args(argv)
-        result = run(cfg)
+        with nullcontext() if cfg.no_mlflow else tracking.parent_run(cfg):
+            result = run(cfg)
+            if not cfg.no_mlflow:
+                tracking.log_result(result)
     except (DatasetError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -35,4 +35,4 @@ def load_dataset(data: str | Path, category: str | None = None, *, include_uncer
         if len(found) != 1:
             raise DatasetError(f"--category is needed for {root}: one of {', '.join(found) or '(none found)'}")
         category = found[0]
-    return load_mvtec(root, category)
+    return load_mvtec(root, category, name=root.name)  # the folder names the set in tables and MLflow

@@ -69,7 +69,7 @@ def test_unknown_category_names_the_ones_there(tiny_mvtec: Path) -> None:
 
 def test_registry_picks_the_only_category_and_rejects_bad_paths(tiny_mvtec: Path, tmp_path: Path) -> None:
     ds = load_dataset(tiny_mvtec)
-    assert ds.category == "widget" and ds.name == "mvtec"
+    assert ds.category == "widget" and ds.name == "root"
     with pytest.raises(DatasetError, match="not a folder and not a built-in dataset"):
         load_dataset(tmp_path / "nope")
 

@@ -1,0 +1,158 @@
+"""Charts a person would rather look at than read: ROC curves, score histograms, feature
+importances by detector and segment, anomaly-map overlays of the best and worst test images, and
+AUPIMO per detector. Each function writes one PNG and returns its path."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from segad.train import TrainResult
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _first_seed(result: TrainResult) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    labels = np.array([s.label for s in result.dataset_table.test])[result.first_seed_test]
+    return labels, result.first_seed_scores
+
+
+def roc_curves(result: TrainResult, out: Path) -> Path:
+    from sklearn.metrics import roc_curve
+
+    plt = _plt()
+    labels, scores = _first_seed(result)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for name, s in scores.items():
+        fpr, tpr, _ = roc_curve(labels, s)
+        ax.plot(fpr, tpr, lw=2.5 if name == "segad" else 1.2, label=name)
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set(
+        xlabel="false positive rate",
+        ylabel="true positive rate",
+        title=f"ROC, seed {result.methods[0].per_seed[0].seed}",
+    )
+    ax.legend(loc="lower right")
+    path = out / "roc_curves.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def score_histograms(result: TrainResult, out: Path) -> Path:
+    plt = _plt()
+    labels, scores = _first_seed(result)
+    fig, axes = plt.subplots(1, len(scores), figsize=(3.2 * len(scores), 2.8))
+    for ax, (name, s) in zip(np.atleast_1d(axes), scores.items(), strict=True):
+        bins = np.histogram_bin_edges(s, bins=30)
+        ax.hist(s[labels == 0], bins=bins, alpha=0.6, label="good")
+        ax.hist(s[labels == 1], bins=bins, alpha=0.6, label="defect")
+        ax.set_title(name)
+    np.atleast_1d(axes)[0].legend()
+    path = out / "score_histograms.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def feature_importances(result: TrainResult, out: Path) -> Path:
+    """Importance summed per (detector, segment), and per image score."""
+    plt = _plt()
+    names = result.pipeline.feature_names
+    imp = result.feature_importances
+    groups: dict[str, float] = {}
+    for n, v in zip(names, imp, strict=True):
+        key = n.rsplit("/", 1)[0] if n.count("/") == 2 else n
+        groups[key] = groups.get(key, 0.0) + float(v)
+    keys = sorted(groups, key=groups.get, reverse=True)
+    fig, ax = plt.subplots(figsize=(6, 0.25 * len(keys) + 1))
+    ax.barh(keys[::-1], [groups[k] for k in keys[::-1]])
+    ax.set(xlabel="XGBoost importance (gain share, mean over seeds)", title="what the classifier uses")
+    path = out / "feature_importances.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def overlays(result: TrainResult, out: Path, per_group: int = 4) -> Path:
+    """The best and worst scored test images of seed 1, with each detector's map overlaid."""
+    from segad.data.images import read_rgb, resize
+
+    plt = _plt()
+    labels, scores = _first_seed(result)
+    s = scores["segad"]
+    idx = result.first_seed_test
+    order_bad = np.argsort(s[labels == 1])
+    order_good = np.argsort(s[labels == 0])
+    bad_idx, good_idx = idx[labels == 1], idx[labels == 0]
+    picks = [
+        ("missed defect", bad_idx[order_bad[:per_group]]),
+        ("caught defect", bad_idx[order_bad[::-1][:per_group]]),
+        ("false alarm", good_idx[order_good[::-1][:per_group]]),
+    ]
+    dets = list(result.detector_maps)
+    n_hold = len(next(iter(result.detector_maps.values())).scores) - len(result.dataset_table.test)
+    rows = [(title, int(i)) for title, group in picks for i in group]
+    fig, axes = plt.subplots(len(rows), 1 + len(dets), figsize=(2.2 * (1 + len(dets)), 2.2 * len(rows)), squeeze=False)
+    for r, (title, i) in enumerate(rows):
+        sample = result.dataset_table.test[i]
+        img = resize(read_rgb(sample.image_path), result.pipeline.image_size)
+        axes[r, 0].imshow(img)
+        axes[r, 0].set_title(f"{title}\n{sample.image_path.name}", fontsize=7)
+        for c, d in enumerate(dets, start=1):
+            axes[r, c].imshow(img)
+            axes[r, c].imshow(result.detector_maps[d].maps[n_hold + i].astype(np.float32), cmap="jet", alpha=0.45)
+            axes[r, c].set_title(d, fontsize=7)
+        for ax in axes[r]:
+            ax.axis("off")
+    path = out / "overlays.png"
+    fig.savefig(path, dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def aupimo_boxplot(result: TrainResult, out: Path) -> Path | None:
+    from segad.data.images import load_mask
+    from segad.metrics import MetricError, aupimo
+
+    if not result.dataset_table.has_masks:
+        return None
+    plt = _plt()
+    test = result.dataset_table.test
+    data, names = [], []
+    for d, dm in result.detector_maps.items():
+        size = dm.maps.shape[1:]
+        masks = np.stack([load_mask(s.mask_path, size) for s in test])
+        try:
+            scores = aupimo(masks, dm.maps[len(dm.scores) - len(test) :].astype(np.float32)).scores
+        except MetricError:
+            continue
+        data.append(scores[np.isfinite(scores)])
+        names.append(d)
+    if not data:
+        return None
+    fig, ax = plt.subplots(figsize=(1.6 * len(data) + 2, 3.5))
+    ax.boxplot(data, tick_labels=names)
+    ax.set(ylabel="AUPIMO per anomalous image", ylim=(0, 1))
+    path = out / "aupimo_boxplot.png"
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def charts(result: TrainResult, out: Path) -> list[Path]:
+    paths = [roc_curves(result, out), score_histograms(result, out), feature_importances(result, out)]
+    paths.append(overlays(result, out))
+    if (p := aupimo_boxplot(result, out)) is not None:
+        paths.append(p)
+    return paths

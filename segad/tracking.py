@@ -1,0 +1,209 @@
+"""MLflow: one parent run per ``segad.train``, a nested run per base detector, charts, the model.
+
+The tracking store is MLflow's own default (so ``mlflow ui`` in the same folder shows every run)
+unless ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` points elsewhere, e.g. a team's server.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from segad.train import TrainConfig, TrainResult
+
+MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+
+
+def experiment_name(cfg: TrainConfig) -> str:
+    if cfg.experiment:
+        return cfg.experiment
+    data = cfg.data if cfg.data in ("elpv", "synthetic") else Path(cfg.data).name
+    category = cfg.category or {"elpv": "mono", "synthetic": "widget"}.get(cfg.data)
+    return f"segad-{data}-{category}" if category else f"segad-{data}"
+
+
+def _git_commit() -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, cwd=Path(__file__).parent
+        )
+        return out.stdout.strip() or None if out.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def _tags(cfg: TrainConfig) -> dict[str, str]:
+    import mlflow
+    import torch
+    import xgboost
+
+    import segad
+    from detectors.device import resolve_device
+
+    tags = {
+        "segad.version": segad.__version__,
+        "device": str(resolve_device(cfg.device)),
+        "torch": torch.__version__,
+        "xgboost": xgboost.__version__,
+        "mlflow": mlflow.__version__,
+        "python": platform.python_version(),
+    }
+    if commit := _git_commit():
+        tags["git.commit"] = commit
+    return tags
+
+
+@contextmanager
+def parent_run(cfg: TrainConfig) -> Iterator[Any]:
+    """The run that holds everything of one ``segad.train``; an error ends it FAILED, Ctrl-C KILLED."""
+    import mlflow
+
+    if cfg.tracking_uri:
+        mlflow.set_tracking_uri(cfg.tracking_uri)
+    mlflow.set_experiment(experiment_name(cfg))
+    run = mlflow.start_run(run_name=cfg.run_name, tags=_tags(cfg))
+    try:
+        yield run
+    except KeyboardInterrupt:
+        mlflow.set_tag("error", "interrupted (Ctrl-C)")
+        mlflow.end_run(status="KILLED")
+        raise
+    except BaseException as e:
+        mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
+        mlflow.end_run(status="FAILED")
+        raise
+    else:
+        mlflow.end_run(status="FINISHED")
+
+
+def _params(cfg: TrainConfig, result: TrainResult) -> dict[str, Any]:
+    pipe = result.pipeline
+    params = {k: v for k, v in cfg.__dict__.items() if v is not None and k not in ("summary_json", "tracking_uri")}
+    params["dataset"] = result.dataset
+    params["n_segments"] = pipe.n_segments
+    params["n_features"] = len(pipe.feature_names)
+    for k, v in pipe.classifier.params.items():
+        params[f"classifier.{k}"] = v
+    for det in pipe.detectors:
+        for k, v in det.config.identity().items():
+            params[f"{det.name}.{k}"] = v
+    return params
+
+
+def log_result(result: TrainResult, register: bool = True) -> None:
+    """Params, per-seed metrics, nested detector runs, charts, the summary and the model."""
+    import mlflow
+
+    cfg = result.config
+    mlflow.log_params(_params(cfg, result))
+    for m in result.methods:
+        if m.name not in ("segad", "ensemble"):
+            continue
+        for i, row in enumerate(m.per_seed):
+            mlflow.log_metrics({f"{m.name}.auroc": row.auroc, f"{m.name}.fpr95": row.fpr95}, step=i)
+        mlflow.log_metrics(
+            {
+                f"{m.name}.auroc_mean": m.auroc_mean,
+                f"{m.name}.auroc_std": m.auroc_std,
+                f"{m.name}.fpr95_mean": m.fpr95_mean,
+                f"{m.name}.fpr95_std": m.fpr95_std,
+            }
+        )
+    mlflow.log_metric("seconds", result.seconds)
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for det_name in result.detector_maps:
+            _log_detector_run(result, det_name, tmp)
+        (tmp / "summary.json").write_text(json.dumps(result.summary(), indent=2))
+        mlflow.log_artifact(str(tmp / "summary.json"))
+        from segad import report
+
+        for path in report.charts(result, tmp):
+            mlflow.log_artifact(str(path), artifact_path="charts")
+        _log_model(result, tmp, register)
+
+
+def _log_detector_run(result: TrainResult, name: str, tmp: Path) -> None:
+    import mlflow
+
+    from segad.data.images import load_mask
+    from segad.metrics import aupimo, aupro, image_ap, pixel_auroc_ap
+    from segad.metrics.localisation import proportion_localised
+
+    dm = result.detector_maps[name]
+    method = next(m for m in result.methods if m.name == name)
+    ds = result.dataset_table
+    n_hold = len(dm.scores) - len(ds.test)
+    labels = np.array([s.label for s in ds.test])
+    with mlflow.start_run(run_name=name, nested=True):
+        mlflow.log_params({"detector": name, **dm.detector.config.identity()})
+        for i, row in enumerate(method.per_seed):
+            mlflow.log_metrics({"auroc": row.auroc, "fpr95": row.fpr95}, step=i)
+        metrics = {
+            "auroc_mean": method.auroc_mean,
+            "auroc_std": method.auroc_std,
+            "fpr95_mean": method.fpr95_mean,
+            "fpr95_std": method.fpr95_std,
+            "ap_all_test": image_ap(labels, dm.scores[n_hold:]),
+            "fit_seconds": dm.fit_seconds,
+            "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
+        }
+        if np.isfinite(dm.predict_ms_per_image):
+            metrics["predict_ms_per_image"] = dm.predict_ms_per_image
+        if ds.has_masks:
+            size = dm.maps.shape[1:]
+            masks = np.stack([load_mask(s.mask_path, size) for s in ds.test])
+            maps = dm.maps[n_hold:].astype(np.float32)
+            metrics["pixel_auroc"], metrics["pixel_ap"] = pixel_auroc_ap(masks, maps)
+            metrics["aupro_0.3"] = aupro(masks, maps, 0.3)
+            metrics["aupro_0.05"] = aupro(masks, maps, 0.05)
+            metrics["pl"] = proportion_localised(masks, maps)
+            try:
+                pimo = aupimo(masks, maps)
+                metrics["aupimo_mean"], metrics["aupimo_std"] = pimo.mean, pimo.std
+                table = tmp / f"aupimo_{name}.csv"
+                rows = ["image,defect_type,aupimo"] + [
+                    f"{s.image_path},{s.defect_type},{v}" for s, v in zip(ds.test, pimo.scores, strict=True)
+                ]
+                table.write_text("\n".join(rows) + "\n")
+                mlflow.log_artifact(str(table))
+            except ValueError as e:  # too few normal pixels for the bounds: say so, never a number
+                mlflow.set_tag("aupimo", f"not computed: {e}")
+        else:
+            mlflow.set_tag("pixel_metrics", "skipped: the dataset has no masks")
+        mlflow.log_metrics(metrics)
+
+
+def _log_model(result: TrainResult, tmp: Path, register: bool) -> None:
+    import mlflow
+    import pandas as pd
+    from mlflow.models import infer_signature
+
+    model_dir = result.pipeline.save(tmp / "pipeline")
+    from features.segments import FolderSegments
+
+    test = result.dataset_table.test[:2]
+    example = pd.DataFrame({"image_path": [str(s.image_path) for s in test]})
+    if isinstance(result.pipeline.segmenter, FolderSegments):
+        example["segment_path"] = [str(s.segment_path) for s in test]
+    output = pd.DataFrame({"score": [0.0, 1.0], "decision": [False, True], "error": ["", ""]})
+    name = f"segad-{result.dataset.replace('/', '-')}" if register else None
+    mlflow.pyfunc.log_model(
+        name="model",
+        python_model=str(MODEL_CODE),
+        artifacts={"pipeline": str(model_dir)},
+        signature=infer_signature(example, output),
+        input_example=example,
+        registered_model_name=name,
+        code_paths=None,
+    )

@@ -1,0 +1,184 @@
+"""A real MLflow store: train into it, read everything back, load the registered model, serve it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from segad.data.synthetic import SyntheticSpec, write_mvtec
+from segad.train import main
+
+SPEC = SyntheticSpec(image_size=96, n_train=80, n_test_good=8, n_defects_per_type=3, seed=5)
+ARGS = ["--image-size", "96", "--shots", "5", "--seeds", "2", "--device", "cpu", "--segments", "whole"]
+ARGS += ["--set", "patchcore.coreset_ratio=0.25"]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory: pytest.TempPathFactory):
+    import mlflow
+
+    root = tmp_path_factory.mktemp("tracking")
+    write_mvtec(SPEC, root / "data")
+    uri = f"sqlite:///{root / 'mlflow.db'}"
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)  # MLflow's default artifact root is ./mlruns
+    mp.setenv("SEGAD_CACHE_DIR", str(root / "cache"))
+    args = ["--data", str(root / "data"), *ARGS, "--tracking-uri", uri, "--model-dir", str(root / "model")]
+    assert main([*args, "--experiment", "tiny"]) == 0
+    mlflow.set_tracking_uri(uri)
+    yield root, uri, mlflow.MlflowClient(uri)
+    mp.undo()
+
+
+def _runs(client, experiment: str = "tiny"):
+    exp = client.get_experiment_by_name(experiment)
+    return client.search_runs([exp.experiment_id])
+
+
+def test_parent_and_nested_runs_with_params_metrics_and_tags(store) -> None:
+    _, _, client = store
+    runs = _runs(client)
+    parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
+    children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert parent.info.status == "FINISHED" and set(children) == {"patchcore", "padim"}
+    p = parent.data.params
+    assert p["detectors"] == "patchcore,padim" and p["shots"] == "5" and p["segments"] == "whole"
+    assert p["patchcore.coreset_ratio"] == "0.25" and p["classifier.num_parallel_tree"] == "200"
+    assert {"segad.auroc_mean", "segad.fpr95_std", "ensemble.auroc_mean"} <= set(parent.data.metrics)
+    history = client.get_metric_history(parent.info.run_id, "segad.auroc")
+    assert [m.step for m in history] == [0, 1]
+    assert parent.data.tags["device"] == "cpu" and "torch" in parent.data.tags and "segad.version" in parent.data.tags
+    for child in children.values():
+        m = child.data.metrics
+        assert {"auroc_mean", "fpr95_mean", "ap_all_test", "pixel_auroc", "pixel_ap", "aupro_0.3", "pl"} <= set(m)
+        assert 0.5 < m["pixel_auroc"] <= 1.0 and "fit_seconds" in m
+        assert child.data.params["detector"] == child.info.run_name
+
+
+def test_artifacts_and_summary(store) -> None:
+    _, _, client = store
+    parent = next(r for r in _runs(client) if "mlflow.parentRunId" not in r.data.tags)
+    charts = {a.path for a in client.list_artifacts(parent.info.run_id, "charts")}
+    assert {"charts/roc_curves.png", "charts/score_histograms.png", "charts/feature_importances.png"} <= charts
+    assert "charts/overlays.png" in charts
+    local = client.download_artifacts(parent.info.run_id, "summary.json")
+    summary = json.loads(Path(local).read_text())
+    assert set(summary["methods"]) == {"patchcore", "padim", "ensemble", "segad"}
+
+
+def test_registered_model_loads_as_pyfunc_and_scores(store) -> None:
+    import mlflow
+
+    root, _, client = store
+    versions = client.search_model_versions("name='segad-data-widget'")
+    assert [int(v.version) for v in versions] == [1]
+    model = mlflow.pyfunc.load_model("models:/segad-data-widget/1")
+    files = sorted((root / "data" / "widget" / "test").rglob("*.png"))
+    out = model.predict(pd.DataFrame({"image_path": [str(f) for f in files] + [str(root / "missing.png")]}))
+    assert np.isfinite(out["score"][:-1]).all() and np.isnan(out["score"].iloc[-1])
+    assert "does not exist" in out["error"].iloc[-1]
+    bad = out["score"][:-1][[f.parent.name != "good" for f in files]].mean()
+    assert bad > out["score"][:-1][[f.parent.name == "good" for f in files]].mean()
+
+
+def test_predict_cli_writes_scores_and_overlays_and_skips_unreadable(store, tmp_path: Path) -> None:
+    from segad.predict import main as predict
+
+    root, uri, _ = store
+    images = tmp_path / "in"
+    shutil.copytree(root / "data" / "widget" / "test" / "scratch", images / "scratch")
+    (images / "broken.png").write_bytes(b"not a png")
+    for model in ("models:/segad-data-widget/1", str(root / "model")):
+        out = tmp_path / "out" / model.replace(":", "_").replace("/", "_")
+        assert predict(["--model", model, "--images", str(images), "--out", str(out), "--tracking-uri", uri]) == 0
+        rows = list(csv.DictReader((out / "scores.csv").open()))
+        assert len(rows) == 4 and sum(1 for r in rows if r["error"]) == 1
+        assert len(list((out / "overlays").rglob("*.png"))) == 3
+
+
+def test_a_failing_run_is_marked_failed_with_the_error(store, tmp_path: Path) -> None:
+    root, uri, client = store
+    data = tmp_path / "data"
+    shutil.copytree(root / "data", data)
+    (data / "widget" / "test" / "good" / "000.png").write_bytes(b"broken")
+    args = ["--data", str(data), *ARGS, "--tracking-uri", uri, "--experiment", "broken", "--no-cache"]
+    assert main(args) == 2  # the error is printed; the run records it
+    run = _runs(client, "broken")[0]
+    assert run.info.status == "FAILED" and "000.png" in run.data.tags["error"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_real_tracking_server_on_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "mlflow",
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "artifacts"),
+            "--workers",
+            "1",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(120):
+            try:
+                if urllib.request.urlopen(f"{url}/health", timeout=1).status == 200:
+                    break
+            except OSError:
+                time.sleep(0.5)
+        else:
+            pytest.fail("mlflow server did not come up in 60 s")
+        write_mvtec(SPEC, tmp_path / "data")
+        monkeypatch.chdir(tmp_path)
+        args = ["--data", str(tmp_path / "data"), *ARGS, "--tracking-uri", url, "--experiment", "served"]
+        assert main(args) == 0
+        req = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=served")
+        exp_id = json.load(urllib.request.urlopen(req, timeout=10))["experiment"]["experiment_id"]
+        body = json.dumps({"experiment_ids": [exp_id]}).encode()
+        req = urllib.request.Request(
+            f"{url}/api/2.0/mlflow/runs/search", data=body, headers={"Content-Type": "application/json"}
+        )
+        runs = json.load(urllib.request.urlopen(req, timeout=10))["runs"]
+        assert len(runs) == 3 and all(r["info"]["status"] == "FINISHED" for r in runs)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_ctrl_c_ends_the_run_killed(store) -> None:
+    from segad import tracking
+    from segad.train import TrainConfig
+
+    _, uri, client = store
+    with pytest.raises(KeyboardInterrupt), tracking.parent_run(TrainConfig(tracking_uri=uri, experiment="killed")):
+        raise KeyboardInterrupt
+    run = _runs(client, "killed")[0]
+    assert run.info.status == "KILLED" and "interrupted" in run.data.tags["error"]
