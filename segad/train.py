@@ -52,6 +52,7 @@ class TrainConfig:
     seeds: int = 10
     segments: str = "auto"  # auto: the dataset's own segment maps when it has them, else kmeans:8
     classifier: str = "brf"
+    classifier_params: str = ""  # overrides of the preset, "max_depth=4,learning_rate=0.2" (set by tuning)
     device: str = "auto"
     model_dir: str | None = None
     summary_json: str | None = None
@@ -70,6 +71,15 @@ class TrainConfig:
         for n in names:
             detector_class(n)  # raises with the list of known names
         return names
+
+    def classifier_overrides(self) -> dict[str, float | int]:
+        out: dict[str, float | int] = {}
+        for item in filter(None, (p.strip() for p in self.classifier_params.split(","))):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise ValueError(f"--classifier-params {item!r}: use NAME=VALUE, e.g. max_depth=4")
+            out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
+        return out
 
     def options_for(self, name: str) -> dict[str, object]:
         """``--set`` options of one detector, converted to its config's field types."""
@@ -173,7 +183,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     t0 = time.perf_counter()
     names = cfg.detector_names
     options = {n: cfg.options_for(n) for n in names}
-    SegadClassifier(cfg.classifier)  # a bad preset fails here
+    SegadClassifier(cfg.classifier, **cfg.classifier_overrides())  # a bad preset fails here
     if cfg.generated < 0:
         raise ValueError(f"--generated must be >= 0, got {cfg.generated}")
     ds: Dataset = load_dataset(cfg.data, cfg.category)
@@ -244,7 +254,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         scores["ensemble"] = ensemble[sp.test]
         X_train = np.concatenate([X_hold, X_test[sp.train_defects], X_gen])
         y_train = np.r_[np.zeros(n_hold), np.ones(len(sp.train_defects) + len(X_gen))]
-        clf = SegadClassifier(cfg.classifier, seed=sp.seed).fit(X_train, y_train)
+        clf = SegadClassifier(cfg.classifier, seed=sp.seed, **cfg.classifier_overrides()).fit(X_train, y_train)
         scores["segad"] = clf.decision_function(X_test[sp.test])
         for method, s in scores.items():
             results[method].add(sp.seed, y, s)
@@ -318,8 +328,9 @@ def write_json(path: str | Path, payload: dict) -> Path:
     return path
 
 
-def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
-    ap = argparse.ArgumentParser(prog="python -m segad.train", description=__doc__)
+def build_parser(prog: str = "python -m segad.train", description: str | None = __doc__) -> argparse.ArgumentParser:
+    """The options every command that trains shares (``segad.tune`` adds its own)."""
+    ap = argparse.ArgumentParser(prog=prog, description=description)
     d = TrainConfig()
     ap.add_argument("--data", default=d.data, help="dataset root (MVTec or VisA layout) or a built-in: elpv, synthetic")
     ap.add_argument("--category", default=d.category, help="category inside the dataset (ELPV: mono or poly)")
@@ -335,6 +346,7 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
     )
     ap.add_argument("--segments", default=d.segments, help="auto, whole, kmeans:K or folder[:PATH]")
     ap.add_argument("--classifier", default=d.classifier, choices=("brf", "rf", "bt"))
+    ap.add_argument("--classifier-params", default=d.classifier_params, help="preset overrides: max_depth=4,...")
     ap.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
     ap.add_argument("--model-dir", default=d.model_dir, help="save the fitted pipeline here (default: outputs/...)")
     ap.add_argument("--summary-json", default=d.summary_json, help="write the results as JSON here")
@@ -351,10 +363,20 @@ def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
         metavar="DETECTOR.OPTION=VALUE",
         help="a detector option, e.g. --set patchcore.coreset_ratio=0.1 (repeatable)",
     )
-    a = ap.parse_args(argv)
-    values = vars(a)
+    return ap
+
+
+def config_from(values: dict) -> TrainConfig:
+    from dataclasses import fields
+
+    known = {f.name for f in fields(TrainConfig)}
+    values = {k: v for k, v in values.items() if k in known}
     values["detector_options"] = ",".join(values["detector_options"])
     return TrainConfig(**values)
+
+
+def parse_args(argv: Sequence[str] | None = None) -> TrainConfig:
+    return config_from(vars(build_parser().parse_args(argv)))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

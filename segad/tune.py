@@ -1,0 +1,331 @@
+"""``python -m segad.tune``: let Optuna choose the detector combination and SegAD's settings.
+
+Every detector's maps are computed once up front (and cached), so a trial only builds features and
+fits classifiers: seconds. The objective never sees the test set: it is the mean image AUROC of
+stratified cross-validation inside SegAD's own training data (held-out good + each seed's shots;
+generated defects join the training folds only), reported seed by seed so the median pruner can stop
+weak trials. At the end the best configuration is run once exactly like ``segad.train`` (test set,
+MLflow run, model), linked to the study.
+
+Several processes (or machines, with a PostgreSQL or MySQL ``--storage``) can work on one study at
+once; the same ``--study`` and ``--storage`` resume it.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+from detectors import make_detector
+from features import SegmentSpec, make_segmenter
+from features.statistics import STATISTICS
+from features.vector import feature_matrix
+from segad.classifier import PRESETS, SegadClassifier
+from segad.data import DatasetError, load_dataset
+from segad.maps import ImageSet, compute_maps, default_cache
+from segad.metrics import image_auroc
+from segad.protocol import check_evaluable, fit_split, seed_split, seeds
+from segad.train import TrainConfig, _fit_segmenter, _generated_defects, _segments, build_parser, config_from
+
+GENERATED_CHOICES = (0, 50, 100, 200)
+CV_FOLDS = 3
+
+
+class Workbench:
+    """Everything a trial reuses: the split, every detector's maps, segments and features per choice."""
+
+    def __init__(self, cfg: TrainConfig, max_generated: int) -> None:
+        self.cfg = cfg
+        self.names = cfg.detector_names
+        options = {n: cfg.options_for(n) for n in self.names}
+        self.ds = load_dataset(cfg.data, cfg.category)
+        check_evaluable(self.ds)
+        self.splits = [seed_split(self.ds, cfg.shots, s) for s in seeds(cfg.seeds)]
+        self.fs = fit_split(self.ds, cfg.holdout)
+        size = (cfg.image_size, cfg.image_size)
+        scored = list(self.fs.holdout_good) + list(self.ds.test)
+        self.seg_paths = [s.segment_path for s in scored] if self.ds.has_segments else None
+        self.fit_set = ImageSet.from_paths([s.image_path for s in self.fs.fit_good], size)
+        self.score_set = ImageSet.from_paths([s.image_path for s in scored], size)
+        gen_cfg = replace(cfg, generated=max_generated)
+        _, self.gen_set, self.gen_seg_paths = _generated_defects(gen_cfg, self.fs, self.seg_paths, size)
+        cache = None if cfg.no_cache else default_cache()
+        self.maps, self.gen_maps = {}, {}
+        for n in self.names:
+            det = make_detector(n, **{"backbone": cfg.backbone, "device": cfg.device, **options[n]})
+            print(f"{n}: maps of {len(self.score_set) + len(self.gen_set)} images ...", file=sys.stderr, flush=True)
+            self.maps[n] = compute_maps(det, self.fit_set, self.score_set, size, cache)
+            if len(self.gen_set):
+                self.gen_maps[n] = compute_maps(det, self.fit_set, self.gen_set, size, cache)
+        self.n_hold = len(self.fs.holdout_good)
+        self.labels = np.array([s.label for s in self.ds.test])
+        self._segments: dict[str, tuple] = {}
+        self._features: dict[tuple, tuple] = {}
+
+    def segments(self, spec: SegmentSpec):
+        key = str(spec)
+        if key not in self._segments:
+            seg = _fit_segmenter(
+                make_segmenter(spec, self.cfg.backbone, self.cfg.device), self.fit_set, self.fs, self.seg_paths
+            )
+            gen = _segments(seg, self.gen_set, self.gen_seg_paths) if len(self.gen_set) else None
+            self._segments[key] = (_segments(seg, self.score_set, self.seg_paths), gen, seg.n_segments_)
+        return self._segments[key]
+
+    def features(self, dets: tuple[str, ...], spec: SegmentSpec, with_scores: bool):
+        key = (dets, str(spec), with_scores)
+        if key not in self._features:
+            seg, gen_seg, k = self.segments(spec)
+            X = feature_matrix({d: self.maps[d].maps for d in dets}, {d: self.maps[d].scores for d in dets}, seg, k)
+            X_gen = (
+                feature_matrix(
+                    {d: self.gen_maps[d].maps for d in dets}, {d: self.gen_maps[d].scores for d in dets}, gen_seg, k
+                )
+                if gen_seg is not None
+                else np.empty((0, X.shape[1]))
+            )
+            if not with_scores:  # drop the trailing image-score columns
+                keep = len(dets) * k * len(STATISTICS)
+                X, X_gen = X[:, :keep], X_gen[:, :keep]
+            self._features[key] = (X, X_gen)
+        return self._features[key]
+
+
+def suggest(trial, bench: Workbench, max_generated: int) -> dict:
+    """One point of the search space, as TrainConfig fields."""
+    subsets = [",".join(c) for c in _subsets(bench.names)]
+    params: dict = {"detectors": trial.suggest_categorical("detectors", subsets)}
+    methods = ["whole", "kmeans"] + (["folder"] if bench.ds.has_segments else [])
+    method = trial.suggest_categorical("segments", methods)
+    params["segments"] = f"kmeans:{trial.suggest_int('k', 2, 16)}" if method == "kmeans" else method
+    params["feature_set"] = trial.suggest_categorical("feature_set", ["full", "no_scores"])
+    params["classifier"] = trial.suggest_categorical("classifier", list(PRESETS))
+    over = {
+        "max_depth": trial.suggest_int("max_depth", 2, 8),
+        "learning_rate": trial.suggest_float("learning_rate", 0.05, 1.0, log=True),
+        "subsample": trial.suggest_float("subsample", 0.4, 1.0),
+    }
+    trees = trial.suggest_int("trees", 50, 400, log=True)
+    over["n_estimators" if params["classifier"] == "bt" else "num_parallel_tree"] = trees
+    params["classifier_params"] = ",".join(f"{k}={v}" for k, v in over.items())
+    params["generated"] = trial.suggest_categorical("generated", [g for g in GENERATED_CHOICES if g <= max_generated])
+    return params
+
+
+def _subsets(names: Sequence[str]) -> list[tuple[str, ...]]:
+    from itertools import combinations
+
+    return [c for r in range(1, len(names) + 1) for c in combinations(names, r)]
+
+
+def cv_score(bench: Workbench, params: dict, report=None) -> float:
+    """Mean AUROC of stratified k-fold CV on held-out good + shots (+ generated in training folds only)."""
+    from sklearn.model_selection import StratifiedKFold
+
+    dets = tuple(params["detectors"].split(","))
+    spec = SegmentSpec.parse(params["segments"]) if params["segments"] != "folder" else SegmentSpec("folder")
+    X, X_gen = bench.features(dets, spec, params["feature_set"] == "full")
+    X_gen = X_gen[: params["generated"]]
+    overrides = TrainConfig(classifier_params=params["classifier_params"]).classifier_overrides()
+    X_hold, X_test = X[: bench.n_hold], X[bench.n_hold :]
+    means = []
+    for step, sp in enumerate(bench.splits):
+        Xr = np.concatenate([X_hold, X_test[sp.train_defects]])
+        yr = np.r_[np.zeros(bench.n_hold), np.ones(len(sp.train_defects))]
+        folds = min(CV_FOLDS, int(yr.sum()), int((yr == 0).sum()))
+        if folds < 2:
+            raise ValueError("tuning needs at least 2 shots and 2 held-out good images for cross-validation")
+        aurocs = []
+        for tr, va in StratifiedKFold(folds, shuffle=True, random_state=sp.seed).split(Xr, yr):
+            clf = SegadClassifier(params["classifier"], seed=sp.seed, **overrides)
+            clf.fit(np.concatenate([Xr[tr], X_gen]), np.r_[yr[tr], np.ones(len(X_gen))])
+            aurocs.append(image_auroc(yr[va], clf.decision_function(Xr[va])))
+        means.append(float(np.mean(aurocs)))
+        if report is not None:
+            report(float(np.mean(means)), step)
+    return float(np.mean(means))
+
+
+def _open_study(args, sampler_seed: int):
+    import optuna
+
+    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
+    try:
+        return optuna.create_study(
+            study_name=args.study,
+            storage=args.storage,
+            direction="maximize",
+            sampler=samplers[args.sampler](seed=sampler_seed),
+            pruner=optuna.pruners.MedianPruner(n_startup_trials=2),
+            load_if_exists=True,
+        )
+    except Exception as e:  # optuna wraps driver errors in many types
+        raise ValueError(f"--storage {args.storage}: cannot open the study: {e}") from e
+
+
+def run_study(args, cfg: TrainConfig) -> dict:
+    import mlflow
+    import optuna
+
+    from segad import tracking
+
+    if args.trials is not None and args.trials < 1:
+        raise ValueError("--trials must be at least 1")
+    cfg.detector_names  # noqa: B018 - an unknown detector in the restriction list fails here, before any work
+    max_gen = max(GENERATED_CHOICES) if args.max_generated is None else args.max_generated
+    study = _open_study(args, args.sampler_seed)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    cfg = replace(cfg, experiment=cfg.experiment or tracking.experiment_name(cfg))
+    if cfg.tracking_uri:
+        mlflow.set_tracking_uri(cfg.tracking_uri)
+    client = mlflow.MlflowClient()
+    exp = mlflow.set_experiment(cfg.experiment)
+    bench = Workbench(cfg, max_gen)
+    parent = client.create_run(exp.experiment_id, run_name=f"study {args.study}", tags={"segad.study": args.study})
+    client.log_param(parent.info.run_id, "storage", args.storage)
+    client.log_param(parent.info.run_id, "sampler", args.sampler)
+
+    def objective(trial) -> float:
+        t0 = time.perf_counter()
+        params = suggest(trial, bench, max_gen)
+        child = client.create_run(
+            exp.experiment_id,
+            run_name=f"trial {trial.number}",
+            tags={"mlflow.parentRunId": parent.info.run_id, "segad.study": args.study},
+        )
+        rid = child.info.run_id
+        for k, v in params.items():
+            client.log_param(rid, k, v)
+
+        def report(value: float, step: int) -> None:
+            client.log_metric(rid, "cv_auroc_running", value, step=step)
+            trial.report(value, step)
+            if trial.should_prune():
+                raise optuna.TrialPruned()
+
+        try:
+            score = cv_score(bench, params, report)
+        except optuna.TrialPruned:
+            client.log_metric(rid, "duration_s", time.perf_counter() - t0)
+            client.set_tag(rid, "state", "PRUNED")
+            client.set_terminated(rid, "KILLED")
+            raise
+        except Exception as e:
+            client.set_tag(rid, "error", str(e)[:5000])
+            client.set_terminated(rid, "FAILED")
+            raise
+        client.log_metric(rid, "cv_auroc", score)
+        client.log_metric(rid, "duration_s", time.perf_counter() - t0)
+        client.set_tag(rid, "state", "COMPLETE")
+        client.set_terminated(rid, "FINISHED")
+        trial.set_user_attr("train_config", params)
+        return score
+
+    t0 = time.perf_counter()
+    try:
+        study.optimize(objective, n_trials=args.trials, timeout=args.timeout, n_jobs=args.n_jobs)
+    except BaseException as e:
+        client.set_tag(parent.info.run_id, "error", f"{type(e).__name__}: {e}"[:5000])
+        client.set_terminated(parent.info.run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        raise
+    minutes = (time.perf_counter() - t0) / 60
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not complete:
+        client.set_terminated(parent.info.run_id, "FAILED")
+        raise ValueError("no trial completed; see the trials' errors in MLflow")
+    best = study.best_trial
+    best_params = best.user_attrs["train_config"]
+    client.log_metric(parent.info.run_id, "best_cv_auroc", best.value)
+    client.log_metric(parent.info.run_id, "trials_per_minute", len(study.trials) / max(minutes, 1e-9))
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "best_params.json").write_text(json.dumps({"cv_auroc": best.value, **best_params}, indent=2))
+        client.log_artifact(parent.info.run_id, str(tmp / "best_params.json"))
+        for path in _study_charts(study, tmp):
+            client.log_artifact(parent.info.run_id, str(path), artifact_path="charts")
+
+    summary = {
+        "study": args.study,
+        "trials": len(study.trials),
+        "best_cv_auroc": best.value,
+        "best_params": best_params,
+        "trials_per_minute": len(study.trials) / max(minutes, 1e-9),
+    }
+    if args.skip_best_run:
+        client.set_terminated(parent.info.run_id, "FINISHED")
+        return summary
+
+    # The best configuration, once, exactly like segad.train, linked to the study.
+    best_cfg = replace(cfg, **{k: v for k, v in best_params.items() if k != "feature_set"})
+    if best_params["feature_set"] != "full":
+        print("note: the best trial drops image scores; segad.train keeps SegAD's full feature set", file=sys.stderr)
+    best_cfg = replace(best_cfg, run_name=f"best of study {args.study}")
+    with tracking.parent_run(best_cfg) as run:
+        mlflow.set_tags({"segad.study": args.study, "segad.study_run_id": parent.info.run_id})
+        from segad.train import run as train_run
+
+        result = train_run(best_cfg)
+        tracking.log_result(result)
+    client.set_tag(parent.info.run_id, "best_train_run_id", run.info.run_id)
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    segad_row = next(m for m in result.methods if m.name == "segad")
+    return {**summary, "test_auroc_mean": segad_row.auroc_mean, "test_fpr95_mean": segad_row.fpr95_mean}
+
+
+def _study_charts(study, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import optuna
+
+    paths = []
+    for name, fn in (
+        ("optimization_history", optuna.visualization.matplotlib.plot_optimization_history),
+        ("param_importances", optuna.visualization.matplotlib.plot_param_importances),
+    ):
+        try:
+            ax = fn(study)
+        except Exception:  # importances need >= 2 completed trials with varying params
+            continue
+        path = out / f"{name}.png"
+        (ax.figure if hasattr(ax, "figure") else ax[0].figure).savefig(path, dpi=100, bbox_inches="tight")
+        plt.close("all")
+        paths.append(path)
+    return paths
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    import warnings
+
+    warnings.filterwarnings("ignore", category=UserWarning, module="optuna")  # experimental matplotlib API
+    ap = build_parser("python -m segad.tune", __doc__)
+    ap.add_argument("--trials", type=int, default=20, help="trials this process runs (total with other workers)")
+    ap.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
+    ap.add_argument("--study", default="segad", help="study name; the same name and storage resume it")
+    ap.add_argument("--storage", default="sqlite:///optuna.db", help="Optuna storage URL (sqlite, postgresql, ...)")
+    ap.add_argument("--sampler", default="tpe", choices=("tpe", "random"))
+    ap.add_argument("--sampler-seed", type=int, default=0)
+    ap.add_argument("--n-jobs", type=int, default=1, help="trials in parallel threads in this process")
+    ap.add_argument("--max-generated", type=int, default=None, help="cap on generated defects searched (0 to 200)")
+    ap.add_argument("--skip-best-run", action="store_true", help="extra workers: do not re-run the best trial")
+    a = ap.parse_args(argv)
+    try:
+        cfg = config_from(vars(a))
+        summary = run_study(a, cfg)
+    except (DatasetError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

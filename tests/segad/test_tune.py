@@ -1,0 +1,94 @@
+"""Optuna studies on tiny synthetic data: trials as nested MLflow runs, workers sharing one storage, resume."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+
+from segad.data.synthetic import SyntheticSpec, write_mvtec
+from segad.tune import main
+
+SPEC = SyntheticSpec(image_size=96, n_train=80, n_test_good=8, n_defects_per_type=3, seed=5)
+COMMON = ["--image-size", "96", "--shots", "6", "--seeds", "2", "--device", "cpu", "--max-generated", "50"]
+COMMON += ["--set", "patchcore.coreset_ratio=0.25"]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("tune")
+    write_mvtec(SPEC, root / "data")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    mp.setenv("SEGAD_CACHE_DIR", str(root / "cache"))
+    yield root
+    mp.undo()
+
+
+def _args(root: Path, study: str, trials: int, *extra: str) -> list[str]:
+    return [
+        "--data", str(root / "data"), *COMMON, "--trials", str(trials), "--study", study,
+        "--storage", f"sqlite:///{root / 'optuna.db'}", "--tracking-uri", f"sqlite:///{root / 'mlflow.db'}",
+        "--experiment", study, "--model-dir", str(root / "model"), *extra,
+    ]  # fmt: skip
+
+
+def test_four_trials_make_four_nested_runs_and_a_best_train_run(workspace: Path) -> None:
+    import mlflow
+
+    assert main(_args(workspace, "four", 4)) == 0
+    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("four")
+    runs = client.search_runs([exp.experiment_id])
+    study_run = next(r for r in runs if r.info.run_name == "study four")
+    trials = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == study_run.info.run_id]
+    assert len(trials) == 4 and all("cv_auroc" in r.data.metrics or r.data.tags.get("state") for r in trials)
+    assert {"detectors", "segments", "classifier", "generated"} <= set(trials[0].data.params)
+    best = next(r for r in runs if r.info.run_name == "best of study four")
+    assert best.data.tags["segad.study_run_id"] == study_run.info.run_id
+    assert study_run.data.tags["best_train_run_id"] == best.info.run_id
+    assert "segad.auroc_mean" in best.data.metrics
+    charts = {a.path for a in client.list_artifacts(study_run.info.run_id, "charts")}
+    assert "charts/optimization_history.png" in charts
+    assert {a.path for a in client.list_artifacts(study_run.info.run_id)} >= {"best_params.json"}
+
+
+def test_resuming_adds_trials_to_the_same_study(workspace: Path) -> None:
+    assert main(_args(workspace, "resume", 2, "--skip-best-run")) == 0
+    assert main(_args(workspace, "resume", 2, "--skip-best-run")) == 0
+    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{workspace / 'optuna.db'}")
+    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+
+
+def test_two_workers_share_one_study(workspace: Path) -> None:
+    main(_args(workspace, "warm", 1, "--skip-best-run"))  # maps cached, storage created: workers start at once
+    cmd = [sys.executable, "-m", "segad.tune", *_args(workspace, "shared", 2, "--skip-best-run")]
+    workers = [
+        subprocess.Popen(cmd, cwd=workspace, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) for _ in range(2)
+    ]
+    errors = [w.communicate(timeout=300)[1].decode() for w in workers]
+    assert all(w.returncode == 0 for w in workers), errors
+    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{workspace / 'optuna.db'}")
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == [0, 1, 2, 3]  # four trials, none lost, none run twice
+    assert all(t.state.is_finished() for t in study.trials)
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--detectors", "patchcore,fastflux"], "unknown detector 'fastflux'"),
+        (["--storage", "nosuchdb://x"], "cannot open the study"),
+    ],
+)
+def test_bad_input(workspace: Path, capsys, extra: list[str], message: str) -> None:
+    assert main([*_args(workspace, "bad", 1), *extra]) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_zero_trials_is_an_error(workspace: Path, capsys) -> None:
+    assert main(_args(workspace, "zero", 0)) == 2
+    assert "--trials must be at least 1" in capsys.readouterr().err
