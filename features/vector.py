@@ -13,9 +13,9 @@ import numpy as np
 from features.statistics import STATISTICS, batch_statistics
 
 
-def feature_names(detectors: Sequence[str], n_segments: int) -> list[str]:
+def feature_names(detectors: Sequence[str], n_segments: int, with_scores: bool = True) -> list[str]:
     names = [f"{d}/seg{j}/{s}" for d in detectors for j in range(n_segments) for s in STATISTICS]
-    return names + [f"{d}/score" for d in detectors]
+    return names + ([f"{d}/score" for d in detectors] if with_scores else [])
 
 
 def feature_matrix(
@@ -24,8 +24,10 @@ def feature_matrix(
     segments: np.ndarray,
     n_segments: int,
     chunk: int = 64,
+    with_scores: bool = True,
 ) -> np.ndarray:
-    """(N, K*4*M + M) features from (N, H, W) maps and (N,) scores per detector, (N, H, W) segments."""
+    """(N, K*4*M + M) features from (N, H, W) maps and (N,) scores per detector, (N, H, W) segments
+    (K*4*M without the image scores)."""
     names = list(maps)
     n = len(segments)
     for d in names:
@@ -35,5 +37,7 @@ def feature_matrix(
     for s in range(0, n, chunk):
         block = np.stack([maps[d][s : s + chunk] for d in names], axis=1).astype(np.float32)
         stats[s : s + chunk] = batch_statistics(block, segments[s : s + chunk], n_segments)
+    if not with_scores:
+        return stats.reshape(n, -1)
     image_scores = np.stack([np.asarray(scores[d], np.float64) for d in names], axis=1)
     return np.concatenate([stats.reshape(n, -1), image_scores], axis=1)

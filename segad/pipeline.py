@@ -42,6 +42,7 @@ class SegadPipeline:
         image_size: tuple[int, int],
         threshold: float = 0.0,
         info: dict | None = None,
+        with_scores: bool = True,
     ) -> None:
         self.detectors = list(detectors)
         self.segmenter = segmenter
@@ -49,6 +50,7 @@ class SegadPipeline:
         self.image_size = tuple(image_size)
         self.threshold = float(threshold)
         self.info = dict(info or {})
+        self.with_scores = with_scores
 
     @property
     def n_segments(self) -> int:
@@ -56,13 +58,17 @@ class SegadPipeline:
 
     @property
     def feature_names(self) -> list[str]:
-        return feature_names([d.name for d in self.detectors], self.n_segments)
+        return feature_names([d.name for d in self.detectors], self.n_segments, self.with_scores)
 
     def features(self, images: np.ndarray, segment_paths: Sequence[Path | None] | None = None):
         outs = {d.name: d.predict(images) for d in self.detectors}
         segments = self.segmenter.predict(images, segment_paths)
         X = feature_matrix(
-            {k: o.maps for k, o in outs.items()}, {k: o.scores for k, o in outs.items()}, segments, self.n_segments
+            {k: o.maps for k, o in outs.items()},
+            {k: o.scores for k, o in outs.items()},
+            segments,
+            self.n_segments,
+            with_scores=self.with_scores,
         )
         return X, outs
 
@@ -95,6 +101,7 @@ class SegadPipeline:
                 "classifier": {"preset": self.classifier.preset, "seed": self.classifier.seed},
                 "image_size": list(self.image_size),
                 "threshold": self.threshold,
+                "with_scores": self.with_scores,
                 "feature_names": self.feature_names,
                 "info": self.info,
             }
@@ -132,4 +139,6 @@ class SegadPipeline:
             segmenter = WholeImage()
         clf = SegadClassifier.load(path / "classifier.json", m["classifier"]["preset"])
         clf.seed = m["classifier"]["seed"]
-        return cls(detectors, segmenter, clf, tuple(m["image_size"]), m["threshold"], m.get("info"))
+        return cls(
+            detectors, segmenter, clf, tuple(m["image_size"]), m["threshold"], m.get("info"), m.get("with_scores", True)
+        )

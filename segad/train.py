@@ -52,6 +52,7 @@ class TrainConfig:
     seeds: int = 10
     segments: str = "auto"  # auto: the dataset's own segment maps when it has them, else kmeans:8
     classifier: str = "brf"
+    feature_set: str = "full"  # full: SegAD's statistics + image scores; no_scores: the statistics alone
     classifier_params: str = ""  # overrides of the preset, "max_depth=4,learning_rate=0.2" (set by tuning)
     device: str = "auto"
     model_dir: str | None = None
@@ -184,6 +185,8 @@ def run(cfg: TrainConfig) -> TrainResult:
     names = cfg.detector_names
     options = {n: cfg.options_for(n) for n in names}
     SegadClassifier(cfg.classifier, **cfg.classifier_overrides())  # a bad preset fails here
+    if cfg.feature_set not in ("full", "no_scores"):
+        raise ValueError(f"--feature-set must be full or no_scores, got {cfg.feature_set!r}")
     if cfg.generated < 0:
         raise ValueError(f"--generated must be >= 0, got {cfg.generated}")
     ds: Dataset = load_dataset(cfg.data, cfg.category)
@@ -222,11 +225,13 @@ def run(cfg: TrainConfig) -> TrainResult:
     segmenter = make_segmenter(spec, cfg.backbone, cfg.device)
     segmenter = _fit_segmenter(segmenter, fit_set, fs, seg_paths)
     k = segmenter.n_segments_
+    with_scores = cfg.feature_set == "full"
     X = feature_matrix(
         {n: maps[n].maps for n in names},
         {n: maps[n].scores for n in names},
         _segments(segmenter, score_set, seg_paths),
         k,
+        with_scores=with_scores,
     )
     X_gen = (
         feature_matrix(
@@ -234,6 +239,7 @@ def run(cfg: TrainConfig) -> TrainResult:
             {n: gen_maps[n].scores for n in names},
             _segments(segmenter, gen_set, gen_seg_paths),
             k,
+            with_scores=with_scores,
         )
         if len(gen_set)
         else np.empty((0, X.shape[1]))
@@ -276,6 +282,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         # The decision threshold: the held-out good images' score quantile that gives --target-fpr.
         threshold=float(np.quantile(first_clf.decision_function(X_hold), 1.0 - cfg.target_fpr)),
         info={"dataset": result.dataset, "segments": str(spec), "trained_on_seed": splits[0].seed},
+        with_scores=with_scores,
     )
     result.dataset_table = ds
     result.first_seed_test = splits[0].test
@@ -346,6 +353,7 @@ def build_parser(prog: str = "python -m segad.train", description: str | None = 
     )
     ap.add_argument("--segments", default=d.segments, help="auto, whole, kmeans:K or folder[:PATH]")
     ap.add_argument("--classifier", default=d.classifier, choices=("brf", "rf", "bt"))
+    ap.add_argument("--feature-set", default=d.feature_set, choices=("full", "no_scores"))
     ap.add_argument("--classifier-params", default=d.classifier_params, help="preset overrides: max_depth=4,...")
     ap.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
     ap.add_argument("--model-dir", default=d.model_dir, help="save the fitted pipeline here (default: outputs/...)")

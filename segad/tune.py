@@ -25,7 +25,6 @@ import numpy as np
 
 from detectors import make_detector
 from features import SegmentSpec, make_segmenter
-from features.statistics import STATISTICS
 from features.vector import feature_matrix
 from segad.classifier import PRESETS, SegadClassifier
 from segad.data import DatasetError, load_dataset
@@ -83,17 +82,12 @@ class Workbench:
         key = (dets, str(spec), with_scores)
         if key not in self._features:
             seg, gen_seg, k = self.segments(spec)
-            X = feature_matrix({d: self.maps[d].maps for d in dets}, {d: self.maps[d].scores for d in dets}, seg, k)
-            X_gen = (
-                feature_matrix(
-                    {d: self.gen_maps[d].maps for d in dets}, {d: self.gen_maps[d].scores for d in dets}, gen_seg, k
-                )
-                if gen_seg is not None
-                else np.empty((0, X.shape[1]))
-            )
-            if not with_scores:  # drop the trailing image-score columns
-                keep = len(dets) * k * len(STATISTICS)
-                X, X_gen = X[:, :keep], X_gen[:, :keep]
+            maps, scores = {d: self.maps[d].maps for d in dets}, {d: self.maps[d].scores for d in dets}
+            X = feature_matrix(maps, scores, seg, k, with_scores=with_scores)
+            X_gen = np.empty((0, X.shape[1]))
+            if gen_seg is not None:
+                gmaps, gscores = {d: self.gen_maps[d].maps for d in dets}, {d: self.gen_maps[d].scores for d in dets}
+                X_gen = feature_matrix(gmaps, gscores, gen_seg, k, with_scores=with_scores)
             self._features[key] = (X, X_gen)
         return self._features[key]
 
@@ -263,10 +257,7 @@ def run_study(args, cfg: TrainConfig) -> dict:
         return summary
 
     # The best configuration, once, exactly like segad.train, linked to the study.
-    best_cfg = replace(cfg, **{k: v for k, v in best_params.items() if k != "feature_set"})
-    if best_params["feature_set"] != "full":
-        print("note: the best trial drops image scores; segad.train keeps SegAD's full feature set", file=sys.stderr)
-    best_cfg = replace(best_cfg, run_name=f"best of study {args.study}")
+    best_cfg = replace(cfg, **best_params, run_name=f"best of study {args.study}")
     with tracking.parent_run(best_cfg) as run:
         mlflow.set_tags({"segad.study": args.study, "segad.study_run_id": parent.info.run_id})
         from segad.train import run as train_run

@@ -30,3 +30,15 @@ def test_layout_is_segads() -> None:
 def test_mismatched_segments_are_an_error() -> None:
     with pytest.raises(ValueError, match="do not match"):
         feature_matrix({"a": np.zeros((2, 8, 8))}, {"a": np.zeros(2)}, np.zeros((2, 4, 4), np.int32), 1)
+
+
+def test_without_image_scores() -> None:
+    rng = np.random.default_rng(1)
+    maps, scores = {"a": rng.random((2, 8, 8))}, {"a": np.array([1.0, 2.0])}
+    segs = np.zeros((2, 8, 8), np.int32)
+    full = feature_matrix(maps, scores, segs, 1)
+    bare = feature_matrix(maps, scores, segs, 1, with_scores=False)
+    assert (
+        np.array_equal(full[:, :-1], bare, equal_nan=True)
+        and feature_names(["a"], 1, with_scores=False)[-1] == "a/seg0/mean"
+    )
