@@ -15,8 +15,11 @@ TINY = SyntheticSpec(image_size=64, n_train=8, n_test_good=4, n_defects_per_type
 
 @pytest.fixture(autouse=True)
 def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Nothing a test computes lands in the user's cache."""
+    """Nothing a test computes lands in the user's cache, MLflow store or working folder."""
     monkeypatch.setenv("SEGAD_CACHE_DIR", str(tmp_path_factory.mktemp("segad-cache")))
+    work = tmp_path_factory.mktemp("cwd")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
+    monkeypatch.chdir(work)  # MLflow's artifacts (./mlruns) and segad's outputs/ go here
 
 
 @pytest.fixture
