@@ -9,8 +9,9 @@ from typing import Any
 from detectors.base import Detector, load_state, read_metadata
 from detectors.padim import Padim
 from detectors.patchcore import PatchCore
+from detectors.rd4ad import RD4AD
 
-DETECTORS: dict[str, type[Detector]] = {cls.name: cls for cls in (PatchCore, Padim)}
+DETECTORS: dict[str, type[Detector]] = {cls.name: cls for cls in (PatchCore, Padim, RD4AD)}
 DEFAULT_DETECTORS = ("patchcore", "padim")
 
 

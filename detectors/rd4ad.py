@@ -1,0 +1,169 @@
+"""Reverse distillation (Deng & Li, CVPR 2022): a trainable decoder learns to rebuild the frozen
+encoder's multi-scale features of good images from a compact one-class bottleneck; where it fails
+(1 - cosine similarity, per level, summed) the image is anomalous.
+
+The torch core is two small modules and a plain training loop: seeded, Adam as in the paper,
+mixed precision (bfloat16) on GPU, a progress bar with the loss.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Self
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from detectors.base import Detector, DetectorConfig, DetectorOutput, ImageBatch, as_image_tensor
+from detectors.maps import gaussian_blur, parse_layers
+
+
+@dataclass(frozen=True)
+class RD4ADConfig(DetectorConfig):
+    layers: str = "layer1+layer2+layer3"
+    bottleneck_channels: int = 256
+    epochs: int = 20
+    learning_rate: float = 0.005
+    blur_sigma: float = 4.0
+
+
+def _conv(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
+    return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+
+
+def _up(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.ConvTranspose2d(cin, cout, 2, 2, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True), _conv(cout, cout)
+    )
+
+
+class Bottleneck(nn.Module):
+    """One-class embedding: every level brought to the coarsest stride, fused, squeezed one stride more."""
+
+    def __init__(self, channels: list[int], out_channels: int) -> None:
+        super().__init__()
+        n = len(channels)
+        self.align = nn.ModuleList(
+            nn.Sequential(*[_conv(c, c, 2) for _ in range(n - 1 - k)]) if k < n - 1 else nn.Identity()
+            for k, c in enumerate(channels)
+        )
+        self.fuse = nn.Sequential(_conv(sum(channels), out_channels, 2), _conv(out_channels, out_channels))
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.fuse(torch.cat([a(f) for a, f in zip(self.align, feats, strict=True)], dim=1))
+
+
+class Decoder(nn.Module):
+    """Bottleneck -> the encoder's levels, coarsest first, each a 2x upsampling."""
+
+    def __init__(self, channels: list[int], in_channels: int) -> None:
+        super().__init__()
+        outs = channels[::-1]
+        ins = [in_channels, *outs[:-1]]
+        self.ups = nn.ModuleList(_up(i, o) for i, o in zip(ins, outs, strict=True))
+        self.heads = nn.ModuleList(nn.Conv2d(o, o, 1) for o in outs)
+
+    def forward(self, z: torch.Tensor) -> list[torch.Tensor]:
+        out = []
+        for up, head in zip(self.ups, self.heads, strict=True):
+            z = up(z)
+            out.append(head(z))
+        return out[::-1]  # finest first, like the encoder's list
+
+
+def _distance(enc: list[torch.Tensor], dec: list[torch.Tensor]) -> list[torch.Tensor]:
+    """(B, h_l, w_l) maps of 1 - cosine similarity per level."""
+    return [1.0 - F.cosine_similarity(e.float(), d.float(), dim=1) for e, d in zip(enc, dec, strict=True)]
+
+
+class RD4AD(Detector):
+    name = "rd4ad"
+    config_class = RD4ADConfig
+    config: RD4ADConfig
+
+    def _encode(self, batch: torch.Tensor) -> list[torch.Tensor]:
+        names = parse_layers(self.config.layers)
+        with torch.inference_mode():
+            feats = self.backbone(batch, names)
+        return [feats[n].clone() for n in names]  # out of inference mode, so autograd can use them
+
+    def _build(self) -> None:
+        channels = [self.backbone.channels[n] for n in parse_layers(self.config.layers)]
+        torch.manual_seed(self.config.seed)
+        self.bottleneck_ = Bottleneck(channels, self.config.bottleneck_channels).to(self.device)
+        self.decoder_ = Decoder(channels, self.config.bottleneck_channels).to(self.device)
+
+    def fit(self, images: ImageBatch) -> Self:
+        from tqdm.auto import tqdm
+
+        x = as_image_tensor(images, "good images")
+        if min(x.shape[-2:]) < 64:
+            raise ValueError(
+                f"rd4ad needs images of at least 64x64 (its bottleneck is at stride 32); got {x.shape[-2:]}"
+            )
+        self._build()
+        params = [*self.bottleneck_.parameters(), *self.decoder_.parameters()]
+        opt = torch.optim.Adam(params, lr=self.config.learning_rate, betas=(0.5, 0.999))
+        gen = torch.Generator().manual_seed(self.config.seed)
+        use_amp = self.device.type == "cuda"
+        self.loss_history_: list[float] = []
+        t0 = time.perf_counter()
+        bar = tqdm(range(self.config.epochs), desc="rd4ad train", disable=None if self.config.progress else True)
+        for _ in bar:
+            self.bottleneck_.train()
+            self.decoder_.train()
+            order = torch.randperm(len(x), generator=gen)
+            total, seen = 0.0, 0
+            for s in range(0, len(x), self.config.batch_size):
+                idx = order[s : s + self.config.batch_size]
+                if len(idx) < 2:  # batch norm needs two samples
+                    continue
+                batch = x[idx].to(self.device)
+                enc = self._encode(batch)
+                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
+                    dec = self.decoder_(self.bottleneck_(enc))
+                loss = sum(d.mean() for d in _distance(enc, dec))
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach()) * len(idx)
+                seen += len(idx)
+            if seen == 0:
+                raise ValueError("rd4ad needs at least two good images to train")
+            self.loss_history_.append(total / seen)
+            bar.set_postfix(loss=f"{self.loss_history_[-1]:.4f}")
+        self.train_seconds_ = time.perf_counter() - t0
+        self.image_size_ = tuple(x.shape[-2:])
+        return self
+
+    def predict(self, images: ImageBatch) -> DetectorOutput:
+        x = as_image_tensor(images)
+        self._check_fitted(x)
+        self.bottleneck_.eval()
+        self.decoder_.eval()
+        maps, scores = [], []
+        for batch in self._batches(x, "predict"):
+            enc = self._encode(batch)
+            with torch.inference_mode():
+                dist = _distance(enc, self.decoder_(self.bottleneck_(enc)))
+                m = sum(
+                    F.interpolate(d[:, None], size=self.image_size_, mode="bilinear", align_corners=False)[:, 0]
+                    for d in dist
+                )
+                m = gaussian_blur(m, self.config.blur_sigma)
+            maps.append(m.cpu())
+            scores.append(m.flatten(1).max(1).values.cpu())
+        return DetectorOutput(torch.cat(maps).numpy().astype(np.float32), torch.cat(scores).numpy().astype(np.float32))
+
+    def _state(self) -> dict[str, torch.Tensor]:
+        state = {f"bottleneck.{k}": v for k, v in self.bottleneck_.state_dict().items()}
+        state.update({f"decoder.{k}": v for k, v in self.decoder_.state_dict().items()})
+        return state
+
+    def _set_state(self, state: dict[str, torch.Tensor]) -> None:
+        self._build()
+        for prefix, module in (("bottleneck.", self.bottleneck_), ("decoder.", self.decoder_)):
+            module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
