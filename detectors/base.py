@@ -18,6 +18,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from detectors.atomic import atomic_write
 from detectors.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from detectors.device import resolve_device
 from detectors.maps import parse_layers, pooled_features
@@ -46,11 +47,31 @@ class DetectorConfig:
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Self:
+        """Build from flat params; strings (from a CLI or MLflow) are converted to the fields' types."""
         known = {f.name: f.type for f in fields(cls)}
         unknown = sorted(set(params) - set(known))
         if unknown:
             raise ValueError(f"{cls.__name__} has no option(s) {unknown}; options: {sorted(known)}")
-        return cls(**params)
+        return cls(**{k: _coerce(k, v, known[k]) for k, v in params.items()})
+
+
+def _coerce(name: str, value: Any, annotation: Any) -> Any:
+    if not isinstance(value, str):
+        return value
+    kind = annotation if isinstance(annotation, str) else getattr(annotation, "__name__", "")
+    if kind == "bool":
+        if value.lower() in ("1", "true", "yes"):
+            return True
+        if value.lower() in ("0", "false", "no"):
+            return False
+    elif kind in ("int", "float"):
+        try:
+            return int(value) if kind == "int" else float(value)
+        except ValueError:
+            pass
+    else:
+        return value
+    raise ValueError(f"option {name}: {value!r} is not a {kind}")
 
 
 @dataclass(frozen=True)
@@ -145,20 +166,13 @@ class Detector(ABC):
     def _set_state(self, state: dict[str, torch.Tensor]) -> None: ...
 
     def save(self, path: str | Path) -> Path:
-        """Write fitted state atomically (temp file + rename) as safetensors."""
-        import os
-
+        """Write fitted state atomically as safetensors."""
         if not self.is_fitted():
             raise RuntimeError(f"{self.name} is not fitted; nothing to save")
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self._state().items()}
         state["image_size_"] = torch.tensor(self.image_size_, dtype=torch.int64)
         meta = {"detector": self.name, "config": json.dumps(self.config.to_params())}
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file(state, str(tmp), metadata=meta)
-        os.replace(tmp, path)
-        return path
+        return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
 def read_metadata(path: str | Path) -> dict[str, str]:

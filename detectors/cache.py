@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
+from detectors.atomic import atomic_write
 from detectors.base import Detector
 from detectors.registry import load_detector
 
@@ -34,15 +34,6 @@ def content_id(data: bytes | np.ndarray) -> str:
 
 def file_id(path: str | Path) -> str:
     return content_id(Path(path).read_bytes())
-
-
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 class CacheEntry:
@@ -72,15 +63,12 @@ class CacheEntry:
         with np.load(p) as f:
             return f["map"], float(f["score"])
 
-    def has(self, image_id: str) -> bool:
-        return self._map_path(image_id).is_file()
-
     def put(self, image_id: str, anomaly_map: np.ndarray, score: float) -> None:
         def write(tmp: Path) -> None:
             with tmp.open("wb") as f:
                 np.savez(f, map=anomaly_map.astype(np.float16), score=np.float32(score))
 
-        _atomic_write(self._map_path(image_id), write)
+        atomic_write(self._map_path(image_id), write)
 
 
 class MapCache:
@@ -104,7 +92,7 @@ class MapCache:
         meta = entry.path / "key.json"
         if not meta.is_file():  # for people browsing the cache: what this folder holds
             info = {"detector": det.name, "config": det.config.identity(), "image_size": list(image_size)}
-            _atomic_write(meta, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
+            atomic_write(meta, lambda tmp: tmp.write_text(json.dumps(info, indent=2)))
         return entry
 
     def clear(self) -> None:

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 import torch
-
-DeviceName = Literal["auto", "cpu", "cuda"]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -8,7 +8,6 @@ mixed precision (bfloat16) on GPU, a progress bar with the loss.
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import Self
 
@@ -110,7 +109,6 @@ class RD4AD(Detector):
         gen = torch.Generator().manual_seed(self.config.seed)
         use_amp = self.device.type == "cuda"
         self.loss_history_: list[float] = []
-        t0 = time.perf_counter()
         bar = tqdm(range(self.config.epochs), desc="rd4ad train", disable=None if self.config.progress else True)
         for _ in bar:
             self.bottleneck_.train()
@@ -135,7 +133,6 @@ class RD4AD(Detector):
                 raise ValueError("rd4ad needs at least two good images to train")
             self.loss_history_.append(total / seen)
             bar.set_postfix(loss=f"{self.loss_history_[-1]:.4f}")
-        self.train_seconds_ = time.perf_counter() - t0
         self.image_size_ = tuple(x.shape[-2:])
         return self
 

@@ -25,7 +25,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 class SegadClassifier:
-    def __init__(self, preset: str = "brf", seed: int = 0, n_jobs: int | None = None, **overrides: Any) -> None:
+    def __init__(
+        self, preset: ClassifierPreset = "brf", seed: int = 0, n_jobs: int | None = None, **overrides: Any
+    ) -> None:
         if preset not in PRESETS:
             raise ValueError(f"--classifier must be one of {', '.join(PRESETS)}, got {preset!r}")
         self.preset = preset

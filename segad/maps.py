@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from detectors.base import Detector
 from detectors.cache import CacheEntry, MapCache, file_id
@@ -88,8 +89,6 @@ def compute_maps(
         else:
             maps[i], scores[i] = hit
     t0 = time.perf_counter()
-    from tqdm.auto import tqdm
-
     starts = range(0, len(todo), chunk)
     for s in tqdm(
         starts, desc=f"{det.name} maps", unit="chunk", leave=False, disable=None if len(starts) > 1 else True

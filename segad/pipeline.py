@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from detectors.base import Detector
 from detectors.registry import load_detector
-from features.segments import FolderSegments, KMeansConfig, KMeansSegments, WholeImage
+from features.segments import FolderSegments, KMeansConfig, KMeansSegments, Segmenter, WholeImage
 from features.vector import feature_matrix, feature_names
 from segad.classifier import SegadClassifier
 
@@ -37,7 +37,7 @@ class SegadPipeline:
     def __init__(
         self,
         detectors: Sequence[Detector],
-        segmenter: WholeImage | FolderSegments | KMeansSegments,
+        segmenter: Segmenter,
         classifier: SegadClassifier,
         image_size: tuple[int, int],
         threshold: float = 0.0,

@@ -22,6 +22,12 @@ def _plt():
     return plt
 
 
+def _save(fig, path: Path, dpi: int = 110) -> Path:
+    fig.savefig(path, dpi=dpi, bbox_inches="tight")
+    _plt().close(fig)
+    return path
+
+
 def _first_seed(result: TrainResult) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     labels = np.array([s.label for s in result.dataset_table.test])[result.first_seed_test]
     return labels, result.first_seed_scores
@@ -43,10 +49,7 @@ def roc_curves(result: TrainResult, out: Path) -> Path:
         title=f"ROC, seed {result.methods[0].per_seed[0].seed}",
     )
     ax.legend(loc="lower right")
-    path = out / "roc_curves.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, out / "roc_curves.png", dpi=110)
 
 
 def score_histograms(result: TrainResult, out: Path) -> Path:
@@ -59,10 +62,7 @@ def score_histograms(result: TrainResult, out: Path) -> Path:
         ax.hist(s[labels == 1], bins=bins, alpha=0.6, label="defect")
         ax.set_title(name)
     np.atleast_1d(axes)[0].legend()
-    path = out / "score_histograms.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, out / "score_histograms.png", dpi=110)
 
 
 def feature_importances(result: TrainResult, out: Path) -> Path:
@@ -78,10 +78,7 @@ def feature_importances(result: TrainResult, out: Path) -> Path:
     fig, ax = plt.subplots(figsize=(6, 0.25 * len(keys) + 1))
     ax.barh(keys[::-1], [groups[k] for k in keys[::-1]])
     ax.set(xlabel="XGBoost importance (gain share, mean over seeds)", title="what the classifier uses")
-    path = out / "feature_importances.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, out / "feature_importances.png", dpi=110)
 
 
 def overlays(result: TrainResult, out: Path, per_group: int = 4) -> Path:
@@ -115,10 +112,7 @@ def overlays(result: TrainResult, out: Path, per_group: int = 4) -> Path:
             axes[r, c].set_title(d, fontsize=7)
         for ax in axes[r]:
             ax.axis("off")
-    path = out / "overlays.png"
-    fig.savefig(path, dpi=90, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, out / "overlays.png", dpi=90)
 
 
 def aupimo_boxplot(result: TrainResult, out: Path) -> Path | None:
@@ -144,10 +138,7 @@ def aupimo_boxplot(result: TrainResult, out: Path) -> Path | None:
     fig, ax = plt.subplots(figsize=(1.6 * len(data) + 2, 3.5))
     ax.boxplot(data, tick_labels=names)
     ax.set(ylabel="AUPIMO per anomalous image", ylim=(0, 1))
-    path = out / "aupimo_boxplot.png"
-    fig.savefig(path, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    return path
+    return _save(fig, out / "aupimo_boxplot.png", dpi=110)
 
 
 def charts(result: TrainResult, out: Path) -> list[Path]:

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 import numpy as np
 
-from detectors import DEFAULT_BACKBONE, DEFAULT_DETECTORS, make_detector
+from detectors import DEFAULT_BACKBONE, DEFAULT_DETECTORS, DetectorConfig
+from detectors.atomic import atomic_write
 from detectors.registry import detector_class
 from features import FolderSegments, KMeansSegments, SegmentSpec, make_segmenter
 from features.vector import feature_matrix
@@ -30,7 +30,7 @@ from segad.defects import generate_defects
 from segad.evaluate import MethodResult, format_table, normalise_scores
 from segad.maps import DetectorMaps, ImageSet, compute_maps, default_cache
 from segad.pipeline import SegadPipeline
-from segad.protocol import check_evaluable, fit_split, seed_split, seeds
+from segad.protocol import FitSplit, SeedSplit, check_evaluable, fit_split, seed_split, seeds
 
 GENERATED_SEED = 0
 KMEANS_FIT_IMAGES = 64
@@ -74,56 +74,56 @@ class TrainConfig:
         return names
 
     def classifier_overrides(self) -> dict[str, float | int]:
-        out: dict[str, float | int] = {}
-        for item in filter(None, (p.strip() for p in self.classifier_params.split(","))):
-            key, sep, value = item.partition("=")
-            if not sep:
-                raise ValueError(f"--classifier-params {item!r}: use NAME=VALUE, e.g. max_depth=4")
-            out[key.strip()] = int(value) if value.strip().lstrip("-").isdigit() else float(value)
-        return out
+        return {
+            key: int(value) if value.lstrip("-").isdigit() else float(value)
+            for key, value in parse_assignments(self.classifier_params, "--classifier-params", "max_depth=4")
+        }
 
-    def options_for(self, name: str) -> dict[str, object]:
-        """``--set`` options of one detector, converted to its config's field types."""
-        from dataclasses import fields
-
-        cls = detector_class(name).config_class
-        types = {f.name: f.type for f in fields(cls)}
-        out: dict[str, object] = {}
-        for item in filter(None, (p.strip() for p in self.detector_options.split(","))):
-            key, sep, value = item.partition("=")
-            det, dot, option = key.strip().partition(".")
-            if not sep or not dot:
-                raise ValueError(f"--set {item!r}: use DETECTOR.OPTION=VALUE, e.g. patchcore.coreset_ratio=0.1")
-            detector_class(det)
-            if det != name:
-                continue
-            if option not in types:
-                raise ValueError(f"--set {item!r}: {name} has no option {option!r}; options: {', '.join(types)}")
-            kind = str(types[option])
-            value = value.strip()
-            if "bool" in kind:
-                out[option] = value.lower() in ("1", "true", "yes")
-            elif "int" in kind:
-                out[option] = int(value)
-            elif "float" in kind:
-                out[option] = float(value)
-            else:
-                out[option] = value
-        return out
+    def detector_configs(self) -> dict[str, DetectorConfig]:
+        """Each chosen detector's config: backbone and device from the run, then its ``--set`` options."""
+        options: dict[str, dict[str, str]] = {n: {} for n in self.detector_names}
+        for key, value in parse_assignments(self.detector_options, "--set", "patchcore.coreset_ratio=0.1"):
+            det, dot, option = key.partition(".")
+            if not dot:
+                raise ValueError(f"--set {key}={value}: use DETECTOR.OPTION=VALUE, e.g. patchcore.coreset_ratio=0.1")
+            known = {f.name for f in fields(detector_class(det).config_class)}
+            if option not in known:
+                listing = ", ".join(sorted(known))
+                raise ValueError(f"--set {key}={value}: {det} has no option {option!r}; options: {listing}")
+            if det in options:
+                options[det][option] = value
+        return {
+            n: detector_class(n).config_class.from_params({"backbone": self.backbone, "device": self.device, **o})
+            for n, o in options.items()
+        }
 
 
-@dataclass
+def parse_assignments(text: str, flag: str, example: str) -> list[tuple[str, str]]:
+    """``"a=1,b.c=2"`` -> ``[("a", "1"), ("b.c", "2")]``, with an error that names the flag."""
+    out = []
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"{flag} {item!r}: use NAME=VALUE, e.g. {example}")
+        out.append((key.strip(), value.strip()))
+    return out
+
+
+@dataclass(frozen=True)
 class TrainResult:
     config: TrainConfig
-    dataset: str
+    dataset_table: Dataset
     methods: list[MethodResult]
     detector_maps: dict[str, DetectorMaps]
     seconds: float
-    pipeline: SegadPipeline | None = None
-    dataset_table: Dataset | None = None
-    first_seed_test: np.ndarray | None = None  # indices into dataset_table.test of seed 1's test set
-    first_seed_scores: dict[str, np.ndarray] | None = None  # method -> scores on that set
-    feature_importances: np.ndarray | None = None  # mean over seeds, in pipeline.feature_names order
+    pipeline: SegadPipeline
+    first_seed_test: np.ndarray  # indices into dataset_table.test of the first seed's test set
+    first_seed_scores: dict[str, np.ndarray]  # method -> scores on that set
+    feature_importances: np.ndarray  # mean over seeds, in pipeline.feature_names order
+
+    @property
+    def dataset(self) -> str:
+        return f"{self.dataset_table.name}/{self.dataset_table.category}"
 
     def summary(self) -> dict:
         return {
@@ -180,10 +180,35 @@ def segment_paths(spec: SegmentSpec, ds: Dataset, samples: Sequence[Sample]) -> 
     return out
 
 
-def run(cfg: TrainConfig) -> TrainResult:
-    t0 = time.perf_counter()
-    names = cfg.detector_names
-    options = {n: cfg.options_for(n) for n in names}
+@dataclass
+class Prepared:
+    """Everything up to the anomaly maps, shared by ``segad.train`` and ``segad.tune``."""
+
+    ds: Dataset
+    splits: list[SeedSplit]
+    fs: FitSplit
+    spec: SegmentSpec
+    size: tuple[int, int]
+    fit_set: ImageSet
+    score_set: ImageSet  # held-out good images, then the test images
+    seg_paths: list[Path | None] | None
+    gen_set: ImageSet
+    gen_seg_paths: list[Path | None] | None
+    maps: dict[str, DetectorMaps]
+    gen_maps: dict[str, DetectorMaps]
+
+    @property
+    def n_hold(self) -> int:
+        return len(self.fs.holdout_good)
+
+    @property
+    def labels(self) -> np.ndarray:
+        return np.array([s.label for s in self.ds.test])
+
+
+def prepare(cfg: TrainConfig) -> Prepared:
+    """Validate everything that can fail before long work, then fit detectors and compute (or load) maps."""
+    configs = cfg.detector_configs()  # unknown detectors or options fail here
     SegadClassifier(cfg.classifier, **cfg.classifier_overrides())  # a bad preset fails here
     if cfg.feature_set not in ("full", "no_scores"):
         raise ValueError(f"--feature-set must be full or no_scores, got {cfg.feature_set!r}")
@@ -203,58 +228,67 @@ def run(cfg: TrainConfig) -> TrainResult:
     _log(ds.summary())
     _log(f"detectors fit on {len(fs.fit_good)} good images; {len(fs.holdout_good)} held out for SegAD")
 
-    # 1. images -> detectors -> anomaly maps (cached)
     size = (cfg.image_size, cfg.image_size)
     fit_set = ImageSet.from_paths([s.image_path for s in fs.fit_good], size)
     score_set = ImageSet.from_paths([s.image_path for s in scored], size)
-    generated, gen_set, gen_seg_paths = _generated_defects(cfg, fs, seg_paths, size)
+    gen_set, gen_seg_paths = _generated_defects(cfg, fs, seg_paths, size)
     cache = None if cfg.no_cache else default_cache()
     maps: dict[str, DetectorMaps] = {}
     gen_maps: dict[str, DetectorMaps] = {}
-    detectors = []
-    for name in names:
-        det = make_detector(name, **{"backbone": cfg.backbone, "device": cfg.device, **options[name]})
+    for name, config in configs.items():
+        det = detector_class(name)(config)
         _log(f"{name}: fitting / predicting {len(score_set) + len(gen_set)} images ...")
         maps[name] = compute_maps(det, fit_set, score_set, size, cache)
         if len(gen_set):
             gen_maps[name] = compute_maps(det, fit_set, gen_set, size, cache)
-        detectors.append(maps[name].detector)
         _log(f"{name}: fit {maps[name].fit_seconds:.1f}s, {maps[name].cached_maps} maps from cache")
+    return Prepared(ds, splits, fs, spec, size, fit_set, score_set, seg_paths, gen_set, gen_seg_paths, maps, gen_maps)
+
+
+def segment(prep: Prepared, segmenter) -> tuple[np.ndarray, np.ndarray | None]:
+    """Segment maps of the scored images and of the generated defects (None when there are none)."""
+    gen = _segments(segmenter, prep.gen_set, prep.gen_seg_paths) if len(prep.gen_set) else None
+    return _segments(segmenter, prep.score_set, prep.seg_paths), gen
+
+
+def features(
+    prep: Prepared, names: Sequence[str], seg: np.ndarray, gen_seg: np.ndarray | None, k: int, with_scores: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows of the scored images and of the generated defects, for the detectors ``names``."""
+    X = feature_matrix(
+        {n: prep.maps[n].maps for n in names}, {n: prep.maps[n].scores for n in names}, seg, k, with_scores=with_scores
+    )
+    if gen_seg is None:
+        return X, np.empty((0, X.shape[1]))
+    gen = {n: prep.gen_maps[n] for n in names}
+    X_gen = feature_matrix(
+        {n: g.maps for n, g in gen.items()}, {n: g.scores for n, g in gen.items()}, gen_seg, k, with_scores=with_scores
+    )
+    return X, X_gen
+
+
+def run(cfg: TrainConfig) -> TrainResult:
+    t0 = time.perf_counter()
+    # 1. images -> detectors -> anomaly maps (cached)
+    prep = prepare(cfg)
+    names = list(prep.maps)
 
     # 2. segments -> 3. per-segment features
-    segmenter = make_segmenter(spec, cfg.backbone, cfg.device)
-    segmenter = _fit_segmenter(segmenter, fit_set, fs, seg_paths)
+    segmenter = _fit_segmenter(make_segmenter(prep.spec, cfg.backbone, cfg.device), prep)
     k = segmenter.n_segments_
     with_scores = cfg.feature_set == "full"
-    X = feature_matrix(
-        {n: maps[n].maps for n in names},
-        {n: maps[n].scores for n in names},
-        _segments(segmenter, score_set, seg_paths),
-        k,
-        with_scores=with_scores,
-    )
-    X_gen = (
-        feature_matrix(
-            {n: gen_maps[n].maps for n in names},
-            {n: gen_maps[n].scores for n in names},
-            _segments(segmenter, gen_set, gen_seg_paths),
-            k,
-            with_scores=with_scores,
-        )
-        if len(gen_set)
-        else np.empty((0, X.shape[1]))
-    )
-    _log(f"segments: {spec} ({k}); {X.shape[1]} features per image; {len(generated)} generated defects")
+    X, X_gen = features(prep, names, *segment(prep, segmenter), k, with_scores)
+    _log(f"segments: {prep.spec} ({k}); {X.shape[1]} features per image; {len(X_gen)} generated defects")
 
     # 4. classifier per seed -> scores -> metrics
-    n_hold = len(fs.holdout_good)
-    labels = np.array([s.label for s in ds.test])
+    n_hold, labels = prep.n_hold, prep.labels
     X_hold, X_test = X[:n_hold], X[n_hold:]
+    maps = prep.maps
     results = {n: MethodResult(n) for n in [*names, "ensemble", "segad"]}
     normalised = {n: normalise_scores(maps[n].scores[n_hold:], maps[n].scores[:n_hold]) for n in names}
     ensemble = np.mean([normalised[n] for n in names], axis=0)
     first_clf, first_scores, importances = None, {}, []
-    for sp in splits:
+    for sp in prep.splits:
         y = labels[sp.test]
         scores = {n: maps[n].scores[n_hold:][sp.test] for n in names}
         scores["ensemble"] = ensemble[sp.test]
@@ -273,28 +307,37 @@ def run(cfg: TrainConfig) -> TrainResult:
         if first_clf is None:
             first_clf, first_scores = clf, scores
 
-    result = TrainResult(cfg, f"{ds.name}/{ds.category}", list(results.values()), maps, time.perf_counter() - t0)
-    result.pipeline = SegadPipeline(
-        detectors,
+    pipeline = SegadPipeline(
+        [maps[n].detector for n in names],
         segmenter,
         first_clf,
-        size,
+        prep.size,
         # The decision threshold: the held-out good images' score quantile that gives --target-fpr.
         threshold=float(np.quantile(first_clf.decision_function(X_hold), 1.0 - cfg.target_fpr)),
-        info={"dataset": result.dataset, "segments": str(spec), "trained_on_seed": splits[0].seed},
+        info={
+            "dataset": f"{prep.ds.name}/{prep.ds.category}",
+            "segments": str(prep.spec),
+            "trained_on_seed": prep.splits[0].seed,
+        },
         with_scores=with_scores,
     )
-    result.dataset_table = ds
-    result.first_seed_test = splits[0].test
-    result.first_seed_scores = first_scores
-    result.feature_importances = np.mean(importances, axis=0)
-    return result
+    return TrainResult(
+        cfg,
+        prep.ds,
+        list(results.values()),
+        maps,
+        time.perf_counter() - t0,
+        pipeline,
+        prep.splits[0].test,
+        first_scores,
+        np.mean(importances, axis=0),
+    )
 
 
 def _generated_defects(cfg: TrainConfig, fs, seg_paths, size):
     """Defects generated on the held-out good images (a fixed draw, so their maps cache too)."""
     if cfg.generated == 0:
-        return [], ImageSet((), lambda idx: np.empty((0, 3, *size), np.float32)), None
+        return ImageSet((), lambda idx: np.empty((0, 3, *size), np.float32)), None
     from segad.data.images import load_segments, normalise, read_rgb, resize
 
     raw = [resize(read_rgb(s.image_path), size) for s in fs.holdout_good]
@@ -305,16 +348,16 @@ def _generated_defects(cfg: TrainConfig, fs, seg_paths, size):
     arrays = np.stack([normalise(d.image) for d in made])
     # A generated image keeps its source's component map (folder segments); kmeans re-segments it.
     gen_seg_paths = [src_paths[d.source] for d in made] if src_paths else None
-    return made, ImageSet.from_arrays(arrays), gen_seg_paths
+    return ImageSet.from_arrays(arrays), gen_seg_paths
 
 
-def _fit_segmenter(segmenter, fit_set: ImageSet, fs, seg_paths):
+def _fit_segmenter(segmenter, prep: Prepared):
     if isinstance(segmenter, KMeansSegments):
-        n = min(len(fit_set), KMEANS_FIT_IMAGES)
-        idx = np.random.default_rng(0).choice(len(fit_set), n, replace=False)
-        return segmenter.fit(fit_set.load(sorted(idx.tolist())))
+        n = min(len(prep.fit_set), KMEANS_FIT_IMAGES)
+        idx = np.random.default_rng(0).choice(len(prep.fit_set), n, replace=False)
+        return segmenter.fit(prep.fit_set.load(sorted(idx.tolist())))
     if isinstance(segmenter, FolderSegments):
-        return segmenter.fit([p for p in seg_paths if p is not None])
+        return segmenter.fit([p for p in prep.seg_paths if p is not None])
     return segmenter.fit()
 
 
@@ -327,12 +370,7 @@ def _segments(segmenter, images: ImageSet, paths, chunk: int = 64) -> np.ndarray
 
 
 def write_json(path: str | Path, payload: dict) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2))
-    os.replace(tmp, path)
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
 
 
 def build_parser(prog: str = "python -m segad.train", description: str | None = __doc__) -> argparse.ArgumentParser:
@@ -375,8 +413,6 @@ def build_parser(prog: str = "python -m segad.train", description: str | None = 
 
 
 def config_from(values: dict) -> TrainConfig:
-    from dataclasses import fields
-
     known = {f.name for f in fields(TrainConfig)}
     values = {k: v for k, v in values.items() if k in known}
     values["detector_options"] = ",".join(values["detector_options"])

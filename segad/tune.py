@@ -23,72 +23,42 @@ from pathlib import Path
 
 import numpy as np
 
-from detectors import make_detector
 from features import SegmentSpec, make_segmenter
-from features.vector import feature_matrix
 from segad.classifier import PRESETS, SegadClassifier
-from segad.data import DatasetError, load_dataset
-from segad.maps import ImageSet, compute_maps, default_cache
+from segad.data import DatasetError
 from segad.metrics import image_auroc
-from segad.protocol import check_evaluable, fit_split, seed_split, seeds
-from segad.train import TrainConfig, _fit_segmenter, _generated_defects, _segments, build_parser, config_from
+from segad.train import TrainConfig, _fit_segmenter, build_parser, config_from, features, prepare, segment
 
 GENERATED_CHOICES = (0, 50, 100, 200)
 CV_FOLDS = 3
 
 
 class Workbench:
-    """Everything a trial reuses: the split, every detector's maps, segments and features per choice."""
+    """What trials reuse: ``segad.train``'s preparation (split, every detector's maps) once, then the
+    segments and features of each choice, memoised."""
 
     def __init__(self, cfg: TrainConfig, max_generated: int) -> None:
         self.cfg = cfg
-        self.names = cfg.detector_names
-        options = {n: cfg.options_for(n) for n in self.names}
-        self.ds = load_dataset(cfg.data, cfg.category)
-        check_evaluable(self.ds)
-        self.splits = [seed_split(self.ds, cfg.shots, s) for s in seeds(cfg.seeds)]
-        self.fs = fit_split(self.ds, cfg.holdout)
-        size = (cfg.image_size, cfg.image_size)
-        scored = list(self.fs.holdout_good) + list(self.ds.test)
-        self.seg_paths = [s.segment_path for s in scored] if self.ds.has_segments else None
-        self.fit_set = ImageSet.from_paths([s.image_path for s in self.fs.fit_good], size)
-        self.score_set = ImageSet.from_paths([s.image_path for s in scored], size)
-        gen_cfg = replace(cfg, generated=max_generated)
-        _, self.gen_set, self.gen_seg_paths = _generated_defects(gen_cfg, self.fs, self.seg_paths, size)
-        cache = None if cfg.no_cache else default_cache()
-        self.maps, self.gen_maps = {}, {}
-        for n in self.names:
-            det = make_detector(n, **{"backbone": cfg.backbone, "device": cfg.device, **options[n]})
-            print(f"{n}: maps of {len(self.score_set) + len(self.gen_set)} images ...", file=sys.stderr, flush=True)
-            self.maps[n] = compute_maps(det, self.fit_set, self.score_set, size, cache)
-            if len(self.gen_set):
-                self.gen_maps[n] = compute_maps(det, self.fit_set, self.gen_set, size, cache)
-        self.n_hold = len(self.fs.holdout_good)
-        self.labels = np.array([s.label for s in self.ds.test])
+        # segments="auto": only the dataset's own maps count for "folder"; the search picks the rest.
+        self.prep = prepare(replace(cfg, generated=max_generated, segments="auto"))
         self._segments: dict[str, tuple] = {}
         self._features: dict[tuple, tuple] = {}
+
+    @property
+    def names(self) -> list[str]:
+        return list(self.prep.maps)
 
     def segments(self, spec: SegmentSpec):
         key = str(spec)
         if key not in self._segments:
-            seg = _fit_segmenter(
-                make_segmenter(spec, self.cfg.backbone, self.cfg.device), self.fit_set, self.fs, self.seg_paths
-            )
-            gen = _segments(seg, self.gen_set, self.gen_seg_paths) if len(self.gen_set) else None
-            self._segments[key] = (_segments(seg, self.score_set, self.seg_paths), gen, seg.n_segments_)
+            segmenter = _fit_segmenter(make_segmenter(spec, self.cfg.backbone, self.cfg.device), self.prep)
+            self._segments[key] = (*segment(self.prep, segmenter), segmenter.n_segments_)
         return self._segments[key]
 
     def features(self, dets: tuple[str, ...], spec: SegmentSpec, with_scores: bool):
         key = (dets, str(spec), with_scores)
         if key not in self._features:
-            seg, gen_seg, k = self.segments(spec)
-            maps, scores = {d: self.maps[d].maps for d in dets}, {d: self.maps[d].scores for d in dets}
-            X = feature_matrix(maps, scores, seg, k, with_scores=with_scores)
-            X_gen = np.empty((0, X.shape[1]))
-            if gen_seg is not None:
-                gmaps, gscores = {d: self.gen_maps[d].maps for d in dets}, {d: self.gen_maps[d].scores for d in dets}
-                X_gen = feature_matrix(gmaps, gscores, gen_seg, k, with_scores=with_scores)
-            self._features[key] = (X, X_gen)
+            self._features[key] = features(self.prep, dets, *self.segments(spec), with_scores)
         return self._features[key]
 
 
@@ -96,7 +66,7 @@ def suggest(trial, bench: Workbench, max_generated: int) -> dict:
     """One point of the search space, as TrainConfig fields."""
     subsets = [",".join(c) for c in _subsets(bench.names)]
     params: dict = {"detectors": trial.suggest_categorical("detectors", subsets)}
-    methods = ["whole", "kmeans"] + (["folder"] if bench.ds.has_segments else [])
+    methods = ["whole", "kmeans"] + (["folder"] if bench.prep.ds.has_segments else [])
     method = trial.suggest_categorical("segments", methods)
     params["segments"] = f"kmeans:{trial.suggest_int('k', 2, 16)}" if method == "kmeans" else method
     params["feature_set"] = trial.suggest_categorical("feature_set", ["full", "no_scores"])
@@ -128,11 +98,11 @@ def cv_score(bench: Workbench, params: dict, report=None) -> float:
     X, X_gen = bench.features(dets, spec, params["feature_set"] == "full")
     X_gen = X_gen[: params["generated"]]
     overrides = TrainConfig(classifier_params=params["classifier_params"]).classifier_overrides()
-    X_hold, X_test = X[: bench.n_hold], X[bench.n_hold :]
+    X_hold, X_test = X[: bench.prep.n_hold], X[bench.prep.n_hold :]
     means = []
-    for step, sp in enumerate(bench.splits):
+    for step, sp in enumerate(bench.prep.splits):
         Xr = np.concatenate([X_hold, X_test[sp.train_defects]])
-        yr = np.r_[np.zeros(bench.n_hold), np.ones(len(sp.train_defects))]
+        yr = np.r_[np.zeros(bench.prep.n_hold), np.ones(len(sp.train_defects))]
         folds = min(CV_FOLDS, int(yr.sum()), int((yr == 0).sum()))
         if folds < 2:
             raise ValueError("tuning needs at least 2 shots and 2 held-out good images for cross-validation")
