@@ -26,7 +26,7 @@ from detectors.maps import parse_layers, pooled_features
 ImageBatch = np.ndarray | torch.Tensor
 
 # Fields that change where or how fast a detector runs, not what it computes: left out of cache keys.
-RUNTIME_FIELDS = frozenset({"device", "batch_size", "progress"})
+RUNTIME_FIELDS = frozenset({"device", "batch_size", "progress", "checkpoint_dir", "checkpoint_every"})
 
 
 @dataclass(frozen=True)
@@ -165,13 +165,20 @@ class Detector(ABC):
     @abstractmethod
     def _set_state(self, state: dict[str, torch.Tensor]) -> None: ...
 
+    def _metadata(self) -> dict[str, str]:
+        """Extra strings stored beside the tensors (e.g. a trainable detector's training report)."""
+        return {}
+
+    def _set_metadata(self, meta: dict[str, str]) -> None:
+        """Inverse of ``_metadata`` on load."""
+
     def save(self, path: str | Path) -> Path:
         """Write fitted state atomically as safetensors."""
         if not self.is_fitted():
             raise RuntimeError(f"{self.name} is not fitted; nothing to save")
         state = {k: v.detach().cpu().contiguous() for k, v in self._state().items()}
         state["image_size_"] = torch.tensor(self.image_size_, dtype=torch.int64)
-        meta = {"detector": self.name, "config": json.dumps(self.config.to_params())}
+        meta = {"detector": self.name, "config": json.dumps(self.config.to_params()), **self._metadata()}
         return atomic_write(path, lambda tmp: save_file(state, str(tmp), metadata=meta))
 
 
@@ -186,4 +193,5 @@ def load_state(det: Detector, path: str | Path) -> Detector:
     state = load_file(str(path))
     det.image_size_ = tuple(int(v) for v in state.pop("image_size_").tolist())
     det._set_state(state)
+    det._set_metadata(read_metadata(path))
     return det

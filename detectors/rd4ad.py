@@ -2,8 +2,8 @@
 encoder's multi-scale features of good images from a compact one-class bottleneck; where it fails
 (1 - cosine similarity, per level, summed) the image is anomalous.
 
-The torch core is two small modules and a plain training loop: seeded, Adam as in the paper,
-mixed precision (bfloat16) on GPU, a progress bar with the loss.
+The torch core is two small modules trained by ``detectors.training``'s plain loop (seeded, Adam
+as in the paper, bfloat16 on GPU, checkpoints); one epoch = ceil(n / batch_size) random batches.
 """
 
 from __future__ import annotations
@@ -16,12 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectors.base import Detector, DetectorConfig, DetectorOutput, ImageBatch, as_image_tensor
+from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
 from detectors.maps import gaussian_blur, parse_layers
+from detectors.training import TrainableConfig, TrainableDetector, sample_batch
 
 
 @dataclass(frozen=True)
-class RD4ADConfig(DetectorConfig):
+class RD4ADConfig(TrainableConfig):
     layers: str = "layer1+layer2+layer3"
     bottleneck_channels: int = 256
     epochs: int = 20
@@ -78,8 +79,9 @@ def _distance(enc: list[torch.Tensor], dec: list[torch.Tensor]) -> list[torch.Te
     return [1.0 - F.cosine_similarity(e.float(), d.float(), dim=1) for e, d in zip(enc, dec, strict=True)]
 
 
-class RD4AD(Detector):
+class RD4AD(TrainableDetector):
     name = "rd4ad"
+    version = 2  # step-based training loop with random batches
     config_class = RD4ADConfig
     config: RD4ADConfig
 
@@ -96,43 +98,27 @@ class RD4AD(Detector):
         self.decoder_ = Decoder(channels, self.config.bottleneck_channels).to(self.device)
 
     def fit(self, images: ImageBatch) -> Self:
-        from tqdm.auto import tqdm
-
         x = as_image_tensor(images, "good images")
         if min(x.shape[-2:]) < 64:
             raise ValueError(
                 f"rd4ad needs images of at least 64x64 (its bottleneck is at stride 32); got {x.shape[-2:]}"
             )
+        if len(x) < 2:
+            raise ValueError("rd4ad needs at least two good images to train (batch norm needs two per batch)")
+        gen = self._start_training(x)
         self._build()
         params = [*self.bottleneck_.parameters(), *self.decoder_.parameters()]
         opt = torch.optim.Adam(params, lr=self.config.learning_rate, betas=(0.5, 0.999))
-        gen = torch.Generator().manual_seed(self.config.seed)
-        use_amp = self.device.type == "cuda"
-        self.loss_history_: list[float] = []
-        bar = tqdm(range(self.config.epochs), desc="rd4ad train", disable=None if self.config.progress else True)
-        for _ in bar:
-            self.bottleneck_.train()
-            self.decoder_.train()
-            order = torch.randperm(len(x), generator=gen)
-            total, seen = 0.0, 0
-            for s in range(0, len(x), self.config.batch_size):
-                idx = order[s : s + self.config.batch_size]
-                if len(idx) < 2:  # batch norm needs two samples
-                    continue
-                batch = x[idx].to(self.device)
-                enc = self._encode(batch)
-                with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=use_amp):
-                    dec = self.decoder_(self.bottleneck_(enc))
-                loss = sum(d.mean() for d in _distance(enc, dec))
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach()) * len(idx)
-                seen += len(idx)
-            if seen == 0:
-                raise ValueError("rd4ad needs at least two good images to train")
-            self.loss_history_.append(total / seen)
-            bar.set_postfix(loss=f"{self.loss_history_[-1]:.4f}")
+        steps_per_epoch = -(-len(x) // self.config.batch_size)
+
+        def loss(step: int) -> torch.Tensor:
+            batch = x[sample_batch(len(x), self.config.batch_size, gen)].to(self.device)
+            enc = self._encode(batch)
+            dec = self.decoder_(self.bottleneck_(enc))
+            return sum(d.mean() for d in _distance(enc, dec))
+
+        modules = {"bottleneck": self.bottleneck_, "decoder": self.decoder_}
+        self._train("train", loss, modules, opt, self.config.epochs * steps_per_epoch, gen)
         self.image_size_ = tuple(x.shape[-2:])
         return self
 

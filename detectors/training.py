@@ -1,0 +1,294 @@
+"""The plain torch training loop the trainable detectors share.
+
+No training framework: a detector hands over its modules, an optimiser and a ``loss(step)``
+closure; this module runs the steps seeded, in bfloat16 autocast on a GPU, with a progress bar
+showing the loss, and writes a checkpoint (safetensors: weights, optimiser state, RNG state, step)
+every few steps so an interrupted fit resumes where it stopped instead of starting over. Each
+phase reports its wall time and peak memory, which the MLflow layer logs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from detectors.atomic import atomic_write
+from detectors.base import Detector, DetectorConfig
+
+LossFn = Callable[[int], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class PhaseReport:
+    """One training phase (a detector may have several, e.g. EfficientAD's teacher, then student)."""
+
+    phase: str
+    steps: int
+    seconds: float
+    peak_memory_mib: float  # GPU: torch's peak allocation in the phase; CPU: the process's peak RSS
+    memory_kind: str  # "cuda_allocated" | "process_rss"
+    first_loss: float
+    final_loss: float
+    resumed_from_step: int = 0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def autocast(device: torch.device):
+    """bfloat16 autocast on a GPU (no loss scaling needed, unlike float16); full precision on CPU."""
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def data_fingerprint(images: torch.Tensor) -> str:
+    """A cheap id of the training images, so a checkpoint is never resumed on other data."""
+    h = hashlib.sha1(str(tuple(images.shape)).encode())
+    flat = images.reshape(len(images), -1)
+    step = max(1, flat.shape[1] // 4096)
+    h.update(flat[:, ::step].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+class Checkpoint:
+    """A phase's resumable state in one safetensors file: modules, optimiser, scheduler, RNG, step.
+
+    ``identity`` (config + data fingerprint) is stored with it; a checkpoint with another identity
+    is an error rather than a silent restart, because it means the folder is shared by mistake.
+    """
+
+    def __init__(self, folder: str | Path, phase: str, identity: str) -> None:
+        self.path = Path(folder) / f"{phase}.safetensors"
+        self.identity = identity
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def save(
+        self,
+        step: int,
+        modules: dict[str, nn.Module],
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        generator: torch.Generator,
+        losses: list[float],
+    ) -> None:
+        tensors: dict[str, torch.Tensor] = {}
+        for name, module in modules.items():
+            tensors.update({f"module.{name}.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
+        opt = optimizer.state_dict()
+        scalars: dict[str, dict[str, float]] = {}
+        for pid, state in opt["state"].items():
+            for k, v in state.items():
+                if torch.is_tensor(v):
+                    tensors[f"optim.{pid}.{k}"] = v.detach().cpu().contiguous()
+                else:
+                    scalars.setdefault(str(pid), {})[k] = v
+        tensors["rng.generator"] = generator.get_state()
+        tensors["rng.torch"] = torch.get_rng_state()
+        meta = {
+            "identity": self.identity,
+            "step": str(step),
+            "param_groups": json.dumps(opt["param_groups"]),
+            "optim_scalars": json.dumps(scalars),
+            "scheduler": json.dumps(scheduler.state_dict() if scheduler is not None else None),
+            "losses": json.dumps(losses),
+        }
+        atomic_write(self.path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+
+    def load(
+        self,
+        modules: dict[str, nn.Module],
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None,
+        generator: torch.Generator,
+    ) -> tuple[int, list[float]]:
+        from safetensors import safe_open
+
+        with safe_open(str(self.path), framework="pt") as f:
+            meta = dict(f.metadata() or {})
+        if meta.get("identity") != self.identity:
+            raise ValueError(
+                f"checkpoint {self.path} belongs to another configuration or training set; "
+                "delete it or point checkpoint_dir at an empty folder"
+            )
+        tensors = load_file(str(self.path))
+        for name, module in modules.items():
+            prefix = f"module.{name}."
+            module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        state: dict[int, dict] = {}
+        for key, v in tensors.items():
+            if key.startswith("optim."):
+                _, pid, k = key.split(".", 2)
+                state.setdefault(int(pid), {})[k] = v
+        for pid, extra in json.loads(meta["optim_scalars"]).items():
+            state.setdefault(int(pid), {}).update(extra)
+        optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
+        sched = json.loads(meta["scheduler"])
+        if scheduler is not None and sched is not None:
+            scheduler.load_state_dict(sched)
+        generator.set_state(tensors["rng.generator"])
+        torch.set_rng_state(tensors["rng.torch"])
+        return int(meta["step"]), json.loads(meta["losses"])
+
+
+@contextmanager
+def _peak_memory(device: torch.device) -> Iterator[Callable[[], tuple[float, str]]]:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        yield lambda: (torch.cuda.max_memory_allocated(device) / 2**20, "cuda_allocated")
+    else:
+        yield lambda: (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "process_rss")
+
+
+def train_phase(
+    phase: str,
+    loss_fn: LossFn,
+    modules: dict[str, nn.Module],
+    optimizer: torch.optim.Optimizer,
+    steps: int,
+    device: torch.device,
+    generator: torch.Generator,
+    *,
+    scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    checkpoint: Checkpoint | None = None,
+    checkpoint_every: int = 0,
+    progress: bool = True,
+    log_every: int = 0,
+) -> tuple[list[float], PhaseReport]:
+    """Run ``steps`` optimiser steps of ``loss_fn(step)``; returns the loss curve and the phase report.
+
+    The loss curve holds the mean loss over each ``log_every`` steps (default: 1% of the phase), so it
+    stays small enough to log. ``generator`` is the phase's only source of randomness besides torch's
+    global RNG (dropout), and both are checkpointed, so a resumed run matches an uninterrupted one.
+    """
+    from tqdm.auto import tqdm
+
+    if steps < 1:
+        raise ValueError(f"{phase}: the number of training steps must be at least 1, got {steps}")
+    log_every = log_every or max(1, steps // 100)
+    start, losses = 0, []
+    if checkpoint is not None and checkpoint.exists():
+        start, losses = checkpoint.load(modules, optimizer, scheduler, generator)
+    for m in modules.values():
+        m.train()
+    t0 = time.perf_counter()
+    window: list[float] = []
+    with _peak_memory(device) as peak:
+        bar = tqdm(
+            range(start, steps), desc=phase, initial=start, total=steps, disable=None if progress else True, leave=False
+        )
+        for step in bar:
+            with autocast(device):
+                loss = loss_fn(step)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"{phase}: the loss became {float(loss)} at step {step}; lower the learning rate"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
+            window.append(float(loss.detach()))
+            if len(window) == log_every or step == steps - 1:
+                losses.append(sum(window) / len(window))
+                window = []
+                bar.set_postfix(loss=f"{losses[-1]:.4g}")
+            if checkpoint is not None and checkpoint_every and (step + 1) % checkpoint_every == 0 and step + 1 < steps:
+                checkpoint.save(step + 1, modules, optimizer, scheduler, generator, losses)
+        mem, kind = peak()
+    for m in modules.values():
+        m.eval()
+    report = PhaseReport(phase, steps, time.perf_counter() - t0, mem, kind, losses[0], losses[-1], start)
+    return losses, report
+
+
+def sample_batch(n: int, batch_size: int, generator: torch.Generator) -> torch.Tensor:
+    """Indices of a random batch (with replacement across steps, without within a batch)."""
+    return torch.randperm(n, generator=generator)[: min(batch_size, n)]
+
+
+@dataclass(frozen=True)
+class TrainableConfig(DetectorConfig):
+    """Options every trainable detector has; the checkpoint ones are runtime-only (not in cache keys).
+
+    ``checkpoint_dir`` empty means no checkpoints; ``segad.train`` points it into the map cache, so a
+    fit killed half-way resumes on the next run.
+    """
+
+    checkpoint_dir: str = ""
+    checkpoint_every: int = 200
+
+
+class TrainableDetector(Detector):
+    """A detector with a training loop: keeps each phase's report and loss curve, saved with the weights."""
+
+    config: TrainableConfig
+
+    def _start_training(self, images: torch.Tensor) -> torch.Generator:
+        torch.manual_seed(self.config.seed)  # module init and dropout
+        self.training_reports_: list[PhaseReport] = []
+        self.loss_history_: dict[str, list[float]] = {}
+        self._identity = json.dumps({"name": self.name, "version": self.version, **self.config.identity()})
+        self._identity += data_fingerprint(images)
+        return torch.Generator().manual_seed(self.config.seed)
+
+    def _train(
+        self,
+        phase: str,
+        loss_fn: LossFn,
+        modules: dict[str, nn.Module],
+        optimizer: torch.optim.Optimizer,
+        steps: int,
+        generator: torch.Generator,
+        scheduler: torch.optim.lr_scheduler.LRScheduler | None = None,
+    ) -> None:
+        ckpt = None
+        if self.config.checkpoint_dir:
+            ckpt = Checkpoint(self.config.checkpoint_dir, f"{self.name}-{phase}", self._identity)
+        losses, report = train_phase(
+            f"{self.name} {phase}",
+            loss_fn,
+            modules,
+            optimizer,
+            steps,
+            self.device,
+            generator,
+            scheduler=scheduler,
+            checkpoint=ckpt,
+            checkpoint_every=self.config.checkpoint_every,
+            progress=self.config.progress,
+        )
+        self.loss_history_[phase] = losses
+        self.training_reports_.append(report)
+
+    @property
+    def training_seconds(self) -> float:
+        return sum(r.seconds for r in getattr(self, "training_reports_", []))
+
+    def _metadata(self) -> dict[str, str]:
+        return {
+            "training": json.dumps([r.to_dict() for r in getattr(self, "training_reports_", [])]),
+            "loss_history": json.dumps(getattr(self, "loss_history_", {})),
+        }
+
+    def _set_metadata(self, meta: dict[str, str]) -> None:
+        self.training_reports_ = [PhaseReport(**r) for r in json.loads(meta.get("training", "[]"))]
+        self.loss_history_ = json.loads(meta.get("loss_history", "{}"))
+
+
+__all__ = [
+    "TrainableConfig",
+    "TrainableDetector","Checkpoint", "PhaseReport", "autocast", "data_fingerprint", "sample_batch", "train_phase"]
