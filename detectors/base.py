@@ -169,7 +169,7 @@ class Detector(ABC):
         """Extra strings stored beside the tensors (e.g. a trainable detector's training report)."""
         return {}
 
-    def _set_metadata(self, meta: dict[str, str]) -> None:
+    def _set_metadata(self, meta: dict[str, str]) -> None:  # noqa: B027 - optional hook
         """Inverse of ``_metadata`` on load."""
 
     def save(self, path: str | Path) -> Path:

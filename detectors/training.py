@@ -86,7 +86,9 @@ class Checkpoint:
     ) -> None:
         tensors: dict[str, torch.Tensor] = {}
         for name, module in modules.items():
-            tensors.update({f"module.{name}.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()})
+            tensors.update(
+                {f"module.{name}.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+            )
         opt = optimizer.state_dict()
         scalars: dict[str, dict[str, float]] = {}
         for pid, state in opt["state"].items():
@@ -290,5 +292,12 @@ class TrainableDetector(Detector):
 
 
 __all__ = [
+    "Checkpoint",
+    "PhaseReport",
     "TrainableConfig",
-    "TrainableDetector","Checkpoint", "PhaseReport", "autocast", "data_fingerprint", "sample_batch", "train_phase"]
+    "TrainableDetector",
+    "autocast",
+    "data_fingerprint",
+    "sample_batch",
+    "train_phase",
+]
