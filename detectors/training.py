@@ -196,7 +196,7 @@ def train_phase(
                 loss = loss_fn(step)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
-                    f"{phase}: the loss became {float(loss)} at step {step}; lower the learning rate"
+                    f"{phase}: the loss became {float(loss.detach())} at step {step}; lower the learning rate"
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

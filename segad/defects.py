@@ -14,6 +14,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from detectors.synthesis import draem_blend, draw_beta, perlin_mask
+from detectors.synthesis import perlin_noise as perlin_noise  # re-exported: segad.defects.perlin_noise stays public
+
 DEFECT_KINDS = ("blur", "rectangle", "thin_rectangle", "draem", "cutpaste", "scar")
 
 
@@ -23,44 +26,6 @@ class GeneratedDefect:
     mask: np.ndarray  # (H, W) bool
     kind: str
     source: int = -1  # index of the good image it was made from
-
-
-def perlin_noise(shape: tuple[int, int], res: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """2-D gradient (Perlin) noise in about [-1, 1]; ``res`` cells per axis."""
-    h, w = shape
-    ry, rx = res
-    angles = rng.uniform(0, 2 * np.pi, (ry + 1, rx + 1))
-    grads = np.stack([np.cos(angles), np.sin(angles)], axis=-1)
-    ys = np.linspace(0, ry, h, endpoint=False)
-    xs = np.linspace(0, rx, w, endpoint=False)
-    yi, xi = np.floor(ys).astype(int), np.floor(xs).astype(int)
-    yf, xf = (ys - yi)[:, None], (xs - xi)[None, :]
-
-    def corner(dy: int, dx: int) -> np.ndarray:
-        g = grads[yi[:, None] + dy, xi[None, :] + dx]
-        return g[..., 0] * (yf - dy) + g[..., 1] * (xf - dx)
-
-    def fade(t: np.ndarray) -> np.ndarray:
-        return 6 * t**5 - 15 * t**4 + 10 * t**3
-
-    u, v = fade(xf), fade(yf)
-    top = corner(0, 0) * (1 - u) + corner(0, 1) * u
-    bottom = corner(1, 0) * (1 - u) + corner(1, 1) * u
-    return np.sqrt(2) * (top * (1 - v) + bottom * v)
-
-
-def _perlin_mask(shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """DRAEM's mask: Perlin noise at 2^randint(0, 6) cells per axis, rotated, thresholded at 0.5."""
-    for _ in range(20):
-        res = (2 ** int(rng.integers(0, 6)), 2 ** int(rng.integers(0, 6)))
-        noise = perlin_noise(shape, res, rng)
-        centre = (shape[1] / 2, shape[0] / 2)
-        rot = cv2.getRotationMatrix2D(centre, float(rng.uniform(-90, 90)), 1.0)
-        noise = cv2.warpAffine(noise.astype(np.float32), rot, (shape[1], shape[0]), borderMode=cv2.BORDER_REFLECT)
-        mask = noise > 0.5
-        if mask.any():
-            return mask
-    raise RuntimeError("Perlin mask stayed empty after 20 draws")  # pragma: no cover - vanishingly unlikely
 
 
 def _rect_mask(shape: tuple[int, int], h: int, w: int, rng: np.random.Generator, within: np.ndarray | None = None):
@@ -126,15 +91,17 @@ def thin_rectangle(image: np.ndarray, segments: np.ndarray, rng: np.random.Gener
 def draem(
     image: np.ndarray, segments: np.ndarray, rng: np.random.Generator, texture: np.ndarray | None = None, **_
 ) -> GeneratedDefect:
-    """DRAEM: I*(1-M) + (1-beta)*A*M + beta*I*M, A a texture (another image), beta = U(0,1)*0.8."""
+    """DRAEM: I*(1-M) + (1-beta)*A*M + beta*I*M, A a texture (another image), beta = U(0,1)*0.8.
+
+    Mask, opacity and blend come from ``detectors.synthesis``, so the DRAEM detector trains on the
+    same anomalies the classifier is shown.
+    """
     H, W = image.shape[:2]
-    mask = _perlin_mask((H, W), rng)
+    mask = perlin_mask((H, W), rng)
     if texture is None:
         texture = np.ascontiguousarray(image[::-1, ::-1])
     texture = cv2.resize(np.ascontiguousarray(np.rot90(texture, int(rng.integers(1, 4)))), (W, H))  # no DTD here
-    beta = rng.uniform(0, 1) * 0.8
-    m = mask[..., None].astype(np.float32)
-    out = image * (1 - m) + (1 - beta) * texture * m + beta * image * m
+    out = draem_blend(image, texture, mask, draw_beta(rng))
     return GeneratedDefect(out.astype(np.float32), mask, "draem")
 
 

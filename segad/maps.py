@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from tqdm.auto import tqdm
 
 from detectors.base import Detector
 from detectors.cache import CacheEntry, MapCache, file_id
+from detectors.training import TrainableDetector
 from segad.data.images import load_images
 from segad.paths import cache_root
 
@@ -59,11 +61,18 @@ def fit_detector(det: Detector, fit_set: ImageSet, entry: CacheEntry | None) -> 
     if entry is not None and (cached := entry.load_detector()) is not None:
         cached.config = det.config  # runtime options (device, batch size) are the caller's
         return cached, 0.0
+    auto_checkpoints = None
+    if entry is not None and isinstance(det, TrainableDetector) and not det.config.checkpoint_dir:
+        # Checkpoints beside the cached maps: a fit killed half-way resumes on the next run.
+        auto_checkpoints = entry.path / "checkpoints"
+        det = type(det)(replace(det.config, checkpoint_dir=str(auto_checkpoints)))
     t0 = time.perf_counter()
     det.fit(fit_set.load(range(len(fit_set))))
     seconds = time.perf_counter() - t0
     if entry is not None:
         entry.save_detector(det)
+    if auto_checkpoints is not None:
+        shutil.rmtree(auto_checkpoints, ignore_errors=True)  # the saved detector supersedes them
     return det, seconds
 
 

@@ -11,6 +11,7 @@ import platform
 import resource
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -161,6 +162,7 @@ def _log_detector_run(result: TrainResult, name: str, tmp: Path) -> None:
         }
         if np.isfinite(dm.predict_ms_per_image):
             metrics["predict_ms_per_image"] = dm.predict_ms_per_image
+        _log_training(dm.detector, metrics)
         if ds.has_masks:
             size = dm.maps.shape[1:]
             masks = np.stack([load_mask(s.mask_path, size) for s in ds.test])
@@ -183,6 +185,31 @@ def _log_detector_run(result: TrainResult, name: str, tmp: Path) -> None:
         else:
             mlflow.set_tag("pixel_metrics", "skipped: the dataset has no masks")
         mlflow.log_metrics(metrics)
+
+
+def _log_training(det: object, metrics: dict[str, float]) -> None:
+    """A trainable detector's phases: time, peak memory, final loss, and the loss curve as history.
+
+    The report is saved with the fitted detector, so a fit taken from the cache still logs it.
+    """
+    import mlflow
+
+    for report in getattr(det, "training_reports_", []):
+        key = report.phase.split()[-1]
+        metrics[f"{key}_seconds"] = report.seconds
+        metrics[f"{key}_peak_memory_mib"] = report.peak_memory_mib
+        metrics[f"{key}_final_loss"] = report.final_loss
+        mlflow.set_tag(f"{key}_memory_kind", report.memory_kind)
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    points = [
+        Metric(f"loss_{phase}", float(v), now, step)
+        for phase, curve in getattr(det, "loss_history_", {}).items()
+        for step, v in enumerate(curve)
+    ]
+    if points:  # one batched call per run, not one request per point
+        mlflow.MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=points)
 
 
 def _log_model(result: TrainResult, tmp: Path, register: bool) -> None:

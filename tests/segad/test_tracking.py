@@ -21,7 +21,14 @@ from segad.train import main
 
 SPEC = SyntheticSpec(image_size=96, n_train=80, n_test_good=8, n_defects_per_type=3, seed=5)
 ARGS = ["--image-size", "96", "--shots", "5", "--seeds", "2", "--device", "cpu", "--segments", "whole"]
-ARGS += ["--set", "patchcore.coreset_ratio=0.25"]
+ARGS += [
+    "--set",
+    "patchcore.coreset_ratio=0.25",
+    "--detectors",
+    "patchcore,padim,fastflow",
+    "--set",
+    "fastflow.epochs=2",
+]
 
 
 @pytest.fixture(scope="module")
@@ -51,9 +58,9 @@ def test_parent_and_nested_runs_with_params_metrics_and_tags(store) -> None:
     runs = _runs(client)
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
-    assert parent.info.status == "FINISHED" and set(children) == {"patchcore", "padim"}
+    assert parent.info.status == "FINISHED" and set(children) == {"patchcore", "padim", "fastflow"}
     p = parent.data.params
-    assert p["detectors"] == "patchcore,padim" and p["shots"] == "5" and p["segments"] == "whole"
+    assert p["detectors"] == "patchcore,padim,fastflow" and p["shots"] == "5" and p["segments"] == "whole"
     assert p["patchcore.coreset_ratio"] == "0.25" and p["classifier.num_parallel_tree"] == "200"
     assert {"segad.auroc_mean", "segad.fpr95_std", "ensemble.auroc_mean"} <= set(parent.data.metrics)
     history = client.get_metric_history(parent.info.run_id, "segad.auroc")
@@ -64,6 +71,11 @@ def test_parent_and_nested_runs_with_params_metrics_and_tags(store) -> None:
         assert {"auroc_mean", "fpr95_mean", "ap_all_test", "pixel_auroc", "pixel_ap", "aupro_0.3", "pl"} <= set(m)
         assert 0.5 < m["pixel_auroc"] <= 1.0 and "fit_seconds" in m
         assert child.data.params["detector"] == child.info.run_name
+    # A trainable detector's training: time, peak memory, and the loss curve as a metric history.
+    flow = children["fastflow"]
+    assert flow.data.metrics["train_seconds"] > 0 and flow.data.metrics["train_peak_memory_mib"] > 0
+    curve = client.get_metric_history(flow.info.run_id, "loss_train")
+    assert len(curve) == 10 and curve[-1].value < curve[0].value  # 2 epochs of ceil(72 / 16) steps
 
 
 def test_artifacts_and_summary(store) -> None:
@@ -74,7 +86,7 @@ def test_artifacts_and_summary(store) -> None:
     assert "charts/overlays.png" in charts
     local = client.download_artifacts(parent.info.run_id, "summary.json")
     summary = json.loads(Path(local).read_text())
-    assert set(summary["methods"]) == {"patchcore", "padim", "ensemble", "segad"}
+    assert set(summary["methods"]) == {"patchcore", "padim", "fastflow", "ensemble", "segad"}
 
 
 def test_registered_model_loads_as_pyfunc_and_scores(store) -> None:
@@ -167,7 +179,7 @@ def test_a_real_tracking_server_on_loopback(tmp_path: Path, monkeypatch: pytest.
             f"{url}/api/2.0/mlflow/runs/search", data=body, headers={"Content-Type": "application/json"}
         )
         runs = json.load(urllib.request.urlopen(req, timeout=10))["runs"]
-        assert len(runs) == 3 and all(r["info"]["status"] == "FINISHED" for r in runs)
+        assert len(runs) == 4 and all(r["info"]["status"] == "FINISHED" for r in runs)  # parent + 3 detectors
     finally:
         server.terminate()
         server.wait(timeout=30)
