@@ -7,6 +7,10 @@ Each (detector, size) runs in a fresh process so peak RAM is that run's alone.
     python experiments/bench_detectors.py --fit-from all --n-fit 1000 --detectors patchcore --no-quality  # 8 GiB check
     python experiments/bench_detectors.py --device cuda                # on a GPU
     python experiments/bench_detectors.py --synthetic                  # image/pixel AUROC, AUPRO on the synthetic set
+    python experiments/bench_detectors.py --detectors rd4ad,fastflow,efficientad,draem --n-fit 40 --no-quality \
+        --set rd4ad.epochs=1 --set fastflow.epochs=1 ...   # trainable detectors: a short schedule's time
+
+Trainable detectors also print each training phase's seconds and peak memory (from the loop's report).
 """
 
 from __future__ import annotations
@@ -33,15 +37,26 @@ def fit_images(source: str, n: int) -> list:
     return paths[: n or len(paths)]
 
 
+def detector_params(args: argparse.Namespace, name: str) -> dict:
+    """Common runtime options plus this detector's ``--set name.option=value`` overrides."""
+    params = {"device": args.device, "progress": False, "backbone": args.backbone}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        det, _, opt = key.partition(".")
+        if det == name:
+            params[opt] = value
+    return params
+
+
 def run_one(args: argparse.Namespace) -> dict:
     from sklearn.metrics import roc_auc_score
 
     from detectors import make_detector
     from segad.data import load_elpv, load_images
 
-    params = {"device": args.device, "progress": False, "backbone": args.backbone}
+    params = detector_params(args, args.detector)
     if args.detector == "patchcore":
-        params["coreset_ratio"] = args.coreset_ratio
+        params.setdefault("coreset_ratio", args.coreset_ratio)
     det = make_detector(args.detector, **params)
     fit_paths = fit_images(args.fit_from or args.category, args.n_fit)
     fit = load_images(fit_paths, args.image_size)
@@ -73,6 +88,12 @@ def run_one(args: argparse.Namespace) -> dict:
     if args.detector == "patchcore":
         out["coreset_ratio"] = args.coreset_ratio
         out["coreset_s"] = round(det.fit_seconds_["coreset"], 2)
+    for rep in getattr(det, "training_reports_", []):
+        phase = rep.phase.split()[-1]
+        out[f"{phase}_steps"] = rep.steps
+        out[f"{phase}_s"] = round(rep.seconds, 1)
+        out[f"{phase}_peak_mib"] = round(rep.peak_memory_mib)
+        out[f"{phase}_loss"] = f"{rep.first_loss:.3g}->{rep.final_loss:.3g}"
     if args.quality:
         scores = []
         for s in range(0, len(test), 64):
@@ -100,8 +121,7 @@ def synthetic_quality(args: argparse.Namespace) -> None:
     masks = np.stack([load_mask(s.mask_path, size) for s in test])
     print("detector | image_auroc | pixel_auroc | aupro_0.3 | aupro_0.05")
     for name in args.detectors.split(","):
-        params = {"device": args.device, "progress": False, "backbone": args.backbone}
-        out = make_detector(name, **params).fit(fit).predict(x)
+        out = make_detector(name, **detector_params(args, name)).fit(fit).predict(x)
         print(
             f"{name} | {image_auroc(labels, out.scores):.4f} | {pixel_auroc(masks, out.maps):.4f} | "
             f"{aupro(masks, out.maps, 0.3):.4f} | {aupro(masks, out.maps, 0.05):.4f}"
@@ -122,6 +142,7 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--no-quality", dest="quality", action="store_false")
     ap.add_argument("--synthetic", action="store_true", help="quality on the synthetic set instead of ELPV")
+    ap.add_argument("--set", action="append", default=[], metavar="DET.OPT=VAL", help="a detector option, repeatable")
     args = ap.parse_args()
     if args.synthetic:
         synthetic_quality(args)

@@ -379,7 +379,11 @@ def build_parser(prog: str = "python -m segad.train", description: str | None = 
     d = TrainConfig()
     ap.add_argument("--data", default=d.data, help="dataset root (MVTec or VisA layout) or a built-in: elpv, synthetic")
     ap.add_argument("--category", default=d.category, help="category inside the dataset (ELPV: mono or poly)")
-    ap.add_argument("--detectors", default=d.detectors, help="comma-separated base detectors")
+    from detectors.registry import DETECTORS
+
+    ap.add_argument(
+        "--detectors", default=d.detectors, help=f"comma-separated base detectors, from: {', '.join(DETECTORS)}"
+    )
     ap.add_argument("--backbone", default=d.backbone)
     ap.add_argument("--image-size", type=int, default=d.image_size)
     ap.add_argument("--shots", type=int, default=d.shots, help="labelled defects per seed for the classifier")
