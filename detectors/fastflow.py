@@ -104,17 +104,6 @@ class FastFlow(TrainableDetector):
     config_class = FastFlowConfig
     config: FastFlowConfig
 
-    def _features(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Frozen backbone levels of all ``x``, kept on the CPU between steps."""
-        names = parse_layers(self.config.layers)
-        parts: list[list[torch.Tensor]] = [[] for _ in names]
-        for batch in self._batches(x, "features"):
-            with torch.inference_mode():
-                feats = self.backbone(batch, names)
-            for k, n in enumerate(names):
-                parts[k].append(feats[n].float().cpu())
-        return [torch.cat(p) for p in parts]
-
     def _build(self, shapes: list[tuple[int, int, int]]) -> None:
         torch.manual_seed(self.config.seed)
         gen = torch.Generator().manual_seed(self.config.seed)
@@ -125,7 +114,7 @@ class FastFlow(TrainableDetector):
         if min(x.shape[-2:]) < 32:
             raise ValueError(f"fastflow needs images of at least 32x32; got {tuple(x.shape[-2:])}")
         gen = self._start_training(x)
-        feats = self._features(x)
+        feats = self._frozen_features(x, self.config.layers)
         self._build([tuple(f.shape[1:]) for f in feats])
         opt = torch.optim.Adam(
             self.flows_.parameters(), lr=self.config.learning_rate, weight_decay=self.config.weight_decay

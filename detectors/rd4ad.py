@@ -110,10 +110,11 @@ class RD4AD(TrainableDetector):
         params = [*self.bottleneck_.parameters(), *self.decoder_.parameters()]
         opt = torch.optim.Adam(params, lr=self.config.learning_rate, betas=(0.5, 0.999))
         steps_per_epoch = -(-len(x) // self.config.batch_size)
+        feats = self._frozen_features(x, self.config.layers)
 
         def loss(step: int) -> torch.Tensor:
-            batch = x[sample_batch(len(x), self.config.batch_size, gen)].to(self.device)
-            enc = self._encode(batch)
+            idx = sample_batch(len(x), self.config.batch_size, gen)
+            enc = [f[idx].to(self.device, non_blocking=True) for f in feats]
             dec = self.decoder_(self.bottleneck_(enc))
             return sum(d.mean() for d in _distance(enc, dec))
 

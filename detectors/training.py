@@ -24,6 +24,7 @@ from torch import nn
 
 from detectors.atomic import atomic_write
 from detectors.base import Detector, DetectorConfig
+from detectors.maps import parse_layers
 
 LossFn = Callable[[int], torch.Tensor]
 
@@ -275,6 +276,21 @@ class TrainableDetector(Detector):
         )
         self.loss_history_[phase] = losses
         self.training_reports_.append(report)
+
+    def _frozen_features(self, x: torch.Tensor, layers: str) -> list[torch.Tensor]:
+        """The frozen backbone's levels of every training image, computed once and kept on the CPU.
+
+        Detectors whose backbone does not train read their batches from here instead of running the
+        backbone at every step: on a CPU that halves the training time.
+        """
+        names = parse_layers(layers)
+        parts: list[list[torch.Tensor]] = [[] for _ in names]
+        for batch in self._batches(x, "features"):
+            with torch.inference_mode():
+                feats = self.backbone(batch, names)
+            for k, n in enumerate(names):
+                parts[k].append(feats[n].float().cpu())
+        return [torch.cat(p) for p in parts]
 
     @property
     def training_seconds(self) -> float:
