@@ -13,10 +13,12 @@ colour-jittered so it does not line up with the image it is pasted into.
 
 Defaults and where they differ from the paper:
 
-* ``steps=4000`` at ``batch_size=8`` (the paper: 700 epochs, tens of thousands of steps). Both
-  networks at the default widths take about 20-40 ms a step on a current GPU at 256 px in
-  bfloat16, so a fit is a few minutes; the lr drops x0.2 at 80 % and 90 % of the steps, as in the
-  paper.
+* ``steps=4000`` at ``batch_size=8`` (the paper: 700 epochs, tens of thousands of steps). A step
+  at 256 px and the default widths is about 1.8 TFLOP (forward + backward, both networks), some
+  10-20 ms in bfloat16 on a current GPU, plus about 30 ms of numpy anomaly synthesis on the CPU
+  (estimates, not measured on a GPU): a fit of a few minutes. On a CPU it is tens of seconds a
+  step, so DRAEM is a GPU detector. The lr drops x0.2 at 80 % and 90 % of the steps, as in the
+  paper (a LambdaLR doing what the paper's MultiStepLR does).
 * ``base_width=64``, ``disc_width=32`` (the paper: 128 and 64): half the channels, a quarter of the
   compute, which suits the short schedule; set 128 / 64 for the paper's networks.
 * Both networks downsample 4 times (the paper's discriminative net 5), so any image whose sides
@@ -30,15 +32,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Self
 
-import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
-from detectors.maps import gaussian_blur, gaussian_kernel1d
-from detectors.synthesis import draem_blend, draw_beta, perlin_mask
+from detectors.maps import gaussian_blur
+from detectors.synthesis import draem_blend, draw_beta, jitter_texture, perlin_mask
 from detectors.training import TrainableConfig, TrainableDetector, sample_batch
 
 # Detector inputs are ImageNet-normalised; DRAEM works on [0, 1] images (no pretrained backbone).
@@ -63,7 +64,9 @@ class DraemConfig(TrainableConfig):
         if self.steps < 1:
             raise ValueError(f"draem: steps must be at least 1, got {self.steps}")
         if self.base_width < 1 or self.disc_width < 1:
-            raise ValueError(f"draem: base_width and disc_width must be positive, got {self.base_width}, {self.disc_width}")
+            raise ValueError(
+                f"draem: base_width and disc_width must be positive, got {self.base_width}, {self.disc_width}"
+            )
         if not 0.0 <= self.anomaly_probability <= 1.0:
             raise ValueError(f"draem: anomaly_probability must be in [0, 1], got {self.anomaly_probability}")
         if self.smooth_kernel < 1 or self.smooth_kernel % 2 == 0:
@@ -155,12 +158,21 @@ class DiscriminativeNet(nn.Module):
 
 # --- losses -----------------------------------------------------------------------------------
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean structural similarity of two (B, C, H, W) batches in [0, 1], Gaussian window, no padding."""
-    k1 = gaussian_kernel1d(sigma, a.device)
-    k1 = k1[(k1.numel() - window) // 2 :][:window] if k1.numel() > window else k1
+    """Mean structural similarity of two (B, C, H, W) batches in [0, 1], Gaussian window, no padding.
+
+    Always float32, even inside the training loop's bfloat16 autocast: the variances are differences
+    of near-equal local means, which bfloat16's 8 bits of mantissa would turn into noise.
+    """
+    with torch.autocast(a.device.type, enabled=False):
+        return _ssim(a.float(), b.float(), window, sigma)
+
+
+def _ssim(a: torch.Tensor, b: torch.Tensor, window: int, sigma: float) -> torch.Tensor:
+    r = torch.arange(window, dtype=torch.float32, device=a.device) - window // 2
+    k1 = torch.exp(-0.5 * (r / sigma) ** 2)
     k1 = k1 / k1.sum()
     c = a.shape[1]
-    k2 = (k1[:, None] * k1[None, :]).expand(c, 1, -1, -1).to(a.dtype)
+    k2 = (k1[:, None] * k1[None, :]).expand(c, 1, -1, -1)
 
     def filt(t: torch.Tensor) -> torch.Tensor:
         return F.conv2d(t, k2, groups=c)
@@ -184,26 +196,6 @@ def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torc
 
 
 # --- anomaly synthesis ------------------------------------------------------------------------
-def jitter_texture(texture: np.ndarray, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
-    """Another good image made into a texture: rotated 90/180/270, maybe flipped, shifted, colour-jittered.
-
-    Without the geometric change another good image pasted at the same place would look normal,
-    which would teach the segmenter to flag normal structure. Grey images stay grey.
-    """
-    h, w = shape
-    t = np.rot90(texture, int(rng.integers(1, 4)))
-    if rng.random() < 0.5:
-        t = t[:, ::-1]
-    t = cv2.resize(np.ascontiguousarray(t, dtype=np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
-    t = np.roll(t, (int(rng.integers(h)), int(rng.integers(w))), axis=(0, 1))
-    coloured = t.ndim == 3 and np.ptp(t, axis=-1).max() > 1e-3
-    gain = rng.uniform(0.6, 1.4) * (rng.uniform(0.85, 1.15, t.shape[-1]) if coloured else 1.0)
-    t = np.clip(t * gain + rng.uniform(-0.2, 0.2), 0.0, 1.0) ** rng.uniform(0.5, 2.0)
-    if rng.random() < 0.2:
-        t = 1.0 - t
-    return t.astype(np.float32)
-
-
 def synthesise(
     images: np.ndarray, index: np.ndarray, pool: np.ndarray, probability: float, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -269,8 +261,11 @@ class Draem(TrainableDetector):
         pool = self._to_unit(x).permute(0, 2, 3, 1).contiguous().numpy()  # (N, H, W, 3) for the numpy generator
         params = [*self.reconstructive_.parameters(), *self.discriminative_.parameters()]
         opt = torch.optim.Adam(params, lr=cfg.learning_rate)
+        # The paper's MultiStepLR (x0.2 at 80 % and 90 %) written as a LambdaLR: MultiStepLR keeps its
+        # milestones in a Counter whose int keys do not survive the checkpoint's JSON round trip, so a
+        # resumed fit would silently skip the drops; a LambdaLR's state is plain numbers.
         milestones = sorted({max(1, int(0.8 * cfg.steps)), max(1, int(0.9 * cfg.steps))})
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=milestones, gamma=0.2)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 0.2 ** sum(s >= m for m in milestones))
 
         def loss(step: int) -> torch.Tensor:
             idx = sample_batch(len(pool), cfg.batch_size, gen).numpy()

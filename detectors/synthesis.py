@@ -79,4 +79,24 @@ def draem_blend(image: np.ndarray, texture: np.ndarray, mask: np.ndarray, beta: 
     return image * (1 - m) + (1 - beta) * texture * m + beta * image * m
 
 
-__all__ = ["MAX_BETA", "draem_blend", "draw_beta", "perlin_mask", "perlin_noise"]
+def jitter_texture(texture: np.ndarray, shape: tuple[int, int], rng: np.random.Generator) -> np.ndarray:
+    """Another good image made into a texture: rotated 90/180/270, maybe flipped, shifted, colour-jittered.
+
+    Without the geometric change another good image pasted at the same place would look normal,
+    which would teach the segmenter to flag normal structure. Grey images stay grey.
+    """
+    h, w = shape
+    t = np.rot90(texture, int(rng.integers(1, 4)))
+    if rng.random() < 0.5:
+        t = t[:, ::-1]
+    t = cv2.resize(np.ascontiguousarray(t, dtype=np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    t = np.roll(t, (int(rng.integers(h)), int(rng.integers(w))), axis=(0, 1))
+    coloured = t.ndim == 3 and t.shape[-1] > 1 and float(np.abs(np.diff(t[::4, ::4], axis=-1)).max()) > 1e-3
+    gain = rng.uniform(0.6, 1.4) * (rng.uniform(0.85, 1.15, t.shape[-1]) if coloured else 1.0)
+    t = np.clip(t * gain + rng.uniform(-0.2, 0.2), 0.0, 1.0) ** rng.uniform(0.5, 2.0)
+    if rng.random() < 0.2:
+        t = 1.0 - t
+    return t.astype(np.float32)
+
+
+__all__ = ["MAX_BETA", "draem_blend", "draw_beta", "jitter_texture", "perlin_mask", "perlin_noise"]

@@ -13,6 +13,7 @@ import hashlib
 import json
 import resource
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
@@ -105,7 +106,6 @@ class Checkpoint:
             "step": str(step),
             "param_groups": json.dumps(opt["param_groups"]),
             "optim_scalars": json.dumps(scalars),
-            "scheduler": json.dumps(scheduler.state_dict() if scheduler is not None else None),
             "losses": json.dumps(losses),
         }
         atomic_write(self.path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
@@ -137,13 +137,19 @@ class Checkpoint:
                 state.setdefault(int(pid), {})[k] = v
         for pid, extra in json.loads(meta["optim_scalars"]).items():
             state.setdefault(int(pid), {}).update(extra)
+        step = int(meta["step"])
+        if scheduler is not None:
+            # Replay the schedule rather than store it: schedulers' state dicts hold non-JSON types
+            # (MultiStepLR's integer-keyed milestones). Replayed first, so the optimiser state loaded
+            # next (its learning rates included) is exactly the checkpoint's.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "step() before optimizer.step()"
+                for _ in range(step):
+                    scheduler.step()
         optimizer.load_state_dict({"state": state, "param_groups": json.loads(meta["param_groups"])})
-        sched = json.loads(meta["scheduler"])
-        if scheduler is not None and sched is not None:
-            scheduler.load_state_dict(sched)
         generator.set_state(tensors["rng.generator"])
         torch.set_rng_state(tensors["rng.torch"])
-        return int(meta["step"]), json.loads(meta["losses"])
+        return step, json.loads(meta["losses"])
 
 
 @contextmanager

@@ -15,7 +15,7 @@ def _problem(seed: int = 0) -> tuple[nn.Module, torch.optim.Optimizer, torch.opt
     torch.manual_seed(seed)
     model = nn.Sequential(nn.Linear(4, 8), nn.Dropout(0.2), nn.Linear(8, 1))
     opt = torch.optim.Adam(model.parameters(), lr=0.05)
-    return model, opt, torch.optim.lr_scheduler.StepLR(opt, 10, 0.5)
+    return model, opt, torch.optim.lr_scheduler.MultiStepLR(opt, [12, 20], 0.5)  # milestones: int-keyed state
 
 
 def _loss_fn(model: nn.Module, gen: torch.Generator, fail_at: int = -1):
@@ -48,6 +48,7 @@ def _run(ckpt: Checkpoint | None, fail_at: int = -1):
         progress=False,
         log_every=1,
     )
+    assert opt.param_groups[0]["lr"] == pytest.approx(0.05 * 0.25)  # both milestones applied, resumed or not
     return model, losses, report
 
 
