@@ -84,7 +84,7 @@ class EfficientADConfig(TrainableConfig):
 # --- networks -------------------------------------------------------------------------------------
 
 
-def _pdn(model_size: str, out_channels: int) -> nn.Sequential:
+def pdn(model_size: str, out_channels: int) -> nn.Sequential:
     """The patch description network (33 px receptive field), padded so its grid is image/4."""
     a, b = (128, 256) if model_size == "small" else (256, 512)
     layers: list[nn.Module] = [
@@ -139,7 +139,9 @@ class Autoencoder(nn.Module):
             nn.Sequential(nn.Conv2d(64, 64, 4, 1, 2), nn.ReLU(inplace=True), nn.Dropout(0.2)) for _ in self.sizes
         )
         self.grid = grid
-        self.head = nn.Sequential(nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(inplace=True), nn.Conv2d(64, out_channels, 3, 1, 1))
+        self.head = nn.Sequential(
+            nn.Conv2d(64, 64, 3, 1, 1), nn.ReLU(inplace=True), nn.Conv2d(64, out_channels, 3, 1, 1)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         z = self.encoder(x)
@@ -155,7 +157,9 @@ def _uniform(n: int, low: float, high: float, gen: torch.Generator) -> torch.Ten
     return low + (high - low) * torch.rand(n, generator=gen)
 
 
-def _colour(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor) -> torch.Tensor:
+def _colour(
+    x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor
+) -> torch.Tensor:
     """Per-image brightness/contrast/saturation factors, applied in [0, 1] pixel space."""
     mean = x.new_tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
     std = x.new_tensor(_IMAGENET_STD).view(1, 3, 1, 1)
@@ -206,7 +210,7 @@ def quantile(values: torch.Tensor, q: float) -> torch.Tensor:
     """Linear-interpolated quantile of all values by sorting (``torch.quantile`` caps at 16M values)."""
     v = values.flatten().float().sort().values
     pos = q * (v.numel() - 1)
-    lo = int(math.floor(pos))
+    lo = math.floor(pos)
     hi = min(lo + 1, v.numel() - 1)
     return v[lo] + (pos - lo) * (v[hi] - v[lo])
 
@@ -214,7 +218,8 @@ def quantile(values: torch.Tensor, q: float) -> torch.Tensor:
 def hard_mean(d: torch.Tensor, q: float) -> torch.Tensor:
     """Mean of the values at or above the q-quantile: the paper's hard-feature loss, via top-k."""
     flat = d.flatten()
-    k = max(1, math.ceil(flat.numel() * (1.0 - q)))
+    n = flat.numel()
+    k = max(1, n - math.ceil(q * (n - 1) - 1e-9))  # how many sorted values sit at or after position q(n-1)
     return flat.topk(k, sorted=False).values.mean()
 
 
@@ -227,6 +232,10 @@ def _projection(channels: int, out_channels: int, seed: int) -> torch.Tensor | N
     q, _ = torch.linalg.qr(a)  # orthonormal columns
     p = q if out_channels > channels else q.T
     return (p * math.sqrt(max(1.0, out_channels / channels))).float()
+
+
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last)
 
 
 class _Stats:
@@ -258,9 +267,11 @@ class EfficientAD(TrainableDetector):
 
     def _build(self, image_size: tuple[int, int]) -> None:
         c, size = self.config.out_channels, self.config.model_size
-        self.teacher_ = _pdn(size, c).to(self.device)
-        self.student_ = _pdn(size, 2 * c).to(self.device)
-        self.autoencoder_ = Autoencoder(image_size, pdn_grid(image_size), c).to(self.device)
+        # Channels-last: faster convolutions on CPU (oneDNN) and on GPU tensor cores alike.
+        nhwc = {"device": self.device, "memory_format": torch.channels_last}
+        self.teacher_ = pdn(size, c).to(**nhwc)
+        self.student_ = pdn(size, 2 * c).to(**nhwc)
+        self.autoencoder_ = Autoencoder(image_size, pdn_grid(image_size), c).to(**nhwc)
 
     def _check_input(self, x: torch.Tensor) -> None:
         if min(x.shape[-2:]) < MIN_IMAGE_SIZE:
@@ -307,6 +318,7 @@ class EfficientAD(TrainableDetector):
     def _raw_maps(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, h, w) student-teacher and autoencoder-student maps at the PDN grid."""
         c = self.config.out_channels
+        batch = _nhwc(batch)
         with torch.inference_mode():
             t = self._teacher_features(batch)
             s = self.student_(batch).float()
@@ -342,7 +354,7 @@ class EfficientAD(TrainableDetector):
         self._projection = None if proj is None else proj.to(self.device)
 
         def teacher_loss(step: int) -> torch.Tensor:
-            batch = teacher_augment(x_train[sample_batch(len(x_train), bs, gen)].to(self.device), gen)
+            batch = _nhwc(teacher_augment(x_train[sample_batch(len(x_train), bs, gen)].to(self.device), gen))
             return ((self.teacher_(batch).float() - self._target(batch)) ** 2).mean()
 
         opt = torch.optim.Adam(self.teacher_.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -353,7 +365,7 @@ class EfficientAD(TrainableDetector):
         stats = _Stats()
         with torch.inference_mode():
             for batch in self._batches(x_train, "teacher statistics"):
-                stats.add(self.teacher_(batch).float())
+                stats.add(self.teacher_(_nhwc(batch)).float())
         mean, std = stats.result()
         self.teacher_mean_, self.teacher_std_ = mean.to(self.device), std.to(self.device)
 
@@ -363,11 +375,13 @@ class EfficientAD(TrainableDetector):
         def student_loss(step: int) -> torch.Tensor:
             batch = x_train[sample_batch(len(x_train), bs, gen)].to(self.device)
             aug = autoencoder_augment(batch, gen)
-            t, t_aug = self._teacher_features(batch), self._teacher_features(aug)
-            hard = hard_mean((t - self.student_(batch)[:, :c].float()) ** 2, cfg.hard_quantile)
-            ae = self.autoencoder_(aug).float()
+            both = _nhwc(torch.cat([batch, aug]))  # one pass of each network over plain and augmented images
+            t, t_aug = self._teacher_features(both).chunk(2)
+            s, s_aug = self.student_(both).float().chunk(2)
+            ae = self.autoencoder_(_nhwc(aug)).float()
+            hard = hard_mean((t - s[:, :c]) ** 2, cfg.hard_quantile)
             loss_ae = ((t_aug - ae) ** 2).mean()
-            loss_stae = ((ae - self.student_(aug)[:, c:].float()) ** 2).mean()
+            loss_stae = ((ae - s_aug[:, c:]) ** 2).mean()
             return hard + loss_ae + loss_stae
 
         params = [*self.student_.parameters(), *self.autoencoder_.parameters()]
@@ -381,9 +395,8 @@ class EfficientAD(TrainableDetector):
         self._eval()
         st, aes = zip(*(self._raw_maps(b) for b in self._batches(x_val, "validation")), strict=True)
         st, aes = torch.cat(st), torch.cat(aes)
-        self.map_quantiles_ = torch.stack(
-            [quantile(st, _QUANTILE_A), quantile(st, _QUANTILE_B), quantile(aes, _QUANTILE_A), quantile(aes, _QUANTILE_B)]
-        )
+        # (q_a, q_b) of the student-teacher map, then of the autoencoder-student map
+        self.map_quantiles_ = torch.stack([quantile(m, q) for m in (st, aes) for q in (_QUANTILE_A, _QUANTILE_B)])
         del self._target_mean, self._target_std, self._projection
         self.image_size_ = tuple(x.shape[-2:])
         return self
@@ -429,4 +442,4 @@ class EfficientAD(TrainableDetector):
         self._eval()
 
 
-__all__ = ["Autoencoder", "EfficientAD", "EfficientADConfig", "pdn_grid"]
+__all__ = ["Autoencoder", "EfficientAD", "EfficientADConfig", "hard_mean", "pdn", "pdn_grid", "quantile"]

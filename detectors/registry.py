@@ -8,12 +8,15 @@ from typing import Any
 
 from detectors.base import Detector, load_state, read_metadata
 from detectors.draem import Draem
+from detectors.efficientad import EfficientAD
 from detectors.fastflow import FastFlow
 from detectors.padim import Padim
 from detectors.patchcore import PatchCore
 from detectors.rd4ad import RD4AD
 
-DETECTORS: dict[str, type[Detector]] = {cls.name: cls for cls in (PatchCore, Padim, RD4AD, FastFlow, Draem)}
+DETECTORS: dict[str, type[Detector]] = {
+    cls.name: cls for cls in (PatchCore, Padim, RD4AD, FastFlow, EfficientAD, Draem)
+}
 DEFAULT_DETECTORS = ("patchcore", "padim")
 
 
