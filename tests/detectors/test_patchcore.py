@@ -72,7 +72,7 @@ def test_bad_input_is_a_clear_error(tiny: TinySet, fitted: PatchCore) -> None:
         PatchCore().predict(tiny.test)
     with pytest.raises(ValueError, match="fitted on"):
         fitted.predict(tiny.test[:, :, :64, :64])
-    with pytest.raises(ValueError, match="available: padim, patchcore"):
+    with pytest.raises(ValueError, match="available: draem, efficientad, fastflow, padim, patchcore, rd4ad"):
         make_detector("patchkore")
     with pytest.raises(ValueError, match="no option"):
         make_detector("patchcore", coreset=0.1)
