@@ -281,7 +281,7 @@ class Draem(TrainableDetector):
             rec_loss = F.mse_loss(rec, good_t) + (1 - ssim(rec, good_t))
             return rec_loss + focal_loss(logits.float(), masks_t, cfg.focal_gamma)
 
-        modules = {"reconstructive": self.reconstructive_, "discriminative": self.discriminative_}
+        modules = self._modules()
         self._train("train", loss, modules, opt, cfg.steps, gen, scheduler=sched)
         self.image_size_ = tuple(x.shape[-2:])
         return self
@@ -306,17 +306,15 @@ class Draem(TrainableDetector):
                 scores.append(smooth.flatten(1).max(1).values.cpu())
         return DetectorOutput(torch.cat(maps).numpy().astype(np.float32), torch.cat(scores).numpy().astype(np.float32))
 
+    def _modules(self) -> dict[str, nn.Module]:
+        return {"reconstructive": self.reconstructive_, "discriminative": self.discriminative_}
+
     def _state(self) -> dict[str, torch.Tensor]:
-        state = {f"reconstructive.{k}": v for k, v in self.reconstructive_.state_dict().items()}
-        state.update({f"discriminative.{k}": v for k, v in self.discriminative_.state_dict().items()})
-        return state
+        return self._modules_state(self._modules())
 
     def _set_state(self, state: dict[str, torch.Tensor]) -> None:
         self._build()
-        for prefix, module in (("reconstructive.", self.reconstructive_), ("discriminative.", self.discriminative_)):
-            module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
-        self.reconstructive_.eval()
-        self.discriminative_.eval()
+        self._load_modules(self._modules(), state)
 
 
 __all__ = ["DiscriminativeNet", "Draem", "DraemConfig", "ReconstructiveNet", "focal_loss", "ssim"]

@@ -118,8 +118,7 @@ class RD4AD(TrainableDetector):
             dec = self.decoder_(self.bottleneck_(enc))
             return sum(d.mean() for d in _distance(enc, dec))
 
-        modules = {"bottleneck": self.bottleneck_, "decoder": self.decoder_}
-        self._train("train", loss, modules, opt, self.config.epochs * steps_per_epoch, gen)
+        self._train("train", loss, self._modules(), opt, self.config.epochs * steps_per_epoch, gen)
         self.image_size_ = tuple(x.shape[-2:])
         return self
 
@@ -142,12 +141,12 @@ class RD4AD(TrainableDetector):
             scores.append(m.flatten(1).max(1).values.cpu())
         return DetectorOutput(torch.cat(maps).numpy().astype(np.float32), torch.cat(scores).numpy().astype(np.float32))
 
+    def _modules(self) -> dict[str, nn.Module]:
+        return {"bottleneck": self.bottleneck_, "decoder": self.decoder_}
+
     def _state(self) -> dict[str, torch.Tensor]:
-        state = {f"bottleneck.{k}": v for k, v in self.bottleneck_.state_dict().items()}
-        state.update({f"decoder.{k}": v for k, v in self.decoder_.state_dict().items()})
-        return state
+        return self._modules_state(self._modules())
 
     def _set_state(self, state: dict[str, torch.Tensor]) -> None:
         self._build()
-        for prefix, module in (("bottleneck.", self.bottleneck_), ("decoder.", self.decoder_)):
-            module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        self._load_modules(self._modules(), state)

@@ -298,6 +298,19 @@ class TrainableDetector(Detector):
                 parts[k].append(feats[n].float().cpu())
         return [torch.cat(p) for p in parts]
 
+    @staticmethod
+    def _modules_state(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+        """Several modules' weights in one flat dict, keys prefixed by the module's name."""
+        return {f"{name}.{k}": v for name, m in modules.items() for k, v in m.state_dict().items()}
+
+    @staticmethod
+    def _load_modules(modules: dict[str, nn.Module], state: dict[str, torch.Tensor]) -> None:
+        """Inverse of ``_modules_state``; leaves the modules in eval mode, ready to predict."""
+        for name, module in modules.items():
+            prefix = f"{name}."
+            module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+            module.eval()
+
     @property
     def training_seconds(self) -> float:
         return sum(r.seconds for r in getattr(self, "training_reports_", []))
