@@ -40,7 +40,7 @@ from torch import nn
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
 from detectors.maps import gaussian_blur
 from detectors.synthesis import draem_blend, draw_beta, jitter_texture, perlin_mask
-from detectors.training import TrainableConfig, TrainableDetector, sample_batch
+from detectors.training import TrainableConfig, TrainableDetector, load_modules, modules_state, sample_batch
 
 # Detector inputs are ImageNet-normalised; DRAEM works on [0, 1] images (no pretrained backbone).
 _IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -310,11 +310,11 @@ class Draem(TrainableDetector):
         return {"reconstructive": self.reconstructive_, "discriminative": self.discriminative_}
 
     def _state(self) -> dict[str, torch.Tensor]:
-        return self._modules_state(self._modules())
+        return modules_state(self._modules())
 
     def _set_state(self, state: dict[str, torch.Tensor]) -> None:
         self._build()
-        self._load_modules(self._modules(), state)
+        load_modules(self._modules(), state)
 
 
 __all__ = ["DiscriminativeNet", "Draem", "DraemConfig", "ReconstructiveNet", "focal_loss", "ssim"]

@@ -105,7 +105,6 @@ class FastFlow(TrainableDetector):
     config: FastFlowConfig
 
     def _build(self, shapes: list[tuple[int, int, int]]) -> None:
-        torch.manual_seed(self.config.seed)
         gen = torch.Generator().manual_seed(self.config.seed)
         self.flows_ = nn.ModuleList(Flow(s, self.config, gen) for s in shapes).to(self.device)
 

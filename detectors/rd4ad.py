@@ -18,7 +18,7 @@ from torch import nn
 
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
 from detectors.maps import gaussian_blur, parse_layers
-from detectors.training import TrainableConfig, TrainableDetector, sample_batch
+from detectors.training import TrainableConfig, TrainableDetector, load_modules, modules_state, sample_batch
 
 
 @dataclass(frozen=True)
@@ -145,8 +145,8 @@ class RD4AD(TrainableDetector):
         return {"bottleneck": self.bottleneck_, "decoder": self.decoder_}
 
     def _state(self) -> dict[str, torch.Tensor]:
-        return self._modules_state(self._modules())
+        return modules_state(self._modules())
 
     def _set_state(self, state: dict[str, torch.Tensor]) -> None:
         self._build()
-        self._load_modules(self._modules(), state)
+        load_modules(self._modules(), state)

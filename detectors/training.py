@@ -63,6 +63,19 @@ def data_fingerprint(images: torch.Tensor) -> str:
     return h.hexdigest()
 
 
+def modules_state(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
+    """Several modules' weights in one flat dict, keys prefixed by the module's name."""
+    return {f"{name}.{k}": v for name, m in modules.items() for k, v in m.state_dict().items()}
+
+
+def load_modules(modules: dict[str, nn.Module], state: dict[str, torch.Tensor]) -> None:
+    """Inverse of ``modules_state``; leaves the modules in eval mode (``train_phase`` sets train)."""
+    for name, module in modules.items():
+        prefix = f"{name}."
+        module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+        module.eval()
+
+
 class Checkpoint:
     """A phase's resumable state in one safetensors file: modules, optimiser, scheduler, RNG, step.
 
@@ -86,11 +99,7 @@ class Checkpoint:
         generator: torch.Generator,
         losses: list[float],
     ) -> None:
-        tensors: dict[str, torch.Tensor] = {}
-        for name, module in modules.items():
-            tensors.update(
-                {f"module.{name}.{k}": v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
-            )
+        tensors = {f"module.{k}": v.detach().cpu().contiguous() for k, v in modules_state(modules).items()}
         opt = optimizer.state_dict()
         scalars: dict[str, dict[str, float]] = {}
         for pid, state in opt["state"].items():
@@ -127,9 +136,7 @@ class Checkpoint:
                 "delete it or point checkpoint_dir at an empty folder"
             )
         tensors = load_file(str(self.path))
-        for name, module in modules.items():
-            prefix = f"module.{name}."
-            module.load_state_dict({k[len(prefix) :]: v for k, v in tensors.items() if k.startswith(prefix)})
+        load_modules(modules, {k[len("module.") :]: v for k, v in tensors.items() if k.startswith("module.")})
         state: dict[int, dict] = {}
         for key, v in tensors.items():
             if key.startswith("optim."):
@@ -298,19 +305,6 @@ class TrainableDetector(Detector):
                 parts[k].append(feats[n].float().cpu())
         return [torch.cat(p) for p in parts]
 
-    @staticmethod
-    def _modules_state(modules: dict[str, nn.Module]) -> dict[str, torch.Tensor]:
-        """Several modules' weights in one flat dict, keys prefixed by the module's name."""
-        return {f"{name}.{k}": v for name, m in modules.items() for k, v in m.state_dict().items()}
-
-    @staticmethod
-    def _load_modules(modules: dict[str, nn.Module], state: dict[str, torch.Tensor]) -> None:
-        """Inverse of ``_modules_state``; leaves the modules in eval mode, ready to predict."""
-        for name, module in modules.items():
-            prefix = f"{name}."
-            module.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
-            module.eval()
-
     @property
     def training_seconds(self) -> float:
         return sum(r.seconds for r in getattr(self, "training_reports_", []))
@@ -333,6 +327,8 @@ __all__ = [
     "TrainableDetector",
     "autocast",
     "data_fingerprint",
+    "load_modules",
+    "modules_state",
     "sample_batch",
     "train_phase",
 ]
