@@ -21,6 +21,23 @@ LAYERS = ("layer1", "layer2", "layer3", "layer4")
 STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 
 
+# Every backbone expects, and every detector receives, images normalised with ImageNet's statistics.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised (B, 3, H, W) -> pixel values in [0, 1], for detectors that work on pixels."""
+    mean = x.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = x.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (x * std + mean).clamp(0.0, 1.0)
+
+
+def from_unit(y: torch.Tensor) -> torch.Tensor:
+    """Inverse of ``to_unit``."""
+    return (y - y.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / y.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+
 class BackboneWeightsError(RuntimeError):
     """Pretrained weights are not on this machine; the message says how to put them there."""
 

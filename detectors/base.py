@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, ClassVar, Self
@@ -151,6 +152,26 @@ class Detector(ABC):
         # disable=None: tqdm shows the bar on a terminal only, so logs and CI stay clean.
         for s in tqdm(starts, desc=f"{self.name} {desc}", disable=None if show else True, leave=False, unit="batch"):
             yield images[s : s + bs].to(self.device, non_blocking=True)
+
+    def _image_scores(self, maps: torch.Tensor) -> torch.Tensor:
+        """An image's score from its map: the maximum (a detector with another rule overrides this)."""
+        return maps.flatten(1).max(1).values
+
+    def _predict_maps(
+        self, images: ImageBatch, make_map_fn: Callable[[], Callable[[torch.Tensor], torch.Tensor]]
+    ) -> DetectorOutput:
+        """The predict shell detectors share: validate, then batch by batch the map without autograd, its
+        score, collected. ``make_map_fn`` runs after validation, so an unfitted detector fails clearly."""
+        x = as_image_tensor(images)
+        self._check_fitted(x)
+        map_fn = make_map_fn()
+        maps, scores = [], []
+        for batch in self._batches(x, "predict"):
+            with torch.inference_mode():
+                m = map_fn(batch)
+                scores.append(self._image_scores(m).float().cpu())
+            maps.append(m.float().cpu())
+        return DetectorOutput(torch.cat(maps).numpy(), torch.cat(scores).numpy())
 
     # --- the API ------------------------------------------------------------------------------
     @abstractmethod

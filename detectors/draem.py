@@ -29,6 +29,7 @@ Defaults and where they differ from the paper:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self
 
@@ -37,14 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectors.backbones import to_unit
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
 from detectors.maps import gaussian_blur
 from detectors.synthesis import draem_blend, draw_beta, jitter_texture, perlin_mask
 from detectors.training import TrainableConfig, TrainableDetector, load_modules, modules_state, sample_batch
 
-# Detector inputs are ImageNet-normalised; DRAEM works on [0, 1] images (no pretrained backbone).
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 _DOWNSAMPLING = 16  # 4 poolings in each network
 
 
@@ -225,10 +224,8 @@ class Draem(TrainableDetector):
     config: DraemConfig
 
     def _to_unit(self, x: torch.Tensor) -> torch.Tensor:
-        """ImageNet-normalised (B, 3, H, W) -> [0, 1] images."""
-        mean = x.new_tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = x.new_tensor(_IMAGENET_STD).view(1, 3, 1, 1)
-        return (x * std + mean).clamp(0.0, 1.0)
+        """Detector inputs are ImageNet-normalised; DRAEM (no pretrained backbone) works on [0, 1] pixels."""
+        return to_unit(x)
 
     def _build(self) -> None:
         torch.manual_seed(self.config.seed)
@@ -287,24 +284,28 @@ class Draem(TrainableDetector):
         return self
 
     def predict(self, images: ImageBatch) -> DetectorOutput:
-        x = as_image_tensor(images)
-        self._check_fitted(x)
+        return self._predict_maps(images, self._map_fn)
+
+    def _map_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Run once the input is validated: eval mode, then the per-batch map."""
         self.reconstructive_.eval()
         self.discriminative_.eval()
+
+        def anomaly_map(batch: torch.Tensor) -> torch.Tensor:
+            unit = self._to_unit(batch)
+            logits = self.discriminative_(torch.cat([unit, self.reconstructive_(unit)], dim=1))
+            m = torch.softmax(logits.float(), dim=1)[:, 1]
+            if tuple(m.shape[-2:]) != self.image_size_:
+                m = F.interpolate(m[:, None], size=self.image_size_, mode="bilinear", align_corners=False)[:, 0]
+            return gaussian_blur(m, self.config.blur_sigma)
+
+        return anomaly_map
+
+    def _image_scores(self, maps: torch.Tensor) -> torch.Tensor:
+        """The paper's score: the maximum of the map averaged over ``smooth_kernel`` px."""
         k = self.config.smooth_kernel
-        maps, scores = [], []
-        with torch.inference_mode():
-            for batch in self._batches(x, "predict"):
-                unit = self._to_unit(batch)
-                logits = self.discriminative_(torch.cat([unit, self.reconstructive_(unit)], dim=1))
-                m = torch.softmax(logits.float(), dim=1)[:, 1]
-                if tuple(m.shape[-2:]) != self.image_size_:
-                    m = F.interpolate(m[:, None], size=self.image_size_, mode="bilinear", align_corners=False)[:, 0]
-                m = gaussian_blur(m, self.config.blur_sigma)
-                smooth = F.avg_pool2d(m[:, None], k, stride=1, padding=k // 2, count_include_pad=False)
-                maps.append(m.cpu())
-                scores.append(smooth.flatten(1).max(1).values.cpu())
-        return DetectorOutput(torch.cat(maps).numpy().astype(np.float32), torch.cat(scores).numpy().astype(np.float32))
+        smooth = F.avg_pool2d(maps[:, None], k, stride=1, padding=k // 2, count_include_pad=False)
+        return smooth.flatten(1).max(1).values
 
     def _modules(self) -> dict[str, nn.Module]:
         return {"reconstructive": self.reconstructive_, "discriminative": self.discriminative_}

@@ -38,22 +38,21 @@ a little more than the paper's 70,000 at batch 1) take minutes for ``small``. On
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectors.backbones import from_unit, to_unit
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
 from detectors.maps import parse_layers, to_image_maps
 from detectors.training import TrainableConfig, TrainableDetector, sample_batch
 
 MODEL_SIZES = ("small", "medium")
 MIN_IMAGE_SIZE = 64  # the autoencoder's five stride-2 convolutions need at least 2x2 at the bottom
-_IMAGENET_MEAN = (0.485, 0.456, 0.406)
-_IMAGENET_STD = (0.229, 0.224, 0.225)
 _QUANTILE_A, _QUANTILE_B = 0.9, 0.995  # the paper's map-normalisation quantiles
 
 
@@ -161,19 +160,17 @@ def _colour(
     x: torch.Tensor, brightness: torch.Tensor, contrast: torch.Tensor, saturation: torch.Tensor
 ) -> torch.Tensor:
     """Per-image brightness/contrast/saturation factors, applied in [0, 1] pixel space."""
-    mean = x.new_tensor(_IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = x.new_tensor(_IMAGENET_STD).view(1, 3, 1, 1)
     weights = x.new_tensor((0.299, 0.587, 0.114)).view(1, 3, 1, 1)
 
     def f(v: torch.Tensor) -> torch.Tensor:
         return v.to(x.device, x.dtype).view(-1, 1, 1, 1)
 
-    y = ((x * std + mean) * f(brightness)).clamp(0, 1)
+    y = (to_unit(x) * f(brightness)).clamp(0, 1)
     grey = (y * weights).sum(1, keepdim=True)
     y = ((y - grey.mean((2, 3), keepdim=True)) * f(contrast) + grey.mean((2, 3), keepdim=True)).clamp(0, 1)
     grey = (y * weights).sum(1, keepdim=True)
     y = ((y - grey) * f(saturation) + grey).clamp(0, 1)
-    return (y - mean) / std
+    return from_unit(y)
 
 
 def teacher_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -403,20 +400,20 @@ class EfficientAD(TrainableDetector):
 
     # --- predict ------------------------------------------------------------------------------------
     def predict(self, images: ImageBatch) -> DetectorOutput:
-        x = as_image_tensor(images)
-        self._check_fitted(x)
+        return self._predict_maps(images, self._map_fn)
+
+    def _map_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Run once the input is validated: eval mode, then the per-batch map."""
         self._eval()
         qa_st, qb_st, qa_ae, qb_ae = self.map_quantiles_.to(self.device).unbind()
-        maps, scores = [], []
-        for batch in self._batches(x, "predict"):
+
+        def anomaly_map(batch: torch.Tensor) -> torch.Tensor:
             st, aes = self._raw_maps(batch)
-            with torch.inference_mode():
-                st = 0.1 * (st - qa_st) / (qb_st - qa_st).clamp_min(1e-12)
-                aes = 0.1 * (aes - qa_ae) / (qb_ae - qa_ae).clamp_min(1e-12)
-                m = to_image_maps(0.5 * st + 0.5 * aes, self.image_size_, self.config.blur_sigma)
-            maps.append(m.cpu())
-            scores.append(m.flatten(1).max(1).values.cpu())
-        return DetectorOutput(torch.cat(maps).numpy().astype(np.float32), torch.cat(scores).numpy().astype(np.float32))
+            st = 0.1 * (st - qa_st) / (qb_st - qa_st).clamp_min(1e-12)
+            aes = 0.1 * (aes - qa_ae) / (qb_ae - qa_ae).clamp_min(1e-12)
+            return to_image_maps(0.5 * st + 0.5 * aes, self.image_size_, self.config.blur_sigma)
+
+        return anomaly_map
 
     # --- state --------------------------------------------------------------------------------------
     _MODULES = (("teacher.", "teacher_"), ("student.", "student_"), ("autoencoder.", "autoencoder_"))

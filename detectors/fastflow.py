@@ -15,10 +15,10 @@ Defaults: Lite0 levels 1-3, 8 blocks, hidden ratio 1, clamp 2, Adam 1e-3 with we
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -132,23 +132,23 @@ class FastFlow(TrainableDetector):
         return self
 
     def predict(self, images: ImageBatch) -> DetectorOutput:
-        x = as_image_tensor(images)
-        self._check_fitted(x)
+        return self._predict_maps(images, self._map_fn)
+
+    def _map_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Run once the input is validated: eval mode, then the per-batch map."""
         self.flows_.eval()
         names = parse_layers(self.config.layers)
-        maps, scores = [], []
-        for batch in self._batches(x, "predict"):
-            with torch.inference_mode():
-                feats = self.backbone(batch, names)
-                prob = 0.0
-                for flow, n in zip(self.flows_, names, strict=True):
-                    z, _ = flow(feats[n].float())
-                    p = torch.exp(-0.5 * z.pow(2).mean(dim=1, keepdim=True))
-                    prob = prob + F.interpolate(p, size=self.image_size_, mode="bilinear", align_corners=False)
-                m = gaussian_blur(1.0 - prob[:, 0] / len(names), self.config.blur_sigma)
-            maps.append(m.cpu())
-            scores.append(m.flatten(1).max(1).values.cpu())
-        return DetectorOutput(torch.cat(maps).numpy().astype(np.float32), torch.cat(scores).numpy().astype(np.float32))
+
+        def anomaly_map(batch: torch.Tensor) -> torch.Tensor:
+            feats = self.backbone(batch, names)
+            prob = 0.0
+            for flow, n in zip(self.flows_, names, strict=True):
+                z, _ = flow(feats[n].float())
+                p = torch.exp(-0.5 * z.pow(2).mean(dim=1, keepdim=True))
+                prob = prob + F.interpolate(p, size=self.image_size_, mode="bilinear", align_corners=False)
+            return gaussian_blur(1.0 - prob[:, 0] / len(names), self.config.blur_sigma)
+
+        return anomaly_map
 
     def _state(self) -> dict[str, torch.Tensor]:
         state = {f"flows.{k}": v for k, v in self.flows_.state_dict().items()}

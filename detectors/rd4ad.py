@@ -8,10 +8,10 @@ as in the paper, bfloat16 on GPU, checkpoints); one epoch = ceil(n / batch_size)
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Self
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -123,23 +123,23 @@ class RD4AD(TrainableDetector):
         return self
 
     def predict(self, images: ImageBatch) -> DetectorOutput:
-        x = as_image_tensor(images)
-        self._check_fitted(x)
+        return self._predict_maps(images, self._map_fn)
+
+    def _map_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Run once the input is validated: eval mode, then the per-batch map."""
         self.bottleneck_.eval()
         self.decoder_.eval()
-        maps, scores = [], []
-        for batch in self._batches(x, "predict"):
+
+        def anomaly_map(batch: torch.Tensor) -> torch.Tensor:
             enc = self._encode(batch)
-            with torch.inference_mode():
-                dist = _distance(enc, self.decoder_(self.bottleneck_(enc)))
-                m = sum(
-                    F.interpolate(d[:, None], size=self.image_size_, mode="bilinear", align_corners=False)[:, 0]
-                    for d in dist
-                )
-                m = gaussian_blur(m, self.config.blur_sigma)
-            maps.append(m.cpu())
-            scores.append(m.flatten(1).max(1).values.cpu())
-        return DetectorOutput(torch.cat(maps).numpy().astype(np.float32), torch.cat(scores).numpy().astype(np.float32))
+            dist = _distance(enc, self.decoder_(self.bottleneck_(enc)))
+            m = sum(
+                F.interpolate(d[:, None], size=self.image_size_, mode="bilinear", align_corners=False)[:, 0]
+                for d in dist
+            )
+            return gaussian_blur(m, self.config.blur_sigma)
+
+        return anomaly_map
 
     def _modules(self) -> dict[str, nn.Module]:
         return {"bottleneck": self.bottleneck_, "decoder": self.decoder_}

@@ -8,10 +8,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detectors import backbones
 from segad.data.samples import DatasetError
 
-IMAGENET_MEAN = np.array([0.485, 0.456, 0.406], np.float32)
-IMAGENET_STD = np.array([0.229, 0.224, 0.225], np.float32)
+IMAGENET_MEAN = np.array(backbones.IMAGENET_MEAN, np.float32)  # the backbones' normalisation, one source
+IMAGENET_STD = np.array(backbones.IMAGENET_STD, np.float32)
 
 
 class ImageReadError(DatasetError):
