@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from detectors.coreset import _greedy_torch, greedy_coreset
+from detectors.coreset import _greedy_pruned, _greedy_torch, greedy_coreset
 
 
 def naive_greedy(x: np.ndarray, n_select: int, start: int) -> list[int]:
@@ -22,6 +22,14 @@ def test_numba_and_torch_follow_the_textbook_greedy() -> None:
     picked = greedy_coreset(x, 0.05, projection_dim=0, seed=3).tolist()
     assert picked == naive_greedy(x.numpy().astype(np.float64), 25, picked[0])
     assert _greedy_torch(x, 25, picked[0]).tolist() == picked
+
+
+def test_pruned_loop_picks_what_the_plain_greedy_picks_on_clustered_features() -> None:
+    # Clusters make the triangle-inequality bound skip most points, the case where a wrong skip would show.
+    rng = np.random.default_rng(1)
+    x = (rng.normal(size=(20, 8))[rng.integers(0, 20, 3000)] * 4 + rng.normal(size=(3000, 8))).astype(np.float32)
+    picked = _greedy_pruned(x, 300, 7).tolist()
+    assert picked == naive_greedy(x.astype(np.float64), 300, 7)
 
 
 def test_coreset_covers_the_outliers_a_random_sample_misses() -> None:
