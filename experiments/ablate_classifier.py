@@ -7,7 +7,8 @@ the same test set of each seed. Rows:
   of ``segad.train``;
 - ``segad_monotone``: the same forest, constrained to rise with each map's q0.995, mean and image
   score (a prior for a few shots: a hotter map is never evidence of a good part);
-- ``logreg``: an L2 logistic regression on standardised features (C=0.01, balanced classes);
+- ``logreg``: ``--classifier logreg``, an L2 logistic regression on standardised features (C=0.01,
+  balanced classes);
 - ``segad+ensemble``: the mean rank of SegAD's margin and the ensemble score;
 - with ``--folds K``: ``segad_crossfit`` and ``ensemble_crossfit``. The detectors are fit K times,
   each time without one fold of the good training images, so *every* good training image gets
@@ -44,16 +45,6 @@ def monotone_constraints(n_detectors: int, n_segments: int) -> str:
     per_segment = [1 if s in RISING else 0 for s in STATISTICS]
     signs = per_segment * (n_detectors * n_segments) + [1] * n_detectors
     return "(" + ",".join(map(str, signs)) + ")"
-
-
-def logreg(seed: int):
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    return make_pipeline(
-        StandardScaler(), LogisticRegression(C=0.01, class_weight="balanced", max_iter=5000, random_state=seed)
-    )
 
 
 def crossfit_rows(prep, cfg: TrainConfig, folds: int, segmenter, k: int) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -136,8 +127,8 @@ def main() -> None:
         scores["segad"] = segad
         mono = SegadClassifier("brf", seed=sp.seed, monotone_constraints=constraints).fit(X_train, y_train)
         scores["segad_monotone"] = mono.decision_function(X_test[sp.test])
-        lr = logreg(sp.seed).fit(np.nan_to_num(X_train), y_train)
-        scores["logreg"] = lr.decision_function(np.nan_to_num(X_test[sp.test]))
+        lr = SegadClassifier("logreg", seed=sp.seed).fit(X_train, y_train)
+        scores["logreg"] = lr.decision_function(X_test[sp.test])
         scores["segad+ensemble"] = (rankdata(segad) + rankdata(ens[sp.test])) / 2
         if extra:
             X_good, X_cf, cf_scores = extra

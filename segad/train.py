@@ -24,7 +24,7 @@ from detectors.atomic import atomic_write
 from detectors.registry import detector_class
 from features import FolderSegments, KMeansSegments, SegmentSpec, make_segmenter
 from features.vector import feature_matrix
-from segad.classifier import SegadClassifier
+from segad.classifier import PRESETS, SegadClassifier
 from segad.data import Dataset, DatasetError, Sample, load_dataset
 from segad.defects import generate_defects
 from segad.evaluate import MethodResult, format_table, normalise_scores
@@ -394,7 +394,9 @@ def build_parser(prog: str = "python -m segad.train", description: str | None = 
         "--target-fpr", type=float, default=d.target_fpr, help="FPR on held-out good that sets the threshold"
     )
     ap.add_argument("--segments", default=d.segments, help="auto, whole, kmeans:K or folder[:PATH]")
-    ap.add_argument("--classifier", default=d.classifier, choices=("brf", "rf", "bt"))
+    ap.add_argument(
+        "--classifier", default=d.classifier, choices=tuple(PRESETS), help="brf (SegAD's), rf, bt, or logreg (linear)"
+    )
     ap.add_argument("--feature-set", default=d.feature_set, choices=("full", "no_scores"))
     ap.add_argument("--classifier-params", default=d.classifier_params, help="preset overrides: max_depth=4,...")
     ap.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))

@@ -70,7 +70,11 @@ def suggest(trial, bench: Workbench, max_generated: int) -> dict:
     method = trial.suggest_categorical("segments", methods)
     params["segments"] = f"kmeans:{trial.suggest_int('k', 2, 16)}" if method == "kmeans" else method
     params["feature_set"] = trial.suggest_categorical("feature_set", ["full", "no_scores"])
+    params["generated"] = trial.suggest_categorical("generated", [g for g in GENERATED_CHOICES if g <= max_generated])
     params["classifier"] = trial.suggest_categorical("classifier", list(PRESETS))
+    if params["classifier"] == "logreg":
+        params["classifier_params"] = f"C={trial.suggest_float('C', 1e-3, 1.0, log=True)}"
+        return params
     over = {
         "max_depth": trial.suggest_int("max_depth", 2, 8),
         "learning_rate": trial.suggest_float("learning_rate", 0.05, 1.0, log=True),
@@ -79,7 +83,6 @@ def suggest(trial, bench: Workbench, max_generated: int) -> dict:
     trees = trial.suggest_int("trees", 50, 400, log=True)
     over["n_estimators" if params["classifier"] == "bt" else "num_parallel_tree"] = trees
     params["classifier_params"] = ",".join(f"{k}={v}" for k, v in over.items())
-    params["generated"] = trial.suggest_categorical("generated", [g for g in GENERATED_CHOICES if g <= max_generated])
     return params
 
 

@@ -4,6 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from segad.classifier import PRESETS, SegadClassifier
 
@@ -21,9 +22,36 @@ def test_presets_separate_a_learnable_signal(preset: str) -> None:
     X, y = _data()
     clf = SegadClassifier(preset, seed=1).fit(X, y)
     s = clf.decision_function(X)
-    assert s[y == 1].mean() > s[y == 0].mean() + 1.0
-    assert clf.model_.get_params()["scale_pos_weight"] == pytest.approx(3.0)  # good / defect
-    assert clf.model_.get_params()["objective"] == "binary:logitraw"
+    assert roc_auc_score(y, s) > 0.95
+    assert clf.feature_importances()[:3].sum() > clf.feature_importances()[3:].sum()  # the signal's columns
+
+
+@pytest.mark.parametrize("preset", ["brf", "rf", "bt"])
+def test_forests_are_segads_xgboost_setup(preset: str) -> None:
+    X, y = _data()
+    params = SegadClassifier(preset, seed=1).fit(X, y).model_.get_params()
+    assert params["scale_pos_weight"] == pytest.approx(3.0)  # good / defect
+    assert params["objective"] == "binary:logitraw"
+
+
+def test_logreg_is_linear_in_the_standardised_features_and_fills_nan_with_the_mean(tmp_path: Path) -> None:
+    X, y = _data()
+    X[5, 4] = np.nan
+    clf = SegadClassifier("logreg", C=0.5).fit(X, y)
+    filled = X.copy()
+    filled[5, 4] = np.nanmean(X[:, 4])
+    assert np.allclose(clf.decision_function(X), clf.decision_function(filled))
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.preprocessing import StandardScaler
+
+    Z = StandardScaler().fit_transform(filled)
+    ref = LogisticRegression(C=0.5, class_weight="balanced", max_iter=5000).fit(Z, y).decision_function(Z)
+    assert np.allclose(SegadClassifier("logreg", C=0.5).fit(filled, y).decision_function(filled), ref, atol=1e-4)
+    clf.save(tmp_path / "c.json")
+    loaded = SegadClassifier.load(tmp_path / "c.json", "logreg")
+    assert np.array_equal(loaded.decision_function(X), clf.decision_function(X)) and loaded.params["C"] == 0.5
+    with pytest.raises(ValueError, match="logreg takes only C"):
+        SegadClassifier("logreg", max_depth=3)
 
 
 def test_seeded_and_saved_as_json(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from detectors import make_detector
 from features import KMeansConfig, KMeansSegments
@@ -11,10 +12,11 @@ from segad.pipeline import SegadPipeline
 from tests.conftest import TinySet
 
 
-def test_kmeans_pipeline_round_trips_through_its_folder(tiny: TinySet, tmp_path: Path) -> None:
+@pytest.mark.parametrize("preset", ["rf", "logreg"])
+def test_kmeans_pipeline_round_trips_through_its_folder(tiny: TinySet, tmp_path: Path, preset: str) -> None:
     det = make_detector("padim", progress=False, device="cpu").fit(tiny.train)
     seg = KMeansSegments(KMeansConfig(k=3, device="cpu", input_size=96)).fit(tiny.train)
-    pipe = SegadPipeline([det], seg, SegadClassifier("rf"), (96, 96), threshold=0.5, with_scores=False)
+    pipe = SegadPipeline([det], seg, SegadClassifier(preset), (96, 96), threshold=0.5, with_scores=False)
     X, _ = pipe.features(np.concatenate([tiny.train, tiny.test]))
     y = np.r_[np.zeros(len(tiny.train)), tiny.labels]
     pipe.classifier.fit(X, y)

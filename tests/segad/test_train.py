@@ -75,6 +75,7 @@ def test_runs_the_protocol_and_writes_the_summary(small_mvtec: Path, tmp_path: P
         (["--seeds", "11"], "--seeds must be between 1 and 10"),
         (["--set", "patchcore.coreset=0.1"], "patchcore has no option 'coreset'"),
         (["--set", "coreset_ratio=0.1"], "use DETECTOR.OPTION=VALUE"),
+        (["--classifier", "logreg", "--classifier-params", "max_depth=3"], "logreg takes only C"),
     ],
 )
 def test_bad_options_fail_before_any_work(tiny_mvtec: Path, capsys, extra: list[str], message: str) -> None:
