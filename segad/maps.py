@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from detectors.base import Detector
 from detectors.cache import CacheEntry, MapCache, file_id
 from detectors.training import TrainableDetector
-from segad.data.images import load_images
+from segad.data.images import Intensity, load_images
 from segad.paths import cache_root
 
 ImageLoader = Callable[[Sequence[int]], np.ndarray]  # indices -> (n, 3, H, W) model-ready batch
@@ -31,9 +31,16 @@ class ImageSet:
         return len(self.ids)
 
     @classmethod
-    def from_paths(cls, paths: Sequence[str | Path], image_size: int | tuple[int, int]) -> ImageSet:
+    def from_paths(
+        cls, paths: Sequence[str | Path], image_size: int | tuple[int, int], intensity: Intensity = "none"
+    ) -> ImageSet:
+        """Ids name the file's content and, when adjusted, the intensity mode: the cache keeps them apart."""
         paths = [Path(p) for p in paths]
-        return cls(tuple(file_id(p) for p in paths), lambda idx: load_images([paths[i] for i in idx], image_size))
+        suffix = "" if intensity == "none" else f"-{intensity}"
+        return cls(
+            tuple(file_id(p) + suffix for p in paths),
+            lambda idx: load_images([paths[i] for i in idx], image_size, intensity),
+        )
 
     @classmethod
     def from_arrays(cls, images: np.ndarray) -> ImageSet:

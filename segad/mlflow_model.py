@@ -32,7 +32,7 @@ class SegadPyfunc(mlflow.pyfunc.PythonModel):
         images, ok, errors = [], [], [""] * len(paths)
         for i, p in enumerate(paths):
             try:
-                images.append(load_image(p, self.pipeline.image_size))
+                images.append(load_image(p, self.pipeline.image_size, self.pipeline.intensity))
                 ok.append(i)
             except (OSError, ValueError) as e:
                 errors[i] = str(e)

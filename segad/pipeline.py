@@ -22,6 +22,7 @@ from detectors.registry import load_detector
 from features.segments import FolderSegments, KMeansConfig, KMeansSegments, Segmenter, WholeImage
 from features.vector import feature_matrix, feature_names
 from segad.classifier import SegadClassifier
+from segad.data.images import Intensity
 
 MANIFEST = "segad_pipeline.json"
 
@@ -43,6 +44,7 @@ class SegadPipeline:
         threshold: float = 0.0,
         info: dict | None = None,
         with_scores: bool = True,
+        intensity: Intensity = "none",
     ) -> None:
         self.detectors = list(detectors)
         self.segmenter = segmenter
@@ -51,6 +53,7 @@ class SegadPipeline:
         self.threshold = float(threshold)
         self.info = dict(info or {})
         self.with_scores = with_scores
+        self.intensity = intensity  # how images are adjusted before the detectors: load_image(..., intensity)
 
     @property
     def n_segments(self) -> int:
@@ -73,7 +76,7 @@ class SegadPipeline:
         return X, outs
 
     def predict(self, images: np.ndarray, segment_paths: Sequence[Path | None] | None = None) -> PipelineOutput:
-        """Score (N, 3, H, W) model-ready images (see ``segad.data.load_images``)."""
+        """Score (N, 3, H, W) model-ready images (``segad.data.load_images(paths, image_size, intensity)``)."""
         X, outs = self.features(images, segment_paths)
         scores = self.classifier.decision_function(X)
         return PipelineOutput(scores, scores >= self.threshold, {k: o.maps for k, o in outs.items()})
@@ -100,6 +103,7 @@ class SegadPipeline:
                 "segments": seg,
                 "classifier": {"preset": self.classifier.preset, "seed": self.classifier.seed},
                 "image_size": list(self.image_size),
+                "intensity": self.intensity,
                 "threshold": self.threshold,
                 "with_scores": self.with_scores,
                 "feature_names": self.feature_names,
@@ -140,5 +144,12 @@ class SegadPipeline:
         clf = SegadClassifier.load(path / "classifier.json", m["classifier"]["preset"])
         clf.seed = m["classifier"]["seed"]
         return cls(
-            detectors, segmenter, clf, tuple(m["image_size"]), m["threshold"], m.get("info"), m.get("with_scores", True)
+            detectors,
+            segmenter,
+            clf,
+            tuple(m["image_size"]),
+            m["threshold"],
+            m.get("info"),
+            m.get("with_scores", True),
+            m.get("intensity", "none"),
         )

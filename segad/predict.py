@@ -53,7 +53,7 @@ def predict_folder(model: SegadPipeline, images: Path, out: Path, batch: int = 1
         chunk, arrays = [], []
         for p in files[s : s + batch]:
             try:
-                arrays.append(load_image(p, model.image_size))
+                arrays.append(load_image(p, model.image_size, model.intensity))
                 chunk.append(p)
             except (OSError, ValueError) as e:
                 print(f"skipped {p}: {e}", file=sys.stderr)

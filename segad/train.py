@@ -26,6 +26,7 @@ from features import FolderSegments, KMeansSegments, SegmentSpec, make_segmenter
 from features.vector import feature_matrix
 from segad.classifier import PRESETS, SegadClassifier
 from segad.data import Dataset, DatasetError, Sample, load_dataset
+from segad.data.images import INTENSITIES
 from segad.defects import generate_defects
 from segad.evaluate import MethodResult, format_table, normalise_scores
 from segad.maps import DetectorMaps, ImageSet, compute_maps, default_cache
@@ -45,6 +46,7 @@ class TrainConfig:
     detectors: str = ",".join(DEFAULT_DETECTORS)
     backbone: str = DEFAULT_BACKBONE
     image_size: int = 256
+    intensity: str = "none"  # per-image brightness adjustment before the backbone: none, standardise, clahe
     shots: int = 10
     generated: int = 0
     holdout: float = 0.1  # share of train/good held out from the detectors for the classifier (SegAD: 10%)
@@ -212,6 +214,8 @@ def prepare(cfg: TrainConfig) -> Prepared:
     SegadClassifier(cfg.classifier, **cfg.classifier_overrides())  # a bad preset fails here
     if cfg.feature_set not in ("full", "no_scores"):
         raise ValueError(f"--feature-set must be full or no_scores, got {cfg.feature_set!r}")
+    if cfg.intensity not in INTENSITIES:
+        raise ValueError(f"--intensity must be one of {', '.join(INTENSITIES)}, got {cfg.intensity!r}")
     if cfg.generated < 0:
         raise ValueError(f"--generated must be >= 0, got {cfg.generated}")
     ds: Dataset = load_dataset(cfg.data, cfg.category)
@@ -229,8 +233,8 @@ def prepare(cfg: TrainConfig) -> Prepared:
     _log(f"detectors fit on {len(fs.fit_good)} good images; {len(fs.holdout_good)} held out for SegAD")
 
     size = (cfg.image_size, cfg.image_size)
-    fit_set = ImageSet.from_paths([s.image_path for s in fs.fit_good], size)
-    score_set = ImageSet.from_paths([s.image_path for s in scored], size)
+    fit_set = ImageSet.from_paths([s.image_path for s in fs.fit_good], size, cfg.intensity)
+    score_set = ImageSet.from_paths([s.image_path for s in scored], size, cfg.intensity)
     gen_set, gen_seg_paths = _generated_defects(cfg, fs, seg_paths, size)
     cache = None if cfg.no_cache else default_cache()
     maps: dict[str, DetectorMaps] = {}
@@ -312,6 +316,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         segmenter,
         first_clf,
         prep.size,
+        intensity=cfg.intensity,
         # The decision threshold: the held-out good images' score quantile that gives --target-fpr.
         threshold=float(np.quantile(first_clf.decision_function(X_hold), 1.0 - cfg.target_fpr)),
         info={
@@ -338,14 +343,15 @@ def _generated_defects(cfg: TrainConfig, fs, seg_paths, size):
     """Defects generated on the held-out good images (a fixed draw, so their maps cache too)."""
     if cfg.generated == 0:
         return ImageSet((), lambda idx: np.empty((0, 3, *size), np.float32)), None
-    from segad.data.images import load_segments, normalise, read_rgb, resize
+    from segad.data.images import adjust_intensity, load_segments, normalise, read_rgb, resize
 
     raw = [resize(read_rgb(s.image_path), size) for s in fs.holdout_good]
     n_hold = len(fs.holdout_good)
     src_paths = seg_paths[:n_hold] if seg_paths is not None else None
     segs = [load_segments(p, size) for p in src_paths] if src_paths else [np.ones(size, np.int32)] * n_hold
     made = generate_defects(raw, segs, cfg.generated, seed=GENERATED_SEED)
-    arrays = np.stack([normalise(d.image) for d in made])
+    # Defects are drawn on the raw image, as a real one would be; then the image is adjusted like any other.
+    arrays = np.stack([normalise(adjust_intensity(d.image, cfg.intensity)) for d in made])
     # A generated image keeps its source's component map (folder segments); kmeans re-segments it.
     gen_seg_paths = [src_paths[d.source] for d in made] if src_paths else None
     return ImageSet.from_arrays(arrays), gen_seg_paths
@@ -386,6 +392,12 @@ def build_parser(prog: str = "python -m segad.train", description: str | None = 
     )
     ap.add_argument("--backbone", default=d.backbone)
     ap.add_argument("--image-size", type=int, default=d.image_size)
+    ap.add_argument(
+        "--intensity",
+        default=d.intensity,
+        choices=INTENSITIES,
+        help="per-image brightness adjustment before the backbone (standardise, clahe: local equalisation)",
+    )
     ap.add_argument("--shots", type=int, default=d.shots, help="labelled defects per seed for the classifier")
     ap.add_argument("--generated", type=int, default=d.generated, help="generated defects added to its training set")
     ap.add_argument("--seeds", type=int, default=d.seeds, help="how many of SegAD's 10 seeds to run")

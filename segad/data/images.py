@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import cv2
 import numpy as np
@@ -13,6 +14,16 @@ from segad.data.samples import DatasetError
 
 IMAGENET_MEAN = np.array(backbones.IMAGENET_MEAN, np.float32)  # the backbones' normalisation, one source
 IMAGENET_STD = np.array(backbones.IMAGENET_STD, np.float32)
+
+
+# Per-image intensity adjustment before the backbone. Inspection images often differ in overall
+# brightness and contrast (exposure, EL excitation current, lamp ageing) more than defects differ from
+# good parts; ImageNet features see that as an anomaly. "standardise" sets each image's luminance to a
+# fixed mean and spread; "clahe" equalises it locally (OpenCV's contrast-limited equalisation).
+Intensity = Literal["none", "standardise", "clahe"]
+INTENSITIES: tuple[str, ...] = get_args(Intensity)
+_TARGET_MEAN, _TARGET_STD = 0.5, 0.15
+_CLAHE_CLIP, _CLAHE_TILES = 2.0, 8
 
 
 class ImageReadError(DatasetError):
@@ -63,21 +74,40 @@ def resize(img: np.ndarray, size: int | tuple[int, int], nearest: bool = False) 
     return cv2.resize(img, (w, h), interpolation=interp)
 
 
+def adjust_intensity(img: np.ndarray, intensity: Intensity) -> np.ndarray:
+    """(H, W, 3) in [0, 1] -> the same, with the luminance adjusted; colour ratios are kept."""
+    if intensity == "none":
+        return img
+    luma = img.mean(axis=2)
+    if intensity == "standardise":
+        out = (img - luma.mean()) / max(float(luma.std()), 1e-6) * _TARGET_STD + _TARGET_MEAN
+    elif intensity == "clahe":
+        clahe = cv2.createCLAHE(clipLimit=_CLAHE_CLIP, tileGridSize=(_CLAHE_TILES, _CLAHE_TILES))
+        # On 8 bits: the clip limit is relative to the histogram's bins, and 65,536 bins of an 8-bit
+        # source would clip nearly every bin, equalising the whole image flat.
+        grey = np.round(luma * 255).astype(np.uint8)
+        equalised = clahe.apply(grey).astype(np.float32) / 255
+        out = img * (equalised / np.maximum(grey.astype(np.float32) / 255, 1 / 255))[:, :, None]
+    else:
+        raise ValueError(f"--intensity must be one of {', '.join(INTENSITIES)}, got {intensity!r}")
+    return np.clip(out, 0.0, 1.0).astype(np.float32)
+
+
 def normalise(img: np.ndarray) -> np.ndarray:
     """ImageNet normalisation, (H, W, 3) -> (3, H, W) float32."""
     return np.ascontiguousarray(((img - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1), dtype=np.float32)
 
 
-def load_image(path: str | Path, size: int | tuple[int, int]) -> np.ndarray:
-    """A model-ready (3, H, W) float32 array."""
-    return normalise(resize(read_rgb(path), size))
+def load_image(path: str | Path, size: int | tuple[int, int], intensity: Intensity = "none") -> np.ndarray:
+    """A model-ready (3, H, W) float32 array: resized, then intensity-adjusted, then normalised."""
+    return normalise(adjust_intensity(resize(read_rgb(path), size), intensity))
 
 
-def load_images(paths: Sequence[str | Path], size: int | tuple[int, int]) -> np.ndarray:
+def load_images(paths: Sequence[str | Path], size: int | tuple[int, int], intensity: Intensity = "none") -> np.ndarray:
     """(N, 3, H, W) float32; every image resized to ``size`` so mixed sources stack."""
     out = np.empty((len(paths), 3, *((size, size) if isinstance(size, int) else size)), np.float32)
     for i, p in enumerate(paths):
-        out[i] = load_image(p, size)
+        out[i] = load_image(p, size, intensity)
     return out
 
 

@@ -59,3 +59,18 @@ def test_no_cache_recomputes_and_clear_empties(tiny: TinySet, tmp_path: Path) ->
     compute_maps(make_detector("padim", **PADIM), fit, test, (96, 96), cache)
     cache.clear()
     assert not (tmp_path / "c").exists()
+
+
+def test_an_intensity_mode_gets_its_own_ids_so_the_cache_never_mixes_them(tmp_path: Path) -> None:
+    import cv2
+
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(2):
+        paths.append(tmp_path / f"{i}.png")
+        cv2.imwrite(str(paths[-1]), (rng.random((40, 40)) * 120).astype(np.uint8))
+    plain, clahe = ImageSet.from_paths(paths, 32), ImageSet.from_paths(paths, 32, "clahe")
+    assert len(set(plain.ids) | set(clahe.ids)) == 4 and all(
+        c.startswith(p) for p, c in zip(plain.ids, clahe.ids, strict=True)
+    )
+    assert not np.allclose(plain.load([0, 1]), clahe.load([0, 1]))

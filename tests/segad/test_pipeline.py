@@ -16,7 +16,10 @@ from tests.conftest import TinySet
 def test_kmeans_pipeline_round_trips_through_its_folder(tiny: TinySet, tmp_path: Path, preset: str) -> None:
     det = make_detector("padim", progress=False, device="cpu").fit(tiny.train)
     seg = KMeansSegments(KMeansConfig(k=3, device="cpu", input_size=96)).fit(tiny.train)
-    pipe = SegadPipeline([det], seg, SegadClassifier(preset), (96, 96), threshold=0.5, with_scores=False)
+    intensity = "clahe" if preset == "logreg" else "none"
+    pipe = SegadPipeline(
+        [det], seg, SegadClassifier(preset), (96, 96), threshold=0.5, with_scores=False, intensity=intensity
+    )
     X, _ = pipe.features(np.concatenate([tiny.train, tiny.test]))
     y = np.r_[np.zeros(len(tiny.train)), tiny.labels]
     pipe.classifier.fit(X, y)
@@ -25,6 +28,6 @@ def test_kmeans_pipeline_round_trips_through_its_folder(tiny: TinySet, tmp_path:
     after = loaded.predict(tiny.test)
     assert np.array_equal(before.scores, after.scores) and np.array_equal(before.decisions, after.decisions)
     assert loaded.feature_names == pipe.feature_names and len(pipe.feature_names) == 3 * 4
-    assert loaded.threshold == 0.5 and loaded.n_segments == 3
+    assert loaded.threshold == 0.5 and loaded.n_segments == 3 and loaded.intensity == intensity
     pipe.save(tmp_path / "model")  # overwriting an existing model folder works too
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from segad.data import ImageReadError, load_image, load_images, load_mask, read_rgb
+from segad.data.images import adjust_intensity
 
 
 def _write(path: Path, arr: np.ndarray) -> Path:
@@ -55,3 +56,40 @@ def test_mask_is_boolean_at_the_requested_size(tmp_path: Path) -> None:
     half = load_mask(path, 10)
     assert half.shape == (10, 10) and half[3:5, 3:5].all() and half.sum() == 4  # nearest: no blended labels
     assert not load_mask(None, 10).any()
+
+
+def _gradient_cell(gain: float) -> np.ndarray:
+    """A grey cell with a dark line, at some overall brightness: what exposure changes between shots."""
+    rng = np.random.default_rng(0)
+    base = 0.4 + 0.2 * rng.random((64, 64)).astype(np.float32)
+    base[30:33, :] = 0.1
+    return np.repeat(np.clip(base * gain, 0, 1)[:, :, None], 3, axis=2)
+
+
+@pytest.mark.parametrize("mode", ["standardise", "clahe"])
+def test_intensity_adjustment_removes_an_exposure_change(mode: str) -> None:
+    dim, bright = _gradient_cell(0.6), _gradient_cell(1.4)
+    assert np.abs(dim - bright).mean() > 0.15
+    a, b = adjust_intensity(dim, mode), adjust_intensity(bright, mode)
+    assert a.shape == dim.shape and a.dtype == np.float32 and a.min() >= 0.0 and a.max() <= 1.0
+    # standardise removes the change; clahe's clip limit keeps part of the global level on purpose
+    assert np.abs(a - b).mean() < (0.03 if mode == "standardise" else 0.5 * np.abs(dim - bright).mean())
+    assert a[31].mean() < a[10].mean() - 0.1  # the dark line survives
+    if mode == "standardise":
+        assert a.mean() == pytest.approx(0.5, abs=0.01) and a[..., 0].std() == pytest.approx(
+            0.15, abs=0.02
+        )  # less where it clips
+
+
+def test_intensity_none_is_the_identity_and_a_bad_mode_is_named() -> None:
+    img = _gradient_cell(1.0)
+    assert adjust_intensity(img, "none") is img
+    with pytest.raises(ValueError, match="--intensity must be one of none, standardise, clahe"):
+        adjust_intensity(img, "hist")  # type: ignore[arg-type]
+
+
+def test_load_image_applies_the_intensity_after_resizing(tmp_path: Path) -> None:
+    p = _write(tmp_path / "cell.png", (_gradient_cell(0.6)[..., 0] * 255).astype(np.uint8))
+    plain, std = load_image(p, 32), load_image(p, 32, "standardise")
+    assert plain.shape == std.shape == (3, 32, 32) and not np.allclose(plain, std)
+    assert np.allclose(load_images([p], 32, "standardise")[0], std)
