@@ -34,6 +34,7 @@ from features import make_segmenter
 from features.statistics import STATISTICS
 from features.vector import feature_matrix
 from segad.classifier import SegadClassifier
+from segad.data.images import INTENSITIES
 from segad.evaluate import MethodResult, format_table, normalise_scores
 from segad.maps import ImageSet, compute_maps, default_cache
 from segad.train import TrainConfig, _fit_segmenter, _segments, features, prepare, segment
@@ -59,14 +60,14 @@ def crossfit_rows(prep, cfg: TrainConfig, folds: int, segmenter, k: int) -> tupl
     oof_scores = {n: np.zeros(len(good), np.float32) for n in configs}
     for f, held in enumerate(parts):
         rest = np.setdiff1d(np.arange(len(good)), held)
-        fit_set = ImageSet.from_paths([good[i].image_path for i in rest], size)
-        held_set = ImageSet.from_paths([good[i].image_path for i in held], size)
+        fit_set = ImageSet.from_paths([good[i].image_path for i in rest], size, cfg.intensity)
+        held_set = ImageSet.from_paths([good[i].image_path for i in held], size, cfg.intensity)
         for n, c in configs.items():
             dm = compute_maps(detector_class(n)(c), fit_set, held_set, size, cache)
             oof_maps[n][held], oof_scores[n][held] = dm.maps, dm.scores
             print(f"fold {f + 1}/{folds} {n}: fit {dm.fit_seconds:.0f} s", flush=True)
-    all_good = ImageSet.from_paths([s.image_path for s in good], size)
-    test_set = ImageSet.from_paths([s.image_path for s in prep.ds.test], size)
+    all_good = ImageSet.from_paths([s.image_path for s in good], size, cfg.intensity)
+    test_set = ImageSet.from_paths([s.image_path for s in prep.ds.test], size, cfg.intensity)
     full = {n: compute_maps(detector_class(n)(c), all_good, test_set, size, cache) for n, c in configs.items()}
     X_good = feature_matrix(oof_maps, oof_scores, _segments(segmenter, all_good, None), k)
     test_seg = _segments(segmenter, test_set, None)
@@ -81,6 +82,7 @@ def main() -> None:
     ap.add_argument("--category", default="mono")
     ap.add_argument("--detectors", default="patchcore,padim")
     ap.add_argument("--segments", default="kmeans:8")
+    ap.add_argument("--intensity", default="none", choices=INTENSITIES)
     ap.add_argument("--shots", type=int, default=10)
     ap.add_argument("--seeds", type=int, default=10)
     ap.add_argument("--folds", type=int, default=0, help="also cross-fit the detectors over K folds (0: off)")
@@ -96,6 +98,7 @@ def main() -> None:
         category=args.category,
         detectors=args.detectors,
         segments=args.segments,
+        intensity=args.intensity,
         shots=args.shots,
         seeds=args.seeds,
         detector_options=",".join(args.options),
