@@ -15,16 +15,13 @@ import numpy as np
 import torch
 
 
-@numba.njit(parallel=True, fastmath=True, cache=True)
-def _update_min_distances(x: np.ndarray, min_d: np.ndarray, centre: np.ndarray) -> None:
-    n, d = x.shape
-    for i in numba.prange(n):
-        s = np.float32(0.0)
-        for j in range(d):
-            t = x[i, j] - centre[j]
-            s += t * t
-        if s < min_d[i]:
-            min_d[i] = s
+@numba.njit(fastmath=True, cache=True, inline="always")
+def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.float32:
+    s = np.float32(0.0)
+    for j in range(a.shape[0]):
+        t = a[j] - b[j]
+        s += t * t
+    return s
 
 
 # Skip a point only when the bound clears it by this relative margin, so float32 rounding in the
@@ -34,7 +31,7 @@ _BOUND_MARGIN = 1.0 + 1e-3
 
 @numba.njit(parallel=True, fastmath=True, cache=True)
 def _greedy_pruned(x: np.ndarray, n_select: int, start: int) -> np.ndarray:
-    n, d = x.shape
+    n = x.shape[0]
     min_d = np.full(n, np.inf, np.float32)  # squared distance to the nearest chosen centre
     owner = np.zeros(n, np.int64)  # position (in ``chosen``) of that centre
     centre_d = np.zeros(n_select, np.float32)  # squared distance from each chosen centre to the new one
@@ -44,34 +41,15 @@ def _greedy_pruned(x: np.ndarray, n_select: int, start: int) -> np.ndarray:
         chosen[k] = idx
         c = x[idx].copy()
         for m in numba.prange(k):
-            s = np.float32(0.0)
-            for j in range(d):
-                t = x[chosen[m], j] - c[j]
-                s += t * t
-            centre_d[m] = s
+            centre_d[m] = _sq_dist(x[chosen[m]], c)
         for i in numba.prange(n):
             # d(i, new) >= d(owner, new) - d(i, owner) >= d(i, owner) when d(owner, new) >= 2 d(i, owner)
             if k > 0 and centre_d[owner[i]] >= 4.0 * min_d[i] * _BOUND_MARGIN:
                 continue
-            s = np.float32(0.0)
-            for j in range(d):
-                t = x[i, j] - c[j]
-                s += t * t
+            s = _sq_dist(x[i], c)
             if s < min_d[i]:
                 min_d[i] = s
                 owner[i] = k
-        idx = np.argmax(min_d)
-    return chosen
-
-
-@numba.njit(cache=True)
-def _greedy_cpu(x: np.ndarray, n_select: int, start: int) -> np.ndarray:
-    min_d = np.full(x.shape[0], np.inf, np.float32)
-    chosen = np.empty(n_select, np.int64)
-    idx = start
-    for k in range(n_select):
-        chosen[k] = idx
-        _update_min_distances(x, min_d, x[idx].copy())
         idx = np.argmax(min_d)
     return chosen
 
