@@ -48,9 +48,9 @@ def monotone_constraints(n_detectors: int, n_segments: int) -> str:
     return "(" + ",".join(map(str, signs)) + ")"
 
 
-def crossfit_rows(prep, cfg: TrainConfig, folds: int, segmenter, k: int) -> tuple[np.ndarray, np.ndarray, dict]:
+def crossfit_rows(prep, cfg: TrainConfig, folds: int, segmenter, k: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Out-of-fold feature rows of every good training image, test rows from an all-good fit, and
-    the detectors' scores on both (for the ensemble)."""
+    the test images' ensemble score normalised on the out-of-fold good scores."""
     good = list(prep.ds.train_good)
     order = np.random.default_rng(0).permutation(len(good))
     parts = np.array_split(order, folds)
@@ -73,7 +73,7 @@ def crossfit_rows(prep, cfg: TrainConfig, folds: int, segmenter, k: int) -> tupl
     test_seg = _segments(segmenter, test_set, None)
     X_test = feature_matrix({n: d.maps for n, d in full.items()}, {n: d.scores for n, d in full.items()}, test_seg, k)
     ens = np.mean([normalise_scores(full[n].scores, oof_scores[n]) for n in configs], axis=0)
-    return X_good, X_test, {"ensemble_crossfit": ens}
+    return X_good, X_test, ens
 
 
 def main() -> None:
@@ -134,12 +134,12 @@ def main() -> None:
         scores["logreg"] = lr.decision_function(X_test[sp.test])
         scores["segad+ensemble"] = (rankdata(segad) + rankdata(ens[sp.test])) / 2
         if extra:
-            X_good, X_cf, cf_scores = extra
+            X_good, X_cf, ens_cf = extra
             X_cf_train = np.concatenate([X_good, X_cf[sp.train_defects]])
             y_cf = np.r_[np.zeros(len(X_good)), np.ones(len(sp.train_defects))]
             cf = SegadClassifier("brf", seed=sp.seed).fit(X_cf_train, y_cf)
             scores["segad_crossfit"] = cf.decision_function(X_cf[sp.test])
-            scores["ensemble_crossfit"] = cf_scores["ensemble_crossfit"][sp.test]
+            scores["ensemble_crossfit"] = ens_cf[sp.test]
         for r in rows:
             results[r].add(sp.seed, y, scores[r])
 

@@ -106,9 +106,9 @@ class SegadClassifier:
     def save(self, path: str | Path) -> None:
         """XGBoost's own JSON, or the linear model's arrays as JSON: no pickle either way."""
         if self.is_linear:
-            state = {"kind": "logreg", "mean": self.mean_, "scale": self.scale_, "coef": self.coef_}
-            payload = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in state.items()}
-            Path(path).write_text(json.dumps({**payload, "intercept": self.intercept_, "params": self.params}))
+            arrays = {"mean": self.mean_, "scale": self.scale_, "coef": self.coef_}
+            state = {k: v.tolist() for k, v in arrays.items()} | {"intercept": self.intercept_, "params": self.params}
+            Path(path).write_text(json.dumps(state))
             return
         self.model_.save_model(str(path))
 

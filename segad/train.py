@@ -26,7 +26,7 @@ from features import FolderSegments, KMeansSegments, SegmentSpec, make_segmenter
 from features.vector import feature_matrix
 from segad.classifier import PRESETS, SegadClassifier
 from segad.data import Dataset, DatasetError, Sample, load_dataset
-from segad.data.images import INTENSITIES
+from segad.data.images import INTENSITIES, check_intensity
 from segad.defects import generate_defects
 from segad.evaluate import MethodResult, format_table, normalise_scores
 from segad.maps import DetectorMaps, ImageSet, compute_maps, default_cache
@@ -214,8 +214,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
     SegadClassifier(cfg.classifier, **cfg.classifier_overrides())  # a bad preset fails here
     if cfg.feature_set not in ("full", "no_scores"):
         raise ValueError(f"--feature-set must be full or no_scores, got {cfg.feature_set!r}")
-    if cfg.intensity not in INTENSITIES:
-        raise ValueError(f"--intensity must be one of {', '.join(INTENSITIES)}, got {cfg.intensity!r}")
+    check_intensity(cfg.intensity)
     if cfg.generated < 0:
         raise ValueError(f"--generated must be >= 0, got {cfg.generated}")
     ds: Dataset = load_dataset(cfg.data, cfg.category)

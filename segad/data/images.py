@@ -26,6 +26,13 @@ _TARGET_MEAN, _TARGET_STD = 0.5, 0.15
 _CLAHE_CLIP, _CLAHE_TILES = 2.0, 8
 
 
+def check_intensity(value: str) -> Intensity:
+    """The one check of an ``--intensity`` value, so a bad one fails before any image is read."""
+    if value not in INTENSITIES:
+        raise ValueError(f"--intensity must be one of {', '.join(INTENSITIES)}, got {value!r}")
+    return value  # type: ignore[return-value]
+
+
 class ImageReadError(DatasetError):
     """A file could not be decoded as an image."""
 
@@ -89,7 +96,7 @@ def adjust_intensity(img: np.ndarray, intensity: Intensity) -> np.ndarray:
         equalised = clahe.apply(grey).astype(np.float32) / 255
         out = img * (equalised / np.maximum(grey.astype(np.float32) / 255, 1 / 255))[:, :, None]
     else:
-        raise ValueError(f"--intensity must be one of {', '.join(INTENSITIES)}, got {intensity!r}")
+        check_intensity(intensity)  # raises: an unknown mode
     return np.clip(out, 0.0, 1.0).astype(np.float32)
 
 
