@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 
+from detectors.errors import InputError
+
 
 class Split(StrEnum):
     TRAIN = "train"
@@ -16,7 +18,7 @@ class Split(StrEnum):
 GOOD = "good"
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A dataset on disk is not in the layout its loader expects; the message says what to fix."""
 
 
