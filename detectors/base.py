@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any, ClassVar, Self
 
 import numpy as np
@@ -25,14 +26,26 @@ from detectors.device import resolve_device
 from detectors.maps import parse_layers, pooled_features
 
 ImageBatch = np.ndarray | torch.Tensor
-
-# Fields that change where or how fast a detector runs, not what it computes: left out of cache keys.
-RUNTIME_FIELDS = frozenset({"device", "batch_size", "progress", "checkpoint_dir", "checkpoint_every"})
+DEVICE_TYPES = ("cpu", "cuda")
 
 
 @dataclass(frozen=True)
 class DetectorConfig:
-    """Flat primitives only, so a config logs to MLflow as params and hashes into a cache key."""
+    """Flat primitives only, so a config logs to MLflow as params and hashes into a cache key.
+
+    Every option is part of the detector's identity (its map-cache key and checkpoint identity)
+    unless ``RESULT_NEUTRAL`` names it, with the reason it cannot change a fitted detector or its
+    maps. A subclass extends its parent's mapping; tests/detectors/test_cache.py walks every field
+    of every registered detector and fails on one that neither changes the key nor has a reason.
+    """
+
+    RESULT_NEUTRAL: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {
+            "device": "the key holds the resolved device type (cpu or cuda) instead, which is what can change "
+            "a fit (CPU and GPU coresets, bfloat16 autocast on GPU); 'auto' and 'cuda' on one GPU compute the same",
+            "progress": "only shows or hides a progress bar",
+        }
+    )
 
     backbone: str = DEFAULT_BACKBONE
     seed: int = 0
@@ -43,8 +56,18 @@ class DetectorConfig:
     def to_params(self) -> dict[str, Any]:
         return asdict(self)
 
-    def identity(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k not in RUNTIME_FIELDS}
+    def identity(self, device_type: str | None = None) -> dict[str, Any]:
+        """What a fit depends on: every option not in ``RESULT_NEUTRAL``, plus the device type it runs on.
+
+        ``device_type`` ("cpu" or "cuda") stands in for resolving ``device`` on this machine, e.g. to
+        build the key of a GPU fit where there is no GPU.
+        """
+        if device_type is None:
+            device_type = resolve_device(self.device).type
+        if device_type not in DEVICE_TYPES:
+            raise ValueError(f"device_type must be one of {DEVICE_TYPES}, got {device_type!r}")
+        ident = {k: v for k, v in asdict(self).items() if k not in self.RESULT_NEUTRAL}
+        return {**ident, "device_type": device_type}
 
     @classmethod
     def from_params(cls, params: dict[str, Any]) -> Self:

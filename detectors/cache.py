@@ -1,7 +1,9 @@
 """Anomaly-map cache: each map is computed once per (detector config, image size, fit set, image).
 
-A key hashes the detector's name and result-changing config, the image size and the content
-hashes of the fit images, so a changed config or fit set can never return stale maps. Inside a
+A key hashes the detector's name and version, its identity (every option that can change a fit,
+and the device type: ``DetectorConfig.identity``), the image size and the content hashes of the
+fit images in the order the detector sees them (training batches and the coreset's start depend on
+it), so a changed config, device or fit set can never return stale maps. Inside a
 key's folder sit the fitted detector and one small file per image (float16 map, float32 score),
 each written to a temporary name and renamed, so an interrupted run keeps every finished map and
 never leaves a torn file behind.
@@ -76,13 +78,14 @@ class MapCache:
         self.root = Path(root)
 
     @staticmethod
-    def key(det: Detector, image_size: tuple[int, int], fit_ids: Iterable[str]) -> str:
+    def key(det: Detector, image_size: tuple[int, int], fit_ids: Iterable[str], device_type: str | None = None) -> str:
+        """The entry's key; ``device_type`` ("cpu" or "cuda") overrides resolving the detector's device."""
         payload = {
             "detector": det.name,
             "version": det.version,
-            "config": det.config.identity(),
+            "config": det.config.identity(device_type),
             "image_size": list(image_size),
-            "fit": sorted(fit_ids),
+            "fit": list(fit_ids),  # ordered: the same images in another order can give another fit
         }
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:20]
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Self
+from types import MappingProxyType
+from typing import ClassVar, Self
 
 import numpy as np
 import torch
@@ -14,6 +16,17 @@ from detectors.maps import parse_layers, to_image_maps
 
 @dataclass(frozen=True)
 class PadimConfig(DetectorConfig):
+    RESULT_NEUTRAL: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {
+            **DetectorConfig.RESULT_NEUTRAL,
+            "batch_size": "each image is embedded on its own and the streaming mean and covariance sums are "
+            "exactly independent of the batching; only float32 rounding moves (the first batch's mean is "
+            "the shift), amplified by the inverse to ~1e-3 relative, the float32 error every fit has "
+            "against a float64 one; measured: maps within 0.02 of ~230 at batch 1, 3, 5 and 16, "
+            "below the cache's float16 step (0.125 there)",
+        }
+    )
+
     layers: str = "layer1+layer2+layer3"
     n_features: int = 100
     covariance_eps: float = 0.01

@@ -14,10 +14,12 @@ import json
 import resource
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import MappingProxyType
+from typing import ClassVar
 
 import torch
 from safetensors.torch import load_file, save_file
@@ -238,11 +240,23 @@ def sample_batch(n: int, batch_size: int, generator: torch.Generator) -> torch.T
 
 @dataclass(frozen=True)
 class TrainableConfig(DetectorConfig):
-    """Options every trainable detector has; the checkpoint ones are runtime-only (not in cache keys).
+    """Options every trainable detector has; the checkpoint ones are result-neutral (not in cache keys).
 
     ``checkpoint_dir`` empty means no checkpoints; ``segad.train`` points it into the map cache, so a
-    fit killed half-way resumes on the next run.
+    fit killed half-way resumes on the next run. ``batch_size`` is *not* neutral here: it sets the
+    training batches, the number of steps per epoch and what batch norm sees.
     """
+
+    RESULT_NEUTRAL: ClassVar[Mapping[str, str]] = MappingProxyType(
+        {
+            **DetectorConfig.RESULT_NEUTRAL,
+            "checkpoint_dir": "where checkpoints go; a checkpoint stores weights, optimiser, RNG and step and "
+            "replays the schedule, so a resumed fit equals an uninterrupted one (tests/detectors/"
+            "test_training.py and each trainable detector's resume test)",
+            "checkpoint_every": "how often checkpoints are written; writing one draws no random numbers and "
+            "changes no state, and resuming from any step gives the uninterrupted fit (tested as above)",
+        }
+    )
 
     checkpoint_dir: str = ""
     checkpoint_every: int = 200
