@@ -25,14 +25,14 @@ def main() -> None:
     args = ap.parse_args()
 
     from features.vector import feature_matrix
-    from segad.data import load_dataset, load_images
+    from segad.data import load_dataset
     from segad.pipeline import SegadPipeline
 
     model = SegadPipeline.load(args.model, device=args.device)
     test = load_dataset(args.data, args.category).test[: args.n]
-    x = load_images([s.image_path for s in test], model.image_size)
+    x = model.preprocess([s.image_path for s in test])  # the run's resize and --intensity
     paths = [s.segment_path for s in test]
-    model.predict(x[:8], paths[:8])  # warm-up: backbone, numba, XGBoost
+    model.predict_batch(x[:8], paths[:8])  # warm-up: backbone, numba, XGBoost
 
     t = {}
     t0 = time.perf_counter()

@@ -13,9 +13,17 @@ from tqdm.auto import tqdm
 
 from detectors.base import Detector
 from detectors.cache import CacheEntry, MapCache, file_id
+from detectors.errors import InputError
 from detectors.training import TrainableDetector
 from segad.data.images import Intensity, load_images
 from segad.paths import cache_root
+
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+
+
+class MapError(InputError):
+    """A detector produced a map that cannot become features (NaN, infinite, or out of float16 range)."""
+
 
 ImageLoader = Callable[[Sequence[int]], np.ndarray]  # indices -> (n, 3, H, W) model-ready batch
 
@@ -26,9 +34,13 @@ class ImageSet:
 
     ids: tuple[str, ...]
     load: ImageLoader
+    names: tuple[str, ...] = ()  # what an error message calls each image (its file); ids when empty
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def name(self, i: int) -> str:
+        return self.names[i] if self.names else f"image {self.ids[i]}"
 
     @classmethod
     def from_paths(
@@ -40,13 +52,15 @@ class ImageSet:
         return cls(
             tuple(file_id(p) + suffix for p in paths),
             lambda idx: load_images([paths[i] for i in idx], image_size, intensity),
+            tuple(str(p) for p in paths),
         )
 
     @classmethod
     def from_arrays(cls, images: np.ndarray) -> ImageSet:
         from detectors.cache import content_id
 
-        return cls(tuple(content_id(im) for im in images), lambda idx: images[list(idx)])
+        ids = tuple(content_id(im) for im in images)
+        return cls(ids, lambda idx: images[list(idx)], tuple(f"generated image {i}" for i in range(len(ids))))
 
 
 @dataclass(frozen=True)
@@ -83,17 +97,34 @@ def fit_detector(det: Detector, fit_set: ImageSet, entry: CacheEntry | None) -> 
     return det, seconds
 
 
-def compute_maps(
+def check_maps(detector: str, maps: np.ndarray, names: Sequence[str]) -> None:
+    """A NaN or infinite map, or one beyond float16's range (the cache's precision), is an error naming
+    the detector and the image: it must never become a silent feature."""
+    flat = np.asarray(maps, np.float32).reshape(len(maps), -1)
+    bad = ~np.isfinite(flat).all(axis=1) | (np.abs(np.nan_to_num(flat)).max(axis=1) > FLOAT16_MAX)
+    if bad.any():
+        i = int(np.flatnonzero(bad)[0])
+        what = "NaN or infinite values" if not np.isfinite(flat[i]).all() else f"values beyond +-{FLOAT16_MAX:g}"
+        raise MapError(
+            f"{detector}: the anomaly map of {names[i]} has {what} ({int(bad.sum())} of {len(maps)} images); "
+            "check the image and the detector's options (a lower learning rate, another backbone)"
+        )
+
+
+def as_stored(maps: np.ndarray) -> np.ndarray:
+    """Maps at the precision training sees them (the cache's float16), so deployed features equal trained ones."""
+    return np.asarray(maps).astype(np.float16)
+
+
+def predict_maps(
     det: Detector,
-    fit_set: ImageSet,
     images: ImageSet,
     image_size: tuple[int, int],
-    cache: MapCache | None,
+    entry: CacheEntry | None,
+    fit_seconds: float = 0.0,
     chunk: int = 64,
 ) -> DetectorMaps:
-    """Maps and scores of ``images`` from ``det`` fitted on ``fit_set``; ``cache=None`` recomputes all."""
-    entry = cache.entry(det, image_size, fit_set.ids) if cache is not None else None
-    det, fit_seconds = fit_detector(det, fit_set, entry)
+    """Maps and scores of ``images`` from a fitted ``det``: cached ones read, the rest predicted and stored."""
     n = len(images)
     maps = np.empty((n, *image_size), np.float16)
     scores = np.empty(n, np.float32)
@@ -111,12 +142,38 @@ def compute_maps(
     ):
         idx = todo[s : s + chunk]
         out = det.predict(images.load(idx))
+        check_maps(det.name, out.maps, [images.name(i) for i in idx])
         for j, i in enumerate(idx):
-            maps[i], scores[i] = out.maps[j], out.scores[j]
+            maps[i], scores[i] = as_stored(out.maps[j]), out.scores[j]
             if entry is not None:
                 entry.put(images.ids[i], out.maps[j], float(out.scores[j]))
     ms = (time.perf_counter() - t0) * 1000 / len(todo) if todo else float("nan")
     return DetectorMaps(det.name, maps, scores, fit_seconds, ms, n - len(todo), det)
 
 
-__all__ = ["DetectorMaps", "ImageSet", "compute_maps", "default_cache", "fit_detector"]
+def compute_maps(
+    det: Detector,
+    fit_set: ImageSet,
+    images: ImageSet,
+    image_size: tuple[int, int],
+    cache: MapCache | None,
+    chunk: int = 64,
+) -> DetectorMaps:
+    """Fit ``det`` on ``fit_set`` (or reuse its cached fit), then the maps of ``images``; ``cache=None``
+    recomputes all."""
+    entry = cache.entry(det, image_size, fit_set.ids) if cache is not None else None
+    det, fit_seconds = fit_detector(det, fit_set, entry)
+    return predict_maps(det, images, image_size, entry, fit_seconds, chunk)
+
+
+__all__ = [
+    "DetectorMaps",
+    "ImageSet",
+    "MapError",
+    "as_stored",
+    "check_maps",
+    "compute_maps",
+    "default_cache",
+    "fit_detector",
+    "predict_maps",
+]

@@ -1,8 +1,10 @@
 """The MLflow pyfunc wrapper of a saved SegadPipeline, logged as *model code* (nothing pickled).
 
-Input: a DataFrame with an ``image_path`` column, plus ``segment_path`` for models whose segments are
-user-provided label maps (or a list of paths, or an (N, 3, H, W) array of model-ready images).
-Output: a DataFrame with ``score`` and ``decision`` per image, and ``error`` for unreadable paths.
+Input, any of: a DataFrame with an ``image_path`` column (plus ``segment_path`` for models whose
+segments are user-provided label maps); a list of image paths; raw RGB images as numpy arrays (one
+(H, W[, C]) image, an (N, H, W, C) stack, or a list of them). The pipeline applies the run's resize and
+intensity adjustment itself. Output: a DataFrame with ``score``, ``decision`` and ``error`` per image
+(an unreadable image gets its error and no score; the others are still scored).
 """
 
 from __future__ import annotations
@@ -21,25 +23,31 @@ class SegadPyfunc(mlflow.pyfunc.PythonModel):
         self.pipeline = SegadPipeline.load(context.artifacts["pipeline"])
 
     def predict(self, context, model_input, params=None):  # untyped: MLflow reads type hints as a schema
-        from segad.data.images import load_image
+        from detectors.errors import InputError
+        from segad.pipeline import image_list
 
-        if isinstance(model_input, np.ndarray) and model_input.ndim == 4:
-            out = self.pipeline.predict(model_input.astype(np.float32))
-            return pd.DataFrame({"score": out.scores, "decision": out.decisions})
-        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame({"image_path": model_input})
-        paths = list(frame["image_path"])
-        seg_paths = list(frame["segment_path"]) if "segment_path" in frame else None
-        images, ok, errors = [], [], [""] * len(paths)
-        for i, p in enumerate(paths):
+        seg_paths = None
+        if isinstance(model_input, pd.DataFrame):
+            if "image_path" not in model_input:
+                raise InputError(f"the input DataFrame needs an image_path column; got {list(model_input.columns)}")
+            images = list(model_input["image_path"])
+            seg_paths = list(model_input["segment_path"]) if "segment_path" in model_input else None
+        else:
+            images = image_list(model_input)
+        arrays, ok, errors = [], [], [""] * len(images)
+        for i, image in enumerate(images):
             try:
-                images.append(load_image(p, self.pipeline.image_size, self.pipeline.intensity))
+                arrays.append(self.pipeline.prepare(image))
                 ok.append(i)
-            except (OSError, ValueError) as e:
+            except (InputError, OSError) as e:
                 errors[i] = str(e)
-        scores = np.full(len(paths), np.nan)
-        decisions = np.zeros(len(paths), bool)
+        scores = np.full(len(images), np.nan)
+        decisions = np.zeros(len(images), bool)
         if ok:
-            out = self.pipeline.predict(np.stack(images), None if seg_paths is None else [seg_paths[i] for i in ok])
+            names = [str(images[i]) if not isinstance(images[i], np.ndarray) else f"image {i}" for i in ok]
+            out = self.pipeline.predict_batch(
+                np.stack(arrays), None if seg_paths is None else [seg_paths[i] for i in ok], names
+            )
             scores[ok], decisions[ok] = out.scores, out.decisions
         return pd.DataFrame({"score": scores, "decision": decisions, "error": errors})
 

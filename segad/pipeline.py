@@ -1,4 +1,8 @@
-"""The deployable model: fitted detectors + segmenter + feature layout + classifier + threshold.
+"""The deployable model: preprocessing + fitted detectors + segmenter + feature layout + classifier + threshold.
+
+It scores exactly what ``segad.train`` scored: files or raw images go through the run's resize and
+``--intensity`` adjustment, and maps are rounded to the cache's float16 before their statistics, so a
+loaded model reproduces the run's scores (a test holds it to 1e-5 for every preset and mode).
 
 Saved as a folder of safe formats (safetensors for tensors, XGBoost JSON, a JSON manifest), so
 loading it never unpickles anything.
@@ -18,11 +22,15 @@ import numpy as np
 from safetensors.torch import load_file, save_file
 
 from detectors.base import Detector
+from detectors.errors import InputError
 from detectors.registry import load_detector
 from features.segments import FolderSegments, KMeansConfig, KMeansSegments, Segmenter, WholeImage
 from features.vector import feature_matrix, feature_names
 from segad.classifier import SegadClassifier
-from segad.data.images import Intensity
+from segad.data.images import Intensity, load_image
+from segad.maps import as_stored, check_maps
+
+ImageInput = str | Path | np.ndarray  # a file, or a raw (H, W[, C]) RGB image: uint8, uint16 or float in [0, 1]
 
 MANIFEST = "segad_pipeline.json"
 
@@ -32,6 +40,22 @@ class PipelineOutput:
     scores: np.ndarray  # (N,) classifier margins, higher = more anomalous
     decisions: np.ndarray  # (N,) bool, score >= threshold
     maps: dict[str, np.ndarray]  # detector name -> (N, H, W) anomaly maps
+
+
+def image_list(images: Sequence[ImageInput] | np.ndarray) -> list[ImageInput]:
+    """Files, raw images, an (N, H, W, C) stack or one (H, W[, C]) image -> a list of single images."""
+    if isinstance(images, np.ndarray):
+        if images.ndim == 4 and images.shape[1] == 3 and images.shape[-1] not in (1, 3, 4):
+            raise InputError(
+                f"images of shape {images.shape} look model-ready (N, 3, H, W): pass raw (N, H, W, C) images "
+                "or files to predict, or a preprocessed batch to predict_batch"
+            )
+        images = list(images) if images.ndim == 4 else [images]
+    elif isinstance(images, str | Path):
+        images = [images]
+    if len(images) == 0:
+        raise InputError("no images to score")
+    return list(images)
 
 
 class SegadPipeline:
@@ -63,23 +87,42 @@ class SegadPipeline:
     def feature_names(self) -> list[str]:
         return feature_names([d.name for d in self.detectors], self.n_segments, self.with_scores)
 
-    def features(self, images: np.ndarray, segment_paths: Sequence[Path | None] | None = None):
-        outs = {d.name: d.predict(images) for d in self.detectors}
-        segments = self.segmenter.predict(images, segment_paths)
-        X = feature_matrix(
-            {k: o.maps for k, o in outs.items()},
-            {k: o.scores for k, o in outs.items()},
-            segments,
-            self.n_segments,
-            with_scores=self.with_scores,
-        )
-        return X, outs
+    def prepare(self, image: ImageInput) -> np.ndarray:
+        """One file or raw image -> the (3, H, W) model-ready array the run scored (size, intensity, normalisation)."""
+        return load_image(image, self.image_size, self.intensity)
 
-    def predict(self, images: np.ndarray, segment_paths: Sequence[Path | None] | None = None) -> PipelineOutput:
-        """Score (N, 3, H, W) model-ready images (``segad.data.load_images(paths, image_size, intensity)``)."""
-        X, outs = self.features(images, segment_paths)
+    def preprocess(self, images: Sequence[ImageInput] | np.ndarray) -> np.ndarray:
+        """Files or raw images -> an (N, 3, H, W) model-ready batch. An (N, H, W, C) array is N raw images."""
+        return np.stack([self.prepare(im) for im in image_list(images)])
+
+    def features(self, batch: np.ndarray, segment_paths: Sequence[Path | None] | None = None, names=None):
+        """Feature rows of a model-ready batch, as training computed them (maps at the cache's float16)."""
+        names = names or [f"image {i}" for i in range(len(batch))]
+        maps, scores = {}, {}
+        for d in self.detectors:
+            out = d.predict(batch)
+            check_maps(d.name, out.maps, names)
+            maps[d.name], scores[d.name] = as_stored(out.maps), out.scores
+        segments = self.segmenter.predict(batch, segment_paths)
+        X = feature_matrix(maps, scores, segments, self.n_segments, with_scores=self.with_scores)
+        return X, maps
+
+    def predict(
+        self, images: Sequence[ImageInput] | np.ndarray, segment_paths: Sequence[Path | None] | None = None
+    ) -> PipelineOutput:
+        """Score files or raw RGB images (paths, (H, W[, C]) arrays, or an (N, H, W, C) stack)."""
+        names = None
+        if not isinstance(images, np.ndarray) and all(isinstance(im, str | Path) for im in images):
+            names = [str(im) for im in images]
+        return self.predict_batch(self.preprocess(images), segment_paths, names)
+
+    def predict_batch(
+        self, batch: np.ndarray, segment_paths: Sequence[Path | None] | None = None, names=None
+    ) -> PipelineOutput:
+        """Score an (N, 3, H, W) batch already prepared by ``prepare`` / ``preprocess``."""
+        X, maps = self.features(np.asarray(batch, np.float32), segment_paths, names)
         scores = self.classifier.decision_function(X)
-        return PipelineOutput(scores, scores >= self.threshold, {k: o.maps for k, o in outs.items()})
+        return PipelineOutput(scores, scores >= self.threshold, {k: m.astype(np.float32) for k, m in maps.items()})
 
     # --- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:
@@ -126,7 +169,7 @@ class SegadPipeline:
         path = Path(path)
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
-            raise FileNotFoundError(f"{path} is not a saved segad pipeline (no {MANIFEST})")
+            raise InputError(f"{path} is not a saved segad pipeline (no {MANIFEST}); give the folder segad.train saved")
         m = json.loads(manifest_path.read_text())
         detectors = []
         for name in m["detectors"]:

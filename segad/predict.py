@@ -18,7 +18,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from segad.data.images import load_image, read_rgb, resize
+from detectors.errors import InputError
+from segad.data.images import read_rgb, resize
 from segad.data.samples import IMAGE_SUFFIXES
 from segad.pipeline import SegadPipeline
 
@@ -29,10 +30,16 @@ def load_model(model: str, device: str = "auto") -> SegadPipeline:
     if path.is_dir():
         return SegadPipeline.load(path, device)
     if ":/" not in model:
-        raise FileNotFoundError(f"--model {model}: no such folder, and not an MLflow URI (models:/NAME/VERSION)")
+        raise InputError(f"--model {model}: no such folder, and not an MLflow URI (models:/NAME/VERSION)")
     import mlflow
+    from mlflow.exceptions import MlflowException
 
-    local = Path(mlflow.artifacts.download_artifacts(f"{model.rstrip('/')}/artifacts/pipeline"))
+    try:
+        local = Path(mlflow.artifacts.download_artifacts(f"{model.rstrip('/')}/artifacts/pipeline"))
+    except MlflowException as e:
+        raise InputError(
+            f"--model {model}: MLflow cannot find it ({e.message}); check the name, version and store"
+        ) from e
     return SegadPipeline.load(local, device)
 
 
@@ -45,7 +52,7 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray, vmax: float) -> np.ndarr
 def predict_folder(model: SegadPipeline, images: Path, out: Path, batch: int = 16) -> list[dict]:
     files = sorted(p for p in images.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
-        raise FileNotFoundError(f"--images {images}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+        raise InputError(f"--images {images}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     # Maps of the held-out good images would be the ideal scale; the model's threshold is on scores.
@@ -53,14 +60,14 @@ def predict_folder(model: SegadPipeline, images: Path, out: Path, batch: int = 1
         chunk, arrays = [], []
         for p in files[s : s + batch]:
             try:
-                arrays.append(load_image(p, model.image_size, model.intensity))
+                arrays.append(model.prepare(p))
                 chunk.append(p)
-            except (OSError, ValueError) as e:
+            except (InputError, OSError) as e:
                 print(f"skipped {p}: {e}", file=sys.stderr)
                 rows.append({"file": str(p), "score": "", "decision": "", "error": str(e)})
         if not chunk:
             continue
-        result = model.predict(np.stack(arrays))
+        result = model.predict_batch(np.stack(arrays), names=[str(p) for p in chunk])
         for j, p in enumerate(chunk):
             rows.append(
                 {"file": str(p), "score": float(result.scores[j]), "decision": bool(result.decisions[j]), "error": ""}
@@ -96,9 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         model = load_model(a.model, a.device)
         if model.segmenter.__class__.__name__ == "FolderSegments":
-            raise ValueError("this model's segments are user-provided label maps; score it from Python with them")
+            raise InputError("this model's segments are user-provided label maps; score it from Python with them")
         rows = predict_folder(model, a.images, a.out)
-    except (OSError, ValueError) as e:
+    except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     flagged = sum(1 for r in rows if r["decision"] is True)

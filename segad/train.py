@@ -21,17 +21,19 @@ import numpy as np
 
 from detectors import DEFAULT_BACKBONE, DEFAULT_DETECTORS, DetectorConfig
 from detectors.atomic import atomic_write
+from detectors.errors import InputError
 from detectors.registry import detector_class
 from features import FolderSegments, KMeansSegments, SegmentSpec, make_segmenter
 from features.vector import feature_matrix
+from segad.calibration import Calibration, calibrate
 from segad.classifier import PRESETS, SegadClassifier
 from segad.data import Dataset, DatasetError, Sample, load_dataset
 from segad.data.images import INTENSITIES, check_intensity
 from segad.defects import generate_defects
 from segad.evaluate import MethodResult, format_table, normalise_scores
-from segad.maps import DetectorMaps, ImageSet, compute_maps, default_cache
+from segad.maps import DetectorMaps, ImageSet, default_cache, fit_detector, predict_maps
 from segad.pipeline import SegadPipeline
-from segad.protocol import FitSplit, SeedSplit, check_evaluable, fit_split, seed_split, seeds
+from segad.protocol import FitSplit, SeedSplit, check_evaluable, fit_split, seed_split, seeds, tuning_defects
 
 GENERATED_SEED = 0
 KMEANS_FIT_IMAGES = 64
@@ -50,8 +52,9 @@ class TrainConfig:
     shots: int = 10
     generated: int = 0
     holdout: float = 0.1  # share of train/good held out from the detectors for the classifier (SegAD: 10%)
-    target_fpr: float = 0.01  # the saved model's threshold: this FPR on the held-out good images
+    target_fpr: float = 0.01  # the saved model's threshold: this FPR on unseen good images (calibrated out of fold)
     seeds: int = 10
+    tuning_share: float = 0.0  # share of the test defects reserved for segad.tune: no seed trains or tests on them
     segments: str = "auto"  # auto: the dataset's own segment maps when it has them, else kmeans:8
     classifier: str = "brf"
     feature_set: str = "full"  # full: SegAD's statistics + image scores; no_scores: the statistics alone
@@ -70,7 +73,7 @@ class TrainConfig:
     def detector_names(self) -> list[str]:
         names = [n.strip() for n in self.detectors.split(",") if n.strip()]
         if not names:
-            raise ValueError("--detectors names no detector; e.g. --detectors patchcore,padim")
+            raise InputError("--detectors names no detector; e.g. --detectors patchcore,padim")
         for n in names:
             detector_class(n)  # raises with the list of known names
         return names
@@ -87,11 +90,11 @@ class TrainConfig:
         for key, value in parse_assignments(self.detector_options, "--set", "patchcore.coreset_ratio=0.1"):
             det, dot, option = key.partition(".")
             if not dot:
-                raise ValueError(f"--set {key}={value}: use DETECTOR.OPTION=VALUE, e.g. patchcore.coreset_ratio=0.1")
+                raise InputError(f"--set {key}={value}: use DETECTOR.OPTION=VALUE, e.g. patchcore.coreset_ratio=0.1")
             known = {f.name for f in fields(detector_class(det).config_class)}
             if option not in known:
                 listing = ", ".join(sorted(known))
-                raise ValueError(f"--set {key}={value}: {det} has no option {option!r}; options: {listing}")
+                raise InputError(f"--set {key}={value}: {det} has no option {option!r}; options: {listing}")
             if det in options:
                 options[det][option] = value
         return {
@@ -106,7 +109,7 @@ def parse_assignments(text: str, flag: str, example: str) -> list[tuple[str, str
     for item in filter(None, (p.strip() for p in text.split(","))):
         key, sep, value = item.partition("=")
         if not sep or not key.strip():
-            raise ValueError(f"{flag} {item!r}: use NAME=VALUE, e.g. {example}")
+            raise InputError(f"{flag} {item!r}: use NAME=VALUE, e.g. {example}")
         out.append((key.strip(), value.strip()))
     return out
 
@@ -122,6 +125,7 @@ class TrainResult:
     first_seed_test: np.ndarray  # indices into dataset_table.test of the first seed's test set
     first_seed_scores: dict[str, np.ndarray]  # method -> scores on that set
     feature_importances: np.ndarray  # mean over seeds, in pipeline.feature_names order
+    deployment: Deployment
 
     @property
     def dataset(self) -> str:
@@ -133,6 +137,7 @@ class TrainResult:
             "config": asdict(self.config),
             "dataset": self.dataset,
             "seconds": round(self.seconds, 1),
+            "deploy": self.deployment.to_dict(),
             "detectors": {
                 name: {
                     "fit_seconds": round(dm.fit_seconds, 2),
@@ -141,6 +146,34 @@ class TrainResult:
                 }
                 for name, dm in self.detector_maps.items()
             },
+        }
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What the saved model's threshold does on the first seed's test set, which its classifier never saw."""
+
+    calibration: Calibration
+    fpr: float  # share of the test good images flagged
+    tpr: float  # share of the test defects flagged
+    n_good: int
+    n_defects: int
+
+    @classmethod
+    def measure(cls, calibration: Calibration, labels: np.ndarray, scores: np.ndarray) -> Deployment:
+        flagged = scores >= calibration.threshold
+        good, bad = labels == 0, labels == 1
+        return cls(
+            calibration, float(flagged[good].mean()), float(flagged[bad].mean()), int(good.sum()), int(bad.sum())
+        )
+
+    def to_dict(self) -> dict:
+        return {
+            "fpr": self.fpr,
+            "tpr": self.tpr,
+            "n_good": self.n_good,
+            "n_defects": self.n_defects,
+            **self.calibration.to_params(),
         }
 
 
@@ -196,6 +229,7 @@ class Prepared:
     seg_paths: list[Path | None] | None
     gen_set: ImageSet
     gen_seg_paths: list[Path | None] | None
+    gen_sources: np.ndarray  # each generated defect's source: an index into the held-out good images
     maps: dict[str, DetectorMaps]
     gen_maps: dict[str, DetectorMaps]
 
@@ -207,21 +241,33 @@ class Prepared:
     def labels(self) -> np.ndarray:
         return np.array([s.label for s in self.ds.test])
 
+    def training_rows(
+        self, X: np.ndarray, X_gen: np.ndarray, sp: SeedSplit
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """The classifier's rows for one seed (held-out good, the seed's shots, generated defects), their
+        labels, and their groups: a generated defect shares its source good image's group."""
+        n_hold, shots = self.n_hold, len(sp.train_defects)
+        X_train = np.concatenate([X[:n_hold], X[n_hold:][sp.train_defects], X_gen])
+        y = np.r_[np.zeros(n_hold), np.ones(shots + len(X_gen))].astype(int)
+        groups = np.r_[np.arange(n_hold), n_hold + np.arange(shots), self.gen_sources[: len(X_gen)]]
+        return X_train, y, groups
+
 
 def prepare(cfg: TrainConfig) -> Prepared:
     """Validate everything that can fail before long work, then fit detectors and compute (or load) maps."""
     configs = cfg.detector_configs()  # unknown detectors or options fail here
     SegadClassifier(cfg.classifier, **cfg.classifier_overrides())  # a bad preset fails here
     if cfg.feature_set not in ("full", "no_scores"):
-        raise ValueError(f"--feature-set must be full or no_scores, got {cfg.feature_set!r}")
+        raise InputError(f"--feature-set must be full or no_scores, got {cfg.feature_set!r}")
     check_intensity(cfg.intensity)
     if cfg.generated < 0:
-        raise ValueError(f"--generated must be >= 0, got {cfg.generated}")
+        raise InputError(f"--generated must be >= 0, got {cfg.generated}")
     ds: Dataset = load_dataset(cfg.data, cfg.category)
     check_evaluable(ds)
-    splits = [seed_split(ds, cfg.shots, s) for s in seeds(cfg.seeds)]  # bad --shots fails here, before any fit
+    reserved = tuning_defects(ds, cfg.tuning_share)
+    splits = [seed_split(ds, cfg.shots, s, reserved) for s in seeds(cfg.seeds)]  # bad --shots fails before any fit
     if cfg.shots == 0 and cfg.generated == 0:
-        raise ValueError("--shots 0 (one-class) needs generated defects to train on: add e.g. --generated 50")
+        raise InputError("--shots 0 (one-class) needs generated defects to train on: add e.g. --generated 50")
     fs = fit_split(ds, cfg.holdout)
     if not fs.holdout_good:
         raise DatasetError(f"{ds.name}/{ds.category}: too few good training images to hold any out for SegAD")
@@ -234,18 +280,22 @@ def prepare(cfg: TrainConfig) -> Prepared:
     size = (cfg.image_size, cfg.image_size)
     fit_set = ImageSet.from_paths([s.image_path for s in fs.fit_good], size, cfg.intensity)
     score_set = ImageSet.from_paths([s.image_path for s in scored], size, cfg.intensity)
-    gen_set, gen_seg_paths = _generated_defects(cfg, fs, seg_paths, size)
+    gen_set, gen_seg_paths, gen_sources = _generated_defects(cfg, fs, seg_paths, size)
     cache = None if cfg.no_cache else default_cache()
     maps: dict[str, DetectorMaps] = {}
     gen_maps: dict[str, DetectorMaps] = {}
     for name, config in configs.items():
         det = detector_class(name)(config)
         _log(f"{name}: fitting / predicting {len(score_set) + len(gen_set)} images ...")
-        maps[name] = compute_maps(det, fit_set, score_set, size, cache)
+        entry = cache.entry(det, size, fit_set.ids) if cache is not None else None
+        det, fit_seconds = fit_detector(det, fit_set, entry)  # once, for the scored and the generated images
+        maps[name] = predict_maps(det, score_set, size, entry, fit_seconds)
         if len(gen_set):
-            gen_maps[name] = compute_maps(det, fit_set, gen_set, size, cache)
-        _log(f"{name}: fit {maps[name].fit_seconds:.1f}s, {maps[name].cached_maps} maps from cache")
-    return Prepared(ds, splits, fs, spec, size, fit_set, score_set, seg_paths, gen_set, gen_seg_paths, maps, gen_maps)
+            gen_maps[name] = predict_maps(det, gen_set, size, entry, fit_seconds)
+        _log(f"{name}: fit {fit_seconds:.1f}s, {maps[name].cached_maps} maps from cache")
+    return Prepared(
+        ds, splits, fs, spec, size, fit_set, score_set, seg_paths, gen_set, gen_seg_paths, gen_sources, maps, gen_maps
+    )
 
 
 def segment(prep: Prepared, segmenter) -> tuple[np.ndarray, np.ndarray | None]:
@@ -285,19 +335,22 @@ def run(cfg: TrainConfig) -> TrainResult:
 
     # 4. classifier per seed -> scores -> metrics
     n_hold, labels = prep.n_hold, prep.labels
-    X_hold, X_test = X[:n_hold], X[n_hold:]
+    X_test = X[n_hold:]
     maps = prep.maps
     results = {n: MethodResult(n) for n in [*names, "ensemble", "segad"]}
     normalised = {n: normalise_scores(maps[n].scores[n_hold:], maps[n].scores[:n_hold]) for n in names}
     ensemble = np.mean([normalised[n] for n in names], axis=0)
-    first_clf, first_scores, importances = None, {}, []
+    first_clf, first_scores, importances, calibration = None, {}, [], None
     for sp in prep.splits:
         y = labels[sp.test]
         scores = {n: maps[n].scores[n_hold:][sp.test] for n in names}
         scores["ensemble"] = ensemble[sp.test]
-        X_train = np.concatenate([X_hold, X_test[sp.train_defects], X_gen])
-        y_train = np.r_[np.zeros(n_hold), np.ones(len(sp.train_defects) + len(X_gen))]
-        clf = SegadClassifier(cfg.classifier, seed=sp.seed, **cfg.classifier_overrides()).fit(X_train, y_train)
+        X_train, y_train, groups = prep.training_rows(X, X_gen, sp)
+
+        def make_classifier(seed: int = sp.seed) -> SegadClassifier:
+            return SegadClassifier(cfg.classifier, seed=seed, **cfg.classifier_overrides())
+
+        clf = make_classifier().fit(X_train, y_train)
         scores["segad"] = clf.decision_function(X_test[sp.test])
         for method, s in scores.items():
             results[method].add(sp.seed, y, s)
@@ -307,8 +360,15 @@ def run(cfg: TrainConfig) -> TrainResult:
                 f"{n_hold} good and {len(y_train) - n_hold} defect examples; add --generated or good images"
             )
         importances.append(clf.feature_importances())
-        if first_clf is None:
+        if first_clf is None:  # the saved model: its threshold from out-of-fold scores of its training rows
             first_clf, first_scores = clf, scores
+            calibration = calibrate(make_classifier, X_train, y_train, groups, cfg.target_fpr, seed=sp.seed)
+            if not calibration.meets_target:
+                _log(
+                    f"warning: {calibration.n_good} held-out good images can promise FPR <= "
+                    f"{calibration.guaranteed_fpr:.3f}, not --target-fpr {cfg.target_fpr}; the threshold is the "
+                    f"strictest they support (raise --holdout for a tighter one)"
+                )
 
     pipeline = SegadPipeline(
         [maps[n].detector for n in names],
@@ -316,8 +376,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         first_clf,
         prep.size,
         intensity=cfg.intensity,
-        # The decision threshold: the held-out good images' score quantile that gives --target-fpr.
-        threshold=float(np.quantile(first_clf.decision_function(X_hold), 1.0 - cfg.target_fpr)),
+        threshold=calibration.threshold,
         info={
             "dataset": f"{prep.ds.name}/{prep.ds.category}",
             "segments": str(prep.spec),
@@ -335,13 +394,14 @@ def run(cfg: TrainConfig) -> TrainResult:
         prep.splits[0].test,
         first_scores,
         np.mean(importances, axis=0),
+        Deployment.measure(calibration, labels[prep.splits[0].test], first_scores["segad"]),
     )
 
 
 def _generated_defects(cfg: TrainConfig, fs, seg_paths, size):
     """Defects generated on the held-out good images (a fixed draw, so their maps cache too)."""
     if cfg.generated == 0:
-        return ImageSet((), lambda idx: np.empty((0, 3, *size), np.float32)), None
+        return ImageSet((), lambda idx: np.empty((0, 3, *size), np.float32)), None, np.empty(0, np.int64)
     from segad.data.images import adjust_intensity, load_segments, normalise, read_rgb, resize
 
     raw = [resize(read_rgb(s.image_path), size) for s in fs.holdout_good]
@@ -353,7 +413,7 @@ def _generated_defects(cfg: TrainConfig, fs, seg_paths, size):
     arrays = np.stack([normalise(adjust_intensity(d.image, cfg.intensity)) for d in made])
     # A generated image keeps its source's component map (folder segments); kmeans re-segments it.
     gen_seg_paths = [src_paths[d.source] for d in made] if src_paths else None
-    return ImageSet.from_arrays(arrays), gen_seg_paths
+    return ImageSet.from_arrays(arrays), gen_seg_paths, np.array([d.source for d in made], np.int64)
 
 
 def _fit_segmenter(segmenter, prep: Prepared):
@@ -402,7 +462,16 @@ def build_parser(prog: str = "python -m segad.train", description: str | None = 
     ap.add_argument("--seeds", type=int, default=d.seeds, help="how many of SegAD's 10 seeds to run")
     ap.add_argument("--holdout", type=float, default=d.holdout, help="share of good training images kept for SegAD")
     ap.add_argument(
-        "--target-fpr", type=float, default=d.target_fpr, help="FPR on held-out good that sets the threshold"
+        "--target-fpr",
+        type=float,
+        default=d.target_fpr,
+        help="the saved model's false-alarm rate on unseen good images",
+    )
+    ap.add_argument(
+        "--tuning-share",
+        type=float,
+        default=d.tuning_share,
+        help="test defects reserved for tuning (set by segad.tune)",
     )
     ap.add_argument("--segments", default=d.segments, help="auto, whole, kmeans:K or folder[:PATH]")
     ap.add_argument(
@@ -451,11 +520,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             result = run(cfg)
             if not cfg.no_mlflow:
                 tracking.log_result(result)
-    except (DatasetError, ValueError) as e:
+    except InputError as e:  # the user's input: a message; anything else is a bug and keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"\n{result.dataset}: {cfg.shots} shots, {cfg.seeds} seeds, image size {cfg.image_size}")
     print(format_table(result.methods))
+    dep = result.deployment
+    print(
+        f"saved model (seed {result.methods[0].per_seed[0].seed}): threshold {dep.calibration.threshold:.4g} flags "
+        f"{dep.fpr:.1%} of {dep.n_good} test good images (target {cfg.target_fpr:.1%}) and {dep.tpr:.1%} of "
+        f"{dep.n_defects} test defects"
+    )
     print(f"({result.seconds:.0f} s)")
     if cfg.summary_json:
         write_json(cfg.summary_json, result.summary())

@@ -1,11 +1,15 @@
 """``python -m segad.tune``: let Optuna choose the detector combination and SegAD's settings.
 
 Every detector's maps are computed once up front (and cached), so a trial only builds features and
-fits classifiers: seconds. The objective never sees the test set: it is the mean image AUROC of
-stratified cross-validation inside SegAD's own training data (held-out good + each seed's shots;
-generated defects join the training folds only), reported seed by seed so the median pruner can stop
-weak trials. At the end the best configuration is run once exactly like ``segad.train`` (test set,
-MLflow run, model), linked to the study.
+fits classifiers: seconds. The objective sees no image that any reported test set holds: a share of
+the test defects (``--tuning-share``, 25%) is reserved for tuning and left out of every seed's shots
+and test set, and the good images it uses are the held-out good images, which are training data in
+``segad.train`` too. Per repeat (one per seed), ``--shots`` of the reserved defects train and the rest
+validate, with the held-out good images in K folds; a generated defect trains only in a fold whose
+training part holds the good image it was drawn on. The mean validation AUROC is reported repeat by
+repeat so the median pruner can stop weak trials. At the end the best configuration is run once
+exactly like ``segad.train`` with the same reservation (test sets without the tuning defects, MLflow
+run, model), linked to the study.
 
 Several processes (or machines, with a PostgreSQL or MySQL ``--storage``) can work on one study at
 once; the same ``--study`` and ``--storage`` resume it.
@@ -18,19 +22,21 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
+from detectors.errors import InputError
 from features import SegmentSpec, make_segmenter
 from segad.classifier import PRESETS, SegadClassifier
-from segad.data import DatasetError
 from segad.metrics import image_auroc
+from segad.protocol import tuning_defects
 from segad.train import TrainConfig, _fit_segmenter, build_parser, config_from, features, prepare, segment
 
 GENERATED_CHOICES = (0, 50, 100, 200)
 CV_FOLDS = 3
+TUNING_SHARE = 0.25  # of the test defects, reserved for tuning and kept out of every reported test set
 
 
 class Workbench:
@@ -41,6 +47,12 @@ class Workbench:
         self.cfg = cfg
         # segments="auto": only the dataset's own maps count for "folder"; the search picks the rest.
         self.prep = prepare(replace(cfg, generated=max_generated, segments="auto"))
+        self.pool = tuning_defects(self.prep.ds, cfg.tuning_share)  # indices into the dataset's test images
+        if len(self.pool) < cfg.shots + 2:
+            raise InputError(
+                f"--tuning-share {cfg.tuning_share} reserves {len(self.pool)} defects; tuning needs --shots "
+                f"{cfg.shots} of them to train and at least 2 to validate: raise --tuning-share or lower --shots"
+            )
         self._segments: dict[str, tuple] = {}
         self._features: dict[tuple, tuple] = {}
 
@@ -92,28 +104,51 @@ def _subsets(names: Sequence[str]) -> list[tuple[str, ...]]:
     return [c for r in range(1, len(names) + 1) for c in combinations(names, r)]
 
 
-def cv_score(bench: Workbench, params: dict, report=None) -> float:
-    """Mean AUROC of stratified k-fold CV on held-out good + shots (+ generated in training folds only)."""
-    from sklearn.model_selection import StratifiedKFold
+@dataclass(frozen=True)
+class TuningFold:
+    """Row indices of one tuning fold: into the held-out good images, the reserved pool, the generated set."""
 
+    good_train: np.ndarray
+    good_val: np.ndarray
+    shots: np.ndarray  # reserved defects that train
+    val: np.ndarray  # reserved defects that validate
+    generated: np.ndarray  # generated defects that train: only those drawn on a training good image
+
+
+def tuning_folds(n_good: int, n_pool: int, shots: int, gen_sources: np.ndarray, seed: int) -> list[TuningFold]:
+    """One repeat's folds: the good images in K folds, the same ``shots`` reserved defects train in each."""
+    from sklearn.model_selection import KFold
+
+    folds = min(CV_FOLDS, n_good)
+    if folds < 2:
+        raise InputError("tuning needs at least 2 held-out good images: raise --holdout")
+    order = np.random.default_rng(seed).permutation(n_pool)
+    return [
+        TuningFold(tr, va, order[:shots], order[shots:], np.flatnonzero(np.isin(gen_sources, tr)))
+        for tr, va in KFold(folds, shuffle=True, random_state=seed).split(np.arange(n_good))
+    ]
+
+
+def cv_score(bench: Workbench, params: dict, report=None) -> float:
+    """Mean validation AUROC inside the tuning data (``tuning_folds``), one repeat per seed."""
     dets = tuple(params["detectors"].split(","))
     spec = SegmentSpec.parse(params["segments"]) if params["segments"] != "folder" else SegmentSpec("folder")
     X, X_gen = bench.features(dets, spec, params["feature_set"] == "full")
-    X_gen = X_gen[: params["generated"]]
+    X_gen, gen_sources = X_gen[: params["generated"]], bench.prep.gen_sources[: params["generated"]]
     overrides = TrainConfig(classifier_params=params["classifier_params"]).classifier_overrides()
-    X_hold, X_test = X[: bench.prep.n_hold], X[bench.prep.n_hold :]
+    n_hold = bench.prep.n_hold
+    X_good, X_pool = X[:n_hold], X[n_hold:][bench.pool]
     means = []
     for step, sp in enumerate(bench.prep.splits):
-        Xr = np.concatenate([X_hold, X_test[sp.train_defects]])
-        yr = np.r_[np.zeros(bench.prep.n_hold), np.ones(len(sp.train_defects))]
-        folds = min(CV_FOLDS, int(yr.sum()), int((yr == 0).sum()))
-        if folds < 2:
-            raise ValueError("tuning needs at least 2 shots and 2 held-out good images for cross-validation")
         aurocs = []
-        for tr, va in StratifiedKFold(folds, shuffle=True, random_state=sp.seed).split(Xr, yr):
-            clf = SegadClassifier(params["classifier"], seed=sp.seed, **overrides)
-            clf.fit(np.concatenate([Xr[tr], X_gen]), np.r_[yr[tr], np.ones(len(X_gen))])
-            aurocs.append(image_auroc(yr[va], clf.decision_function(Xr[va])))
+        for f in tuning_folds(n_hold, len(X_pool), bench.cfg.shots, gen_sources, sp.seed):
+            X_fit = np.concatenate([X_good[f.good_train], X_pool[f.shots], X_gen[f.generated]])
+            y_fit = np.r_[np.zeros(len(f.good_train)), np.ones(len(f.shots) + len(f.generated))]
+            if y_fit.sum() == 0:
+                raise InputError("--shots 0 tuning needs generated defects: raise --max-generated")
+            clf = SegadClassifier(params["classifier"], seed=sp.seed, **overrides).fit(X_fit, y_fit)
+            y_val = np.r_[np.zeros(len(f.good_val)), np.ones(len(f.val))]
+            aurocs.append(image_auroc(y_val, clf.decision_function(np.r_[X_good[f.good_val], X_pool[f.val]])))
         means.append(float(np.mean(aurocs)))
         if report is not None:
             report(float(np.mean(means)), step)
@@ -134,7 +169,7 @@ def _open_study(args, sampler_seed: int):
             load_if_exists=True,
         )
     except Exception as e:  # optuna wraps driver errors in many types
-        raise ValueError(f"--storage {args.storage}: cannot open the study: {e}") from e
+        raise InputError(f"--storage {args.storage}: cannot open the study: {e}") from e
 
 
 def run_study(args, cfg: TrainConfig) -> dict:
@@ -144,7 +179,7 @@ def run_study(args, cfg: TrainConfig) -> dict:
     from segad import tracking
 
     if args.trials is not None and args.trials < 1:
-        raise ValueError("--trials must be at least 1")
+        raise InputError("--trials must be at least 1")
     cfg.detector_names  # noqa: B018 - an unknown detector in the restriction list fails here, before any work
     max_gen = max(GENERATED_CHOICES) if args.max_generated is None else args.max_generated
     study = _open_study(args, args.sampler_seed)
@@ -206,7 +241,7 @@ def run_study(args, cfg: TrainConfig) -> dict:
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not complete:
         client.set_terminated(parent.info.run_id, "FAILED")
-        raise ValueError("no trial completed; see the trials' errors in MLflow")
+        raise RuntimeError("no trial completed; see the trials' errors in MLflow")
     best = study.best_trial
     best_params = best.user_attrs["train_config"]
     client.log_metric(parent.info.run_id, "best_cv_auroc", best.value)
@@ -280,11 +315,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--n-jobs", type=int, default=1, help="trials in parallel threads in this process")
     ap.add_argument("--max-generated", type=int, default=None, help="cap on generated defects searched (0 to 200)")
     ap.add_argument("--skip-best-run", action="store_true", help="extra workers: do not re-run the best trial")
+    ap.set_defaults(tuning_share=TUNING_SHARE)
     a = ap.parse_args(argv)
     try:
         cfg = config_from(vars(a))
         summary = run_study(a, cfg)
-    except (DatasetError, ValueError) as e:
+    except InputError as e:  # the user's input: a message; anything else is a bug and keeps its traceback
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(json.dumps(summary, indent=2))

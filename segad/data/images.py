@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 
 from detectors import backbones
+from detectors.errors import InputError
 from segad.data.samples import DatasetError
 
 IMAGENET_MEAN = np.array(backbones.IMAGENET_MEAN, np.float32)  # the backbones' normalisation, one source
@@ -29,7 +30,7 @@ _CLAHE_CLIP, _CLAHE_TILES = 2.0, 8
 def check_intensity(value: str) -> Intensity:
     """The one check of an ``--intensity`` value, so a bad one fails before any image is read."""
     if value not in INTENSITIES:
-        raise ValueError(f"--intensity must be one of {', '.join(INTENSITIES)}, got {value!r}")
+        raise InputError(f"--intensity must be one of {', '.join(INTENSITIES)}, got {value!r}")
     return value  # type: ignore[return-value]
 
 
@@ -50,14 +51,26 @@ def _read(path: str | Path) -> np.ndarray:
 def read_rgb(path: str | Path) -> np.ndarray:
     """(H, W, 3) float32 RGB in [0, 1] from grey, RGB or RGBA files of 8 or 16 bits."""
     arr = _read(path)
+    if arr.ndim == 3 and arr.shape[2] in (3, 4):  # OpenCV decodes to BGR(A)
+        arr = arr[:, :, [2, 1, 0, 3][: arr.shape[2]]]
+    return to_rgb(arr, str(path))
+
+
+def to_rgb(arr: np.ndarray, what: str = "image") -> np.ndarray:
+    """(H, W, 3) float32 RGB in [0, 1] from a grey, RGB or RGBA array of 8 or 16 bits or floats in [0, 1]."""
+    arr = np.asarray(arr)
+    if arr.ndim not in (2, 3):
+        raise ImageReadError(f"{what}: an image must be (H, W) or (H, W, C), got shape {arr.shape}")
     if arr.dtype == np.uint8:
         scale = 255.0
     elif arr.dtype == np.uint16:
         scale = 65535.0
     elif np.issubdtype(arr.dtype, np.floating):
         scale = 1.0
+        if not np.isfinite(arr).all():
+            raise ImageReadError(f"{what}: the image holds NaN or infinite values")
     else:
-        raise ImageReadError(f"{path}: pixel type {arr.dtype} is not supported (use 8 or 16 bit)")
+        raise ImageReadError(f"{what}: pixel type {arr.dtype} is not supported (use 8 or 16 bit)")
     img = arr.astype(np.float32) / scale
     if img.ndim == 2:
         img = np.repeat(img[:, :, None], 3, axis=2)
@@ -65,11 +78,8 @@ def read_rgb(path: str | Path) -> np.ndarray:
         img = np.repeat(img, 3, axis=2)
     elif img.shape[2] == 4:  # composite on black: transparent areas are not product
         img = img[:, :, :3] * img[:, :, 3:4]
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    elif img.shape[2] == 3:
-        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    else:
-        raise ImageReadError(f"{path}: {img.shape[2]} channels is not supported (use grey, RGB or RGBA)")
+    elif img.shape[2] != 3:
+        raise ImageReadError(f"{what}: {img.shape[2]} channels is not supported (use grey, RGB or RGBA)")
     return np.clip(img, 0.0, 1.0)
 
 
@@ -105,13 +115,19 @@ def normalise(img: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(((img - IMAGENET_MEAN) / IMAGENET_STD).transpose(2, 0, 1), dtype=np.float32)
 
 
-def load_image(path: str | Path, size: int | tuple[int, int], intensity: Intensity = "none") -> np.ndarray:
-    """A model-ready (3, H, W) float32 array: resized, then intensity-adjusted, then normalised."""
-    return normalise(adjust_intensity(resize(read_rgb(path), size), intensity))
+def load_image(
+    image: str | Path | np.ndarray, size: int | tuple[int, int], intensity: Intensity = "none"
+) -> np.ndarray:
+    """A model-ready (3, H, W) float32 array from a file or a raw (H, W[, C]) image array: resized, then
+    intensity-adjusted, then normalised. Arrays are RGB (not OpenCV's BGR)."""
+    rgb = to_rgb(image) if isinstance(image, np.ndarray) else read_rgb(image)
+    return normalise(adjust_intensity(resize(rgb, size), intensity))
 
 
-def load_images(paths: Sequence[str | Path], size: int | tuple[int, int], intensity: Intensity = "none") -> np.ndarray:
-    """(N, 3, H, W) float32; every image resized to ``size`` so mixed sources stack."""
+def load_images(
+    paths: Sequence[str | Path | np.ndarray], size: int | tuple[int, int], intensity: Intensity = "none"
+) -> np.ndarray:
+    """(N, 3, H, W) float32 from files or raw image arrays; every image resized to ``size`` so they stack."""
     out = np.empty((len(paths), 3, *((size, size) if isinstance(size, int) else size)), np.float32)
     for i, p in enumerate(paths):
         out[i] = load_image(p, size, intensity)

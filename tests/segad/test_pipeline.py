@@ -23,9 +23,9 @@ def test_kmeans_pipeline_round_trips_through_its_folder(tiny: TinySet, tmp_path:
     X, _ = pipe.features(np.concatenate([tiny.train, tiny.test]))
     y = np.r_[np.zeros(len(tiny.train)), tiny.labels]
     pipe.classifier.fit(X, y)
-    before = pipe.predict(tiny.test)
+    before = pipe.predict_batch(tiny.test)
     loaded = SegadPipeline.load(pipe.save(tmp_path / "model"), device="cpu")
-    after = loaded.predict(tiny.test)
+    after = loaded.predict_batch(tiny.test)
     assert np.array_equal(before.scores, after.scores) and np.array_equal(before.decisions, after.decisions)
     assert loaded.feature_names == pipe.feature_names and len(pipe.feature_names) == 3 * 4
     assert loaded.threshold == 0.5 and loaded.n_segments == 3 and loaded.intensity == intensity

@@ -49,12 +49,12 @@ def test_runs_the_protocol_and_writes_the_summary(small_mvtec: Path, tmp_path: P
     assert summary["methods"]["patchcore"]["auroc_mean"] > 0.9
     assert summary["config"]["shots"] == 5
     # The saved model loads on its own and scores images.
-    from segad.data import load_dataset, load_images
+    from segad.data import load_dataset
     from segad.pipeline import SegadPipeline
 
     model = SegadPipeline.load(tmp_path / "model", device="cpu")
     test = load_dataset(small_mvtec).test
-    out = model.predict(load_images([s.image_path for s in test], 96), [s.segment_path for s in test])
+    out = model.predict([s.image_path for s in test], [s.segment_path for s in test])
     assert out.scores.shape == (len(test),) and np.isfinite(out.scores).all()
     assert set(out.maps) == {"patchcore", "padim"} and out.maps["padim"].shape == (len(test), 96, 96)
     labels = np.array([s.label for s in test])

@@ -6,14 +6,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import optuna
 import pytest
 
 from segad.data.synthetic import SyntheticSpec, write_mvtec
-from segad.tune import main
+from segad.tune import main, tuning_folds
 
 SPEC = SyntheticSpec(image_size=96, n_train=80, n_test_good=8, n_defects_per_type=3, seed=5)
-COMMON = ["--image-size", "96", "--shots", "6", "--seeds", "2", "--device", "cpu", "--max-generated", "50"]
+COMMON = ["--image-size", "96", "--shots", "4", "--seeds", "2", "--device", "cpu", "--max-generated", "50"]
+COMMON += ["--tuning-share", "0.4"]  # 6 of the 15 defects: 4 shots to train, 2 to validate
 COMMON += ["--set", "patchcore.coreset_ratio=0.25"]
 
 
@@ -52,9 +54,22 @@ def test_four_trials_make_four_nested_runs_and_a_best_train_run(workspace: Path)
     assert best.data.tags["segad.study_run_id"] == study_run.info.run_id
     assert study_run.data.tags["best_train_run_id"] == best.info.run_id
     assert "segad.auroc_mean" in best.data.metrics
+    assert best.data.params["tuning_share"] == "0.4"  # the reported run tests without the tuning defects
     charts = {a.path for a in client.list_artifacts(study_run.info.run_id, "charts")}
     assert "charts/optimization_history.png" in charts
     assert {a.path for a in client.list_artifacts(study_run.info.run_id)} >= {"best_params.json"}
+
+
+def test_tuning_folds_keep_generated_defects_with_their_source() -> None:
+    sources = np.repeat(np.arange(9), 3)  # three generated defects drawn on each of 9 good images
+    folds = tuning_folds(9, 8, 4, sources, seed=333)
+    assert len(folds) == 3
+    for f in folds:
+        assert not set(f.good_train) & set(f.good_val)
+        assert set(sources[f.generated]) <= set(f.good_train)  # none drawn on a validation image
+        assert len(f.generated) == 3 * len(f.good_train)
+        assert len(f.shots) == 4 and not set(f.shots) & set(f.val) and len(f.val) == 4
+    assert sorted(np.concatenate([f.good_val for f in folds])) == list(range(9))
 
 
 def test_resuming_adds_trials_to_the_same_study(workspace: Path) -> None:
