@@ -3,6 +3,7 @@
 from detectors.backbones import BACKBONES, DEFAULT_BACKBONE, Backbone, BackboneWeightsError, load_backbone
 from detectors.base import Detector, DetectorConfig, DetectorOutput
 from detectors.device import resolve_device
+from detectors.errors import InputError
 from detectors.padim import Padim, PadimConfig
 from detectors.patchcore import PatchCore, PatchCoreConfig
 from detectors.registry import DEFAULT_DETECTORS, DETECTORS, detector_class, load_detector, make_detector
@@ -17,6 +18,7 @@ __all__ = [
     "Detector",
     "DetectorConfig",
     "DetectorOutput",
+    "InputError",
     "Padim",
     "PadimConfig",
     "PatchCore",

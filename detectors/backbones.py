@@ -17,6 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from detectors.errors import InputError
+
 LAYERS = ("layer1", "layer2", "layer3", "layer4")
 STRIDES = {"layer1": 4, "layer2": 8, "layer3": 16, "layer4": 32}
 
@@ -38,8 +40,11 @@ def from_unit(y: torch.Tensor) -> torch.Tensor:
     return (y - y.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / y.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
 
 
-class BackboneWeightsError(RuntimeError):
-    """Pretrained weights are not on this machine; the message says how to put them there."""
+class BackboneWeightsError(InputError, RuntimeError):
+    """Pretrained weights are not on this machine; the message says how to put them there.
+
+    The user's setup, hence an ``InputError``; still a ``RuntimeError``, as it always was.
+    """
 
 
 class Backbone(nn.Module):
@@ -59,7 +64,7 @@ class Backbone(nn.Module):
     def forward(self, x: torch.Tensor, layers: Sequence[str] = LAYERS) -> dict[str, torch.Tensor]:
         unknown = set(layers) - set(LAYERS)
         if unknown:
-            raise ValueError(f"unknown backbone layers {sorted(unknown)}; choose from {LAYERS}")
+            raise InputError(f"unknown backbone layers {sorted(unknown)}; choose from {LAYERS}")
         deepest = max(LAYERS.index(k) for k in layers)  # stop there: deeper blocks would be wasted work
         feats = self.features(self.prepare(x), LAYERS[deepest])
         return {k: feats[k].contiguous() for k in layers}
@@ -261,5 +266,5 @@ def load_backbone(name: str = DEFAULT_BACKBONE, device: str | torch.device = "cp
     from detectors.device import resolve_device
 
     if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+        raise InputError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
     return BACKBONES[name]().freeze().to(resolve_device(device))

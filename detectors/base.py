@@ -23,6 +23,7 @@ from safetensors.torch import load_file, save_file
 from detectors.atomic import atomic_write
 from detectors.backbones import DEFAULT_BACKBONE, Backbone, load_backbone
 from detectors.device import resolve_device
+from detectors.errors import InputError
 from detectors.maps import parse_layers, pooled_features
 
 ImageBatch = np.ndarray | torch.Tensor
@@ -75,7 +76,7 @@ class DetectorConfig:
         known = {f.name: f.type for f in fields(cls)}
         unknown = sorted(set(params) - set(known))
         if unknown:
-            raise ValueError(f"{cls.__name__} has no option(s) {unknown}; options: {sorted(known)}")
+            raise InputError(f"{cls.__name__} has no option(s) {unknown}; options: {sorted(known)}")
         return cls(**{k: _coerce(k, v, known[k]) for k, v in params.items()})
 
 
@@ -95,7 +96,7 @@ def _coerce(name: str, value: Any, annotation: Any) -> Any:
             pass
     else:
         return value
-    raise ValueError(f"option {name}: {value!r} is not a {kind}")
+    raise InputError(f"option {name}: {value!r} is not a {kind}")
 
 
 @dataclass(frozen=True)
@@ -109,15 +110,15 @@ def as_image_tensor(images: ImageBatch, what: str = "images") -> torch.Tensor:
     if isinstance(images, list | tuple):
         shapes = {tuple(np.shape(im)) for im in images}
         if len(shapes) > 1:
-            raise ValueError(f"{what} have mixed sizes {sorted(shapes)}; resize them to one size first")
+            raise InputError(f"{what} have mixed sizes {sorted(shapes)}; resize them to one size first")
         images = np.stack(images) if images else np.empty((0, 3, 0, 0), np.float32)
     t = torch.as_tensor(images)
     if t.ndim != 4 or t.shape[1] != 3:
-        raise ValueError(f"{what} must be an (N, 3, H, W) batch, got shape {tuple(t.shape)}")
+        raise InputError(f"{what} must be an (N, 3, H, W) batch, got shape {tuple(t.shape)}")
     if t.shape[0] == 0:
-        raise ValueError(f"{what}: the batch is empty; a detector needs at least one image")
+        raise InputError(f"{what}: the batch is empty; a detector needs at least one image")
     if not torch.isfinite(t).all():
-        raise ValueError(f"{what} contain NaN or infinite values; check the image files and their normalisation")
+        raise InputError(f"{what} contain NaN or infinite values; check the image files and their normalisation")
     return t.float()
 
 
@@ -152,7 +153,7 @@ class Detector(ABC):
         if not self.is_fitted():
             raise RuntimeError(f"{self.name} is not fitted: call fit(good_images) or load a saved detector first")
         if tuple(images.shape[-2:]) != self.image_size_:
-            raise ValueError(
+            raise InputError(
                 f"{self.name} was fitted on {self.image_size_} images, got {tuple(images.shape[-2:])}; "
                 "resize to the fitted size"
             )
@@ -163,7 +164,7 @@ class Detector(ABC):
         with torch.inference_mode():
             feats = pooled_features(self.backbone(batch, names), names, avg_kernel)
         if not torch.isfinite(feats).all():
-            raise ValueError(f"{self.name}: the backbone produced NaN features; check the input images")
+            raise InputError(f"{self.name}: the backbone produced NaN features; check the input images")
         return feats
 
     def _batches(self, images: torch.Tensor, desc: str):

@@ -14,6 +14,8 @@ import numba
 import numpy as np
 import torch
 
+from detectors.errors import InputError
+
 
 @numba.njit(fastmath=True, cache=True, inline="always")
 def _sq_dist(a: np.ndarray, b: np.ndarray) -> np.float32:
@@ -70,7 +72,7 @@ def _greedy_torch(x: torch.Tensor, n_select: int, start: int) -> torch.Tensor:
 def greedy_coreset(features: torch.Tensor, ratio: float, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:
     """Indices of ``ceil(ratio * N)`` rows chosen by greedy k-center on a Gaussian random projection."""
     if not 0.0 < ratio <= 1.0:
-        raise ValueError(f"coreset_ratio must be in (0, 1], got {ratio}")
+        raise InputError(f"coreset_ratio must be in (0, 1], got {ratio}")
     n = features.shape[0]
     n_select = max(1, int(np.ceil(ratio * n)))
     if n_select >= n:

@@ -4,6 +4,12 @@ from __future__ import annotations
 
 import torch
 
+from detectors.errors import InputError
+
+
+class DeviceUnavailableError(InputError, RuntimeError):
+    """The asked-for device is not on this machine (an ``InputError``; a ``RuntimeError`` as before)."""
+
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
     if isinstance(device, torch.device):
@@ -13,8 +19,10 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
-            raise RuntimeError(f"--device {device}: no CUDA GPU is visible to torch; use --device cpu or auto")
+            raise DeviceUnavailableError(
+                f"--device {device}: no CUDA GPU is visible to torch; use --device cpu or auto"
+            )
         return torch.device(name)
     if name == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"--device must be auto, cpu or cuda, got {device!r}")
+    raise InputError(f"--device must be auto, cpu or cuda, got {device!r}")

@@ -40,6 +40,7 @@ from torch import nn
 
 from detectors.backbones import to_unit
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
+from detectors.errors import InputError
 from detectors.maps import gaussian_blur
 from detectors.synthesis import draem_blend, draw_beta, jitter_texture, perlin_mask
 from detectors.training import TrainableConfig, TrainableDetector, load_modules, modules_state, sample_batch
@@ -61,17 +62,17 @@ class DraemConfig(TrainableConfig):
 
     def __post_init__(self) -> None:
         if self.steps < 1:
-            raise ValueError(f"draem: steps must be at least 1, got {self.steps}")
+            raise InputError(f"draem: steps must be at least 1, got {self.steps}")
         if self.base_width < 1 or self.disc_width < 1:
-            raise ValueError(
+            raise InputError(
                 f"draem: base_width and disc_width must be positive, got {self.base_width}, {self.disc_width}"
             )
         if not 0.0 <= self.anomaly_probability <= 1.0:
-            raise ValueError(f"draem: anomaly_probability must be in [0, 1], got {self.anomaly_probability}")
+            raise InputError(f"draem: anomaly_probability must be in [0, 1], got {self.anomaly_probability}")
         if self.smooth_kernel < 1 or self.smooth_kernel % 2 == 0:
-            raise ValueError(f"draem: smooth_kernel must be a positive odd number, got {self.smooth_kernel}")
+            raise InputError(f"draem: smooth_kernel must be a positive odd number, got {self.smooth_kernel}")
         if self.focal_gamma < 0:
-            raise ValueError(f"draem: focal_gamma must be >= 0, got {self.focal_gamma}")
+            raise InputError(f"draem: focal_gamma must be >= 0, got {self.focal_gamma}")
 
 
 # --- networks ---------------------------------------------------------------------------------
@@ -235,23 +236,23 @@ class Draem(TrainableDetector):
     def _check_input(self, x: torch.Tensor) -> None:
         h, w = x.shape[-2:]
         if h % _DOWNSAMPLING or w % _DOWNSAMPLING:
-            raise ValueError(
+            raise InputError(
                 f"draem needs image sides divisible by {_DOWNSAMPLING} (its networks downsample 4 times); "
                 f"got {h}x{w}: resize the images, e.g. to 256x256"
             )
         if min(h, w) < 16:
-            raise ValueError(f"draem needs images of at least 16x16, got {h}x{w}")
+            raise InputError(f"draem needs images of at least 16x16, got {h}x{w}")
 
     def fit(self, images: ImageBatch) -> Self:
         x = as_image_tensor(images, "good images")
         self._check_input(x)
         if len(x) < 2:
-            raise ValueError(
+            raise InputError(
                 "draem needs at least two good images to train: another good image is the anomaly texture "
                 "and batch norm needs two images per batch"
             )
         if self.config.batch_size < 2:
-            raise ValueError(f"draem needs batch_size >= 2 for batch norm, got {self.config.batch_size}")
+            raise InputError(f"draem needs batch_size >= 2 for batch norm, got {self.config.batch_size}")
         gen = self._start_training(x)
         self._build()
         cfg = self.config

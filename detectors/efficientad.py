@@ -48,6 +48,7 @@ from torch import nn
 
 from detectors.backbones import from_unit, to_unit
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
+from detectors.errors import InputError
 from detectors.maps import parse_layers, to_image_maps
 from detectors.training import TrainableConfig, TrainableDetector, sample_batch
 
@@ -71,13 +72,13 @@ class EfficientADConfig(TrainableConfig):
 
     def __post_init__(self) -> None:
         if self.model_size not in MODEL_SIZES:
-            raise ValueError(f"model_size must be one of {MODEL_SIZES}, got {self.model_size!r}")
+            raise InputError(f"model_size must be one of {MODEL_SIZES}, got {self.model_size!r}")
         if self.out_channels < 1:
-            raise ValueError(f"out_channels must be at least 1, got {self.out_channels}")
+            raise InputError(f"out_channels must be at least 1, got {self.out_channels}")
         if not 0.0 < self.hard_quantile < 1.0:
-            raise ValueError(f"hard_quantile must be in (0, 1), got {self.hard_quantile}")
+            raise InputError(f"hard_quantile must be in (0, 1), got {self.hard_quantile}")
         if not 0.0 < self.validation_share < 1.0:
-            raise ValueError(f"validation_share must be in (0, 1), got {self.validation_share}")
+            raise InputError(f"validation_share must be in (0, 1), got {self.validation_share}")
 
 
 # --- networks -------------------------------------------------------------------------------------
@@ -272,19 +273,19 @@ class EfficientAD(TrainableDetector):
 
     def _check_input(self, x: torch.Tensor) -> None:
         if min(x.shape[-2:]) < MIN_IMAGE_SIZE:
-            raise ValueError(
+            raise InputError(
                 f"efficientad needs images of at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} (its autoencoder "
                 f"downsamples 32x); got {tuple(x.shape[-2:])}"
             )
         if len(x) < 2:
-            raise ValueError(
+            raise InputError(
                 "efficientad needs at least two good images: some to train on and at least one held out "
                 f"(validation_share={self.config.validation_share}) to normalise the maps"
             )
         names = parse_layers(self.config.teacher_layers)
         unknown = [n for n in names if n not in self.backbone.channels]
         if unknown:
-            raise ValueError(
+            raise InputError(
                 f"teacher_layers names unknown backbone levels {unknown}; choose from {sorted(self.backbone.channels)}"
             )
 

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
+from detectors.errors import InputError
 from detectors.maps import gaussian_blur, parse_layers
 from detectors.training import TrainableConfig, TrainableDetector, sample_batch
 
@@ -111,7 +112,7 @@ class FastFlow(TrainableDetector):
     def fit(self, images: ImageBatch) -> Self:
         x = as_image_tensor(images, "good images")
         if min(x.shape[-2:]) < 32:
-            raise ValueError(f"fastflow needs images of at least 32x32; got {tuple(x.shape[-2:])}")
+            raise InputError(f"fastflow needs images of at least 32x32; got {tuple(x.shape[-2:])}")
         gen = self._start_training(x)
         feats = self._frozen_features(x, self.config.layers)
         self._build([tuple(f.shape[1:]) for f in feats])

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from detectors.errors import InputError
+
 
 def gaussian_kernel1d(sigma: float, device: torch.device | None = None) -> torch.Tensor:
     radius = max(1, int(4.0 * sigma + 0.5))  # truncate at 4 sigma, as scipy and anomalib do
@@ -50,7 +52,7 @@ def parse_layers(layers: str) -> tuple[str, ...]:
     """Configs keep layers as one flat string (``"layer2+layer3"``) so they log as a single param."""
     parts = tuple(p.strip() for p in layers.replace(",", "+").split("+") if p.strip())
     if not parts:
-        raise ValueError(f"layers {layers!r} names no backbone level; use e.g. 'layer2+layer3'")
+        raise InputError(f"layers {layers!r} names no backbone level; use e.g. 'layer2+layer3'")
     return parts
 
 

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
+from detectors.errors import InputError
 from detectors.maps import gaussian_blur, parse_layers
 from detectors.training import TrainableConfig, TrainableDetector, load_modules, modules_state, sample_batch
 
@@ -100,11 +101,11 @@ class RD4AD(TrainableDetector):
     def fit(self, images: ImageBatch) -> Self:
         x = as_image_tensor(images, "good images")
         if min(x.shape[-2:]) < 64:
-            raise ValueError(
+            raise InputError(
                 f"rd4ad needs images of at least 64x64 (its bottleneck is at stride 32); got {x.shape[-2:]}"
             )
         if len(x) < 2:
-            raise ValueError("rd4ad needs at least two good images to train (batch norm needs two per batch)")
+            raise InputError("rd4ad needs at least two good images to train (batch norm needs two per batch)")
         gen = self._start_training(x)
         self._build()
         params = [*self.bottleneck_.parameters(), *self.decoder_.parameters()]

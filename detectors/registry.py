@@ -9,6 +9,7 @@ from typing import Any
 from detectors.base import Detector, load_state, read_metadata
 from detectors.draem import Draem
 from detectors.efficientad import EfficientAD
+from detectors.errors import InputError
 from detectors.fastflow import FastFlow
 from detectors.padim import Padim
 from detectors.patchcore import PatchCore
@@ -24,7 +25,7 @@ def detector_class(name: str) -> type[Detector]:
     try:
         return DETECTORS[name]
     except KeyError:
-        raise ValueError(f"unknown detector {name!r}; available: {', '.join(sorted(DETECTORS))}") from None
+        raise InputError(f"unknown detector {name!r}; available: {', '.join(sorted(DETECTORS))}") from None
 
 
 def make_detector(name: str, **params: Any) -> Detector:
@@ -37,6 +38,6 @@ def load_detector(path: str | Path) -> Detector:
     """Rebuild a saved detector from its safetensors file alone."""
     meta = read_metadata(path)
     if "detector" not in meta:
-        raise ValueError(f"{path} is not a segad detector file (no 'detector' metadata)")
+        raise InputError(f"{path} is not a segad detector file (no 'detector' metadata)")
     det = make_detector(meta["detector"], **json.loads(meta["config"]))
     return load_state(det, path)

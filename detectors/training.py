@@ -27,6 +27,7 @@ from torch import nn
 
 from detectors.atomic import atomic_write
 from detectors.base import Detector, DetectorConfig
+from detectors.errors import InputError
 from detectors.maps import parse_layers
 
 LossFn = Callable[[int], torch.Tensor]
@@ -133,7 +134,7 @@ class Checkpoint:
         with safe_open(str(self.path), framework="pt") as f:
             meta = dict(f.metadata() or {})
         if meta.get("identity") != self.identity:
-            raise ValueError(
+            raise InputError(
                 f"checkpoint {self.path} belongs to another configuration or training set; "
                 "delete it or point checkpoint_dir at an empty folder"
             )
@@ -194,7 +195,7 @@ def train_phase(
     from tqdm.auto import tqdm
 
     if steps < 1:
-        raise ValueError(f"{phase}: the number of training steps must be at least 1, got {steps}")
+        raise InputError(f"{phase}: the number of training steps must be at least 1, got {steps}")
     log_every = log_every or max(1, steps // 100)
     start, losses = 0, []
     if checkpoint is not None and checkpoint.exists():
