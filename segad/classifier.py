@@ -31,6 +31,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     "logreg": {"C": 0.01},
 }
 LINEAR_PARAMS = ("C", "max_iter")
+SINGLE_THREAD_ROWS = 20_000
 
 
 class SegadClassifier:
@@ -61,11 +62,14 @@ class SegadClassifier:
             return self._fit_linear(np.asarray(X, np.float64), y)
         from xgboost import XGBClassifier
 
+        # One thread for SegAD's few hundred rows: OpenMP threads spin-wait on each tiny tree, and on a
+        # loaded 2-core machine that made one fit 30 s instead of 0.1 s.
+        n_jobs = self.n_jobs if self.n_jobs is not None else (1 if len(y) < SINGLE_THREAD_ROWS else None)
         self.model_ = XGBClassifier(
             objective="binary:logitraw",
             scale_pos_weight=n_good / n_bad,
             random_state=self.seed,
-            n_jobs=self.n_jobs,
+            n_jobs=n_jobs,
             **self.params,
         ).fit(np.asarray(X, np.float32), y)
         return self
@@ -125,4 +129,5 @@ class SegadClassifier:
         clf = cls(preset)
         clf.model_ = XGBClassifier()
         clf.model_.load_model(str(path))
+        clf.model_.set_params(n_jobs=1)  # scoring a batch of images: a few hundred rows at most
         return clf
