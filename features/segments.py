@@ -18,6 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from detectors.errors import InputError
+
 SegmentMethod = Literal["whole", "kmeans", "folder"]
 
 
@@ -38,13 +40,13 @@ class SegmentSpec:
             try:
                 k = int(arg or 4)
             except ValueError:
-                raise ValueError(f"--segments {text!r}: K must be an integer, e.g. kmeans:4") from None
+                raise InputError(f"--segments {text!r}: K must be an integer, e.g. kmeans:4") from None
             if not 1 <= k <= 64:
-                raise ValueError(f"--segments {text!r}: K must be between 1 and 64")
+                raise InputError(f"--segments {text!r}: K must be between 1 and 64")
             return cls("kmeans", k)
         if method == "folder":
             return cls("folder", 0, arg or None)
-        raise ValueError(f"--segments {text!r}: use whole, kmeans:K or folder[:PATH]")
+        raise InputError(f"--segments {text!r}: use whole, kmeans:K or folder[:PATH]")
 
     def __str__(self) -> str:
         if self.method == "kmeans":
@@ -75,7 +77,7 @@ class FolderSegments:
 
         if self.n_segments_ is None:
             if any(p is None for p in paths):
-                raise ValueError("--segments folder: some training images have no segment map")
+                raise InputError("--segments folder: some training images have no segment map")
             self.n_segments_ = 1 + max(int(load_segments(p, 64).max()) for p in paths)  # type: ignore[arg-type]
         return self
 
@@ -83,12 +85,12 @@ class FolderSegments:
         from segad.data.images import load_segments
 
         if paths is None or any(p is None for p in paths) or len(paths) != len(images):
-            raise ValueError("--segments folder needs a segment map for every image")
+            raise InputError("--segments folder needs a segment map for every image")
         size = images.shape[-2:]
         out = np.stack([load_segments(p, size) for p in paths])  # type: ignore[arg-type]
         if out.max() >= self.n_segments_ or out.min() < 0:
             bad = next(p for p, m in zip(paths, out, strict=True) if m.max() >= self.n_segments_ or m.min() < 0)
-            raise ValueError(f"{bad}: labels must lie in 0..{self.n_segments_ - 1} (as in the training maps)")
+            raise InputError(f"{bad}: labels must lie in 0..{self.n_segments_ - 1} (as in the training maps)")
         return out
 
 
@@ -139,7 +141,7 @@ class KMeansSegments:
         if len(feats) > self.config.max_samples:
             feats = feats[rng.choice(len(feats), self.config.max_samples, replace=False)]
         if len(feats) < self.config.k:
-            raise ValueError(f"kmeans:{self.config.k} needs at least {self.config.k} patches; got {len(feats)}")
+            raise InputError(f"kmeans:{self.config.k} needs at least {self.config.k} patches; got {len(feats)}")
         km = KMeans(self.config.k, n_init=4, random_state=self.config.seed).fit(feats)
         order = np.argsort(-np.bincount(km.labels_, minlength=self.config.k), kind="stable")
         self.centroids_ = torch.from_numpy(km.cluster_centers_[order].astype(np.float32))

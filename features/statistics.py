@@ -13,6 +13,8 @@ from __future__ import annotations
 import numba
 import numpy as np
 
+from detectors.errors import InputError
+
 STATISTICS = ("q995", "skewness", "kurtosis", "mean")  # SegAD's order per segment
 QUANTILE = 0.995
 # scipy's test for a (numerically) constant sample: m2 <= (resolution * mean)^2, resolution 1e-15 for float64.
@@ -132,12 +134,12 @@ def _stats_batch(maps: np.ndarray, labels: np.ndarray, n_segments: int, q: float
 
 def _check_labels(segments: np.ndarray, n_segments: int) -> np.ndarray:
     if n_segments < 1:
-        raise ValueError(f"n_segments must be >= 1, got {n_segments}")
+        raise InputError(f"n_segments must be >= 1, got {n_segments}")
     lab = np.asarray(segments)
     if not np.issubdtype(lab.dtype, np.integer):
-        raise ValueError(f"segment maps must hold integer labels, got {lab.dtype}")
+        raise InputError(f"segment maps must hold integer labels, got {lab.dtype}")
     if lab.size and (lab.min() < 0 or lab.max() >= n_segments):
-        raise ValueError(
+        raise InputError(
             f"segment labels must lie in 0..{n_segments - 1}, found {lab.min()}..{lab.max()}; "
             "check the segment maps or the number of segments"
         )
@@ -149,7 +151,7 @@ def segment_statistics(anomaly_map: np.ndarray, segments: np.ndarray, n_segments
     a = np.asarray(anomaly_map)
     lab = _check_labels(segments, n_segments)
     if a.shape != lab.shape or a.ndim != 2:
-        raise ValueError(f"anomaly map {a.shape} and segment map {lab.shape} must be one (H, W) shape")
+        raise InputError(f"anomaly map {a.shape} and segment map {lab.shape} must be one (H, W) shape")
     return _stats_batch(a[None, None], lab[None], n_segments, QUANTILE)[0, 0]
 
 
@@ -158,7 +160,7 @@ def batch_statistics(maps: np.ndarray, segments: np.ndarray, n_segments: int) ->
     a = np.asarray(maps)
     lab = _check_labels(segments, n_segments)
     if a.ndim != 4 or lab.ndim != 3 or a.shape[0] != lab.shape[0] or a.shape[2:] != lab.shape[1:]:
-        raise ValueError(
+        raise InputError(
             f"maps must be (N, M, H, W) and segments (N, H, W) of the same N, H, W; got {a.shape}, {lab.shape}"
         )
     return _stats_batch(np.ascontiguousarray(a), np.ascontiguousarray(lab), n_segments, QUANTILE)

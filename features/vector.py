@@ -10,6 +10,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
+from detectors.errors import InputError
 from features.statistics import STATISTICS, batch_statistics
 
 
@@ -32,7 +33,7 @@ def feature_matrix(
     n = len(segments)
     for d in names:
         if maps[d].shape != segments.shape:
-            raise ValueError(f"{d}: maps {maps[d].shape} do not match segment maps {segments.shape}")
+            raise InputError(f"{d}: maps {maps[d].shape} do not match segment maps {segments.shape}")
     stats = np.empty((n, len(names), n_segments, len(STATISTICS)))
     for s in range(0, n, chunk):
         block = np.stack([maps[d][s : s + chunk] for d in names], axis=1).astype(np.float32)

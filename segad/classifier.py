@@ -17,6 +17,8 @@ from typing import Any, Literal, Self
 
 import numpy as np
 
+from detectors.errors import InputError
+
 ClassifierPreset = Literal["brf", "rf", "bt", "logreg"]
 
 _COMMON = {"max_depth": 5, "subsample": 0.6, "colsample_bynode": 0.6, "reg_alpha": 1.0}
@@ -39,9 +41,9 @@ class SegadClassifier:
         self, preset: ClassifierPreset = "brf", seed: int = 0, n_jobs: int | None = None, **overrides: Any
     ) -> None:
         if preset not in PRESETS:
-            raise ValueError(f"--classifier must be one of {', '.join(PRESETS)}, got {preset!r}")
+            raise InputError(f"--classifier must be one of {', '.join(PRESETS)}, got {preset!r}")
         if preset == "logreg" and (unknown := sorted(set(overrides) - set(LINEAR_PARAMS))):
-            raise ValueError(
+            raise InputError(
                 f"--classifier-params {','.join(unknown)}: logreg takes only {', '.join(LINEAR_PARAMS)}, e.g. C=0.1"
             )
         self.preset = preset
@@ -57,7 +59,7 @@ class SegadClassifier:
         y = np.asarray(y).astype(int)
         n_bad, n_good = int(y.sum()), int((y == 0).sum())
         if n_bad == 0 or n_good == 0:
-            raise ValueError(f"the classifier needs good and defect examples; got {n_good} good and {n_bad} defects")
+            raise InputError(f"the classifier needs good and defect examples; got {n_good} good and {n_bad} defects")
         if self.is_linear:
             return self._fit_linear(np.asarray(X, np.float64), y)
         from xgboost import XGBClassifier

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
+from detectors.errors import InputError
 from detectors.synthesis import draem_blend, draw_beta, perlin_mask
 from detectors.synthesis import perlin_noise as perlin_noise  # re-exported: segad.defects.perlin_noise stays public
 
@@ -169,9 +170,9 @@ def generate_defects(
     """``n`` defects, cycling through ``kinds``, each on a random source image (another one as texture)."""
     unknown = set(kinds) - set(GENERATORS)
     if unknown:
-        raise ValueError(f"unknown defect kinds {sorted(unknown)}; choose from {', '.join(DEFECT_KINDS)}")
+        raise InputError(f"unknown defect kinds {sorted(unknown)}; choose from {', '.join(DEFECT_KINDS)}")
     if n and not images:
-        raise ValueError("generating defects needs at least one good image")
+        raise InputError("generating defects needs at least one good image")
     rng = np.random.default_rng(seed)
     out = []
     for i in range(n):

@@ -79,10 +79,13 @@ class TrainConfig:
         return names
 
     def classifier_overrides(self) -> dict[str, float | int]:
-        return {
-            key: int(value) if value.lstrip("-").isdigit() else float(value)
-            for key, value in parse_assignments(self.classifier_params, "--classifier-params", "max_depth=4")
-        }
+        out: dict[str, float | int] = {}
+        for key, value in parse_assignments(self.classifier_params, "--classifier-params", "max_depth=4"):
+            try:
+                out[key] = int(value) if value.lstrip("-").isdigit() else float(value)
+            except ValueError:
+                raise InputError(f"--classifier-params {key}={value}: {value} is not a number") from None
+        return out
 
     def detector_configs(self) -> dict[str, DetectorConfig]:
         """Each chosen detector's config: backbone and device from the run, then its ``--set`` options."""

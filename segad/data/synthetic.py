@@ -19,6 +19,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detectors.errors import InputError
 from segad.data.mvtec import load_mvtec
 from segad.data.samples import GOOD, Dataset, Split
 
@@ -146,7 +147,7 @@ def _defect(kind: str, lay: _Layout, s: int, rng: np.random.Generator) -> tuple[
         m = mask.astype(bool)
         img[m] = _COLOURS[1] * lay.gain + checker[m, None] + rng.normal(0, 3, size=(int(m.sum()), 3))
     else:
-        raise ValueError(f"unknown synthetic defect type {kind!r}; choose from {DEFECT_TYPES}")
+        raise InputError(f"unknown synthetic defect type {kind!r}; choose from {DEFECT_TYPES}")
     return img, mask.astype(bool), nominal
 
 

@@ -74,3 +74,35 @@ def test_an_intensity_mode_gets_its_own_ids_so_the_cache_never_mixes_them(tmp_pa
         c.startswith(p) for p, c in zip(plain.ids, clahe.ids, strict=True)
     )
     assert not np.allclose(plain.load([0, 1]), clahe.load([0, 1]))
+
+
+def test_a_map_beyond_float16_or_nan_is_an_error_naming_detector_and_image(tiny: TinySet, tmp_path: Path) -> None:
+    from segad.maps import MapError, check_maps, fit_detector, predict_maps
+
+    det, _ = fit_detector(make_detector("padim", **PADIM), ImageSet.from_arrays(tiny.train), None)
+    # A diverged fit (as a trainable detector's can be): the inverse covariance scaled past float16's range.
+    det.inv_covariance_ = det.inv_covariance_ * 1e12
+    images = ImageSet(("a", "b"), lambda idx: tiny.test[list(idx)], ("cell_0.png", "cell_1.png"))
+    with pytest.raises(MapError, match=r"padim: the anomaly map of cell_0\.png has values beyond"):
+        predict_maps(det, images, (96, 96), MapCache(tmp_path).entry(det, (96, 96), ["x"]))
+    det.inv_covariance_ = det.inv_covariance_ * np.nan
+    with pytest.raises(MapError, match=r"padim: the anomaly map of cell_0\.png has NaN or infinite"):
+        predict_maps(det, images, (96, 96), None)
+    assert not list(tmp_path.rglob("*.npz"))  # nothing of it was cached
+    maps = np.zeros((3, 4, 4), np.float32)
+    maps[2, 1, 1] = np.nan
+    with pytest.raises(MapError, match=r"fastflow: the anomaly map of c\.png has NaN or infinite values"):
+        check_maps("fastflow", maps, ["a.png", "b.png", "c.png"])
+
+
+def test_no_cache_with_generated_defects_fits_each_detector_once(tiny_mvtec: Path) -> None:
+    """``--no-cache --generated N`` used to fit every detector a second time for the generated images."""
+    from segad.train import parse_args, prepare
+
+    cfg = parse_args(
+        ["--data", str(tiny_mvtec), "--image-size", "64", "--shots", "2", "--generated", "3",
+         "--seeds", "1", "--device", "cpu", "--detectors", "padim", "--no-cache", "--no-mlflow"]
+    )  # fmt: skip
+    prep = prepare(cfg)
+    assert prep.maps["padim"].detector is prep.gen_maps["padim"].detector
+    assert len(prep.gen_sources) == 3 and (prep.gen_sources < prep.n_hold).all()

@@ -82,3 +82,55 @@ def test_bad_options_fail_before_any_work(tiny_mvtec: Path, capsys, extra: list[
     assert main(["--data", str(tiny_mvtec), "--image-size", "64", *extra]) == 2
     err = capsys.readouterr().err
     assert pytest.importorskip("re").search(message, err), err
+
+
+@pytest.mark.parametrize(
+    ("preset", "intensity", "segments"),
+    [
+        ("brf", "none", "auto"),
+        ("rf", "standardise", "kmeans:3"),
+        ("bt", "clahe", "whole"),
+        ("logreg", "clahe", "kmeans:3"),
+    ],
+)
+def test_the_saved_model_scores_what_the_run_reported(
+    small_mvtec: Path, tmp_path: Path, preset: str, intensity: str, segments: str
+) -> None:
+    """Train, save, load, predict the first seed's test files: the run's scores to 1e-5, for every classifier
+    preset and intensity mode (the model applies its own --intensity and float16 maps, as training did)."""
+    from segad.pipeline import SegadPipeline
+    from segad.train import parse_args, run
+
+    cfg = parse_args(
+        ["--data", str(small_mvtec), "--image-size", "96", "--shots", "5", "--seeds", "1", "--device", "cpu",
+         "--detectors", "padim", "--classifier", preset,
+         "--intensity", intensity, "--segments", segments, "--no-mlflow"]
+    )  # fmt: skip
+    result = run(cfg)
+    model = SegadPipeline.load(result.pipeline.save(tmp_path / "model"), device="cpu")
+    test = [result.dataset_table.test[i] for i in result.first_seed_test]
+    seg_paths = [s.segment_path for s in test] if segments == "auto" else None
+    out = model.predict([s.image_path for s in test], seg_paths)
+    np.testing.assert_allclose(out.scores, result.first_seed_scores["segad"], rtol=0, atol=1e-5)
+    dep = result.deployment
+    assert dep.calibration.threshold == model.threshold and dep.n_good == 8
+    assert dep.fpr == float((out.scores[[s.label == 0 for s in test]] >= model.threshold).mean())
+
+
+def test_only_input_errors_become_a_clean_exit(tiny_mvtec: Path, capsys, monkeypatch) -> None:
+    """A bad option is a one-line message and exit 2; anything else is a bug and keeps its traceback."""
+    assert main(["--data", str(tiny_mvtec), "--shots", "2", "--holdout", "1.5", "--no-mlflow"]) == 2
+    assert "--holdout must be in [0, 1)" in capsys.readouterr().err
+    assert main(["--data", str(tiny_mvtec), "--shots", "2", "--classifier-params", "max_depth=x", "--no-mlflow"]) == 2
+    assert "--classifier-params max_depth=x: x is not a number" in capsys.readouterr().err
+    import xgboost
+
+    def broken(*args, **kwargs):
+        raise ValueError("an XGBoost internal error")
+
+    monkeypatch.setattr(xgboost.XGBClassifier, "fit", broken)  # a library failing inside: not the user's input
+    with pytest.raises(ValueError, match="an XGBoost internal error"):
+        main(
+            ["--data", str(tiny_mvtec), "--image-size", "64", "--detectors", "padim", "--shots", "2",
+             "--holdout", "0.25", "--segments", "whole", "--no-mlflow"]
+        )  # fmt: skip
