@@ -122,6 +122,18 @@ def log_result(result: TrainResult, register: bool = True) -> None:
             }
         )
     mlflow.log_metric("seconds", result.seconds)
+    # What the saved model's threshold does on the first seed's test set (its classifier never saw it).
+    dep = result.deployment
+    mlflow.log_metrics(
+        {
+            "deploy.fpr": dep.fpr,
+            "deploy.tpr": dep.tpr,
+            "deploy.target_fpr": cfg.target_fpr,
+            "deploy.threshold": dep.calibration.threshold,
+            "deploy.guaranteed_fpr": dep.calibration.guaranteed_fpr,
+            "deploy.calibration_n_good": dep.calibration.n_good,
+        }
+    )
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for det_name in result.detector_maps:
@@ -139,8 +151,7 @@ def _log_detector_run(result: TrainResult, name: str, tmp: Path) -> None:
     import mlflow
 
     from segad.data.images import load_mask
-    from segad.metrics import aupimo, aupro, image_ap, pixel_auroc_ap
-    from segad.metrics.localisation import proportion_localised
+    from segad.metrics import aupimo, aupro, image_ap, pixel_auroc_ap, proportion_localised
 
     dm = result.detector_maps[name]
     method = next(m for m in result.methods if m.name == name)
@@ -213,25 +224,16 @@ def _log_training(det: object, metrics: dict[str, float]) -> None:
 
 
 def _log_model(result: TrainResult, tmp: Path, register: bool) -> None:
+    """The pipeline as a pyfunc model. No signature: a column schema would make MLflow refuse the plain
+    lists of paths and the raw image arrays the model also takes (``segad.mlflow_model``)."""
     import mlflow
-    import pandas as pd
-    from mlflow.models import infer_signature
 
     model_dir = result.pipeline.save(tmp / "pipeline")
-    from features.segments import FolderSegments
-
-    test = result.dataset_table.test[:2]
-    example = pd.DataFrame({"image_path": [str(s.image_path) for s in test]})
-    if isinstance(result.pipeline.segmenter, FolderSegments):
-        example["segment_path"] = [str(s.segment_path) for s in test]
-    output = pd.DataFrame({"score": [0.0, 1.0], "decision": [False, True], "error": ["", ""]})
     name = f"segad-{result.dataset.replace('/', '-')}" if register else None
     mlflow.pyfunc.log_model(
         name="model",
         python_model=str(MODEL_CODE),
         artifacts={"pipeline": str(model_dir)},
-        signature=infer_signature(example, output),
-        input_example=example,
         registered_model_name=name,
         code_paths=None,
     )

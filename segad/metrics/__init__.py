@@ -4,6 +4,7 @@ from segad.metrics._validate import MetricError
 from segad.metrics.aupimo import AupimoResult, aupimo
 from segad.metrics.aupro import aupro, pro_curve
 from segad.metrics.image import fpr_at_tpr, image_ap, image_auroc
+from segad.metrics.localisation import proportion_localised
 from segad.metrics.pixel import pixel_ap, pixel_auroc, pixel_auroc_ap
 
 __all__ = [
@@ -18,4 +19,5 @@ __all__ = [
     "pixel_auroc",
     "pixel_auroc_ap",
     "pro_curve",
+    "proportion_localised",
 ]

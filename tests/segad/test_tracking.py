@@ -63,6 +63,8 @@ def test_parent_and_nested_runs_with_params_metrics_and_tags(store) -> None:
     assert p["detectors"] == "patchcore,padim,fastflow" and p["shots"] == "5" and p["segments"] == "whole"
     assert p["patchcore.coreset_ratio"] == "0.25" and p["classifier.num_parallel_tree"] == "200"
     assert {"segad.auroc_mean", "segad.fpr95_std", "ensemble.auroc_mean"} <= set(parent.data.metrics)
+    assert {"deploy.fpr", "deploy.tpr", "deploy.target_fpr", "deploy.threshold"} <= set(parent.data.metrics)
+    assert 0.0 <= parent.data.metrics["deploy.fpr"] <= 1.0 and parent.data.metrics["deploy.target_fpr"] == 0.01
     history = client.get_metric_history(parent.info.run_id, "segad.auroc")
     assert [m.step for m in history] == [0, 1]
     assert parent.data.tags["device"] == "cpu" and "torch" in parent.data.tags and "segad.version" in parent.data.tags
@@ -102,6 +104,15 @@ def test_registered_model_loads_as_pyfunc_and_scores(store) -> None:
     assert "does not exist" in out["error"].iloc[-1]
     bad = out["score"][:-1][[f.parent.name != "good" for f in files]].mean()
     assert bad > out["score"][:-1][[f.parent.name == "good" for f in files]].mean()
+    # A plain list of paths, and raw images as numpy arrays (one, a list, an (N, H, W, C) stack), score the same.
+    from segad.data.images import read_rgb
+
+    by_list = model.predict([str(f) for f in files[:3]])
+    np.testing.assert_allclose(by_list["score"], out["score"][:3], rtol=0, atol=1e-6)
+    raw = [(read_rgb(f) * 255).round().astype(np.uint8) for f in files[:3]]
+    for arrays in (raw, np.stack(raw)):
+        np.testing.assert_allclose(model.predict(arrays)["score"], out["score"][:3], rtol=0, atol=1e-6)
+    np.testing.assert_allclose(model.predict(raw[0])["score"], out["score"][:1], rtol=0, atol=1e-6)
 
 
 def test_predict_cli_writes_scores_and_overlays_and_skips_unreadable(store, tmp_path: Path) -> None:
