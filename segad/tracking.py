@@ -28,8 +28,11 @@ MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 def experiment_name(cfg: TrainConfig) -> str:
     if cfg.experiment:
         return cfg.experiment
-    data = cfg.data if cfg.data in ("elpv", "synthetic") else Path(cfg.data).name
-    category = cfg.category or {"elpv": "mono", "synthetic": "widget"}.get(cfg.data)
+    from segad.data import BUILTIN_DATASETS  # each built-in set's categories, its default first
+
+    builtin = BUILTIN_DATASETS.get(str(cfg.data))
+    data = str(cfg.data) if builtin else Path(cfg.data).name
+    category = cfg.category or (builtin[0] if builtin else None)
     return f"segad-{data}-{category}" if category else f"segad-{data}"
 
 

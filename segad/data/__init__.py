@@ -6,6 +6,7 @@ from segad.data.mvtec import load_mvtec
 from segad.data.registry import BUILTIN_DATASETS, load_dataset
 from segad.data.samples import GOOD, Dataset, DatasetError, Sample, Split
 from segad.data.synthetic import DEFECT_TYPES, SyntheticSpec, load_synthetic, write_mvtec
+from segad.data.textures import TEXTURE_CATEGORIES, TEXTURE_DEFECT_TYPES, TextureSpec, load_textures
 from segad.data.visa import load_visa
 
 __all__ = [
@@ -13,12 +14,15 @@ __all__ = [
     "DEFECT_TYPES",
     "ELPV_CATEGORIES",
     "GOOD",
+    "TEXTURE_CATEGORIES",
+    "TEXTURE_DEFECT_TYPES",
     "Dataset",
     "DatasetError",
     "ImageReadError",
     "Sample",
     "Split",
     "SyntheticSpec",
+    "TextureSpec",
     "load_dataset",
     "load_elpv",
     "load_image",
@@ -27,6 +31,7 @@ __all__ = [
     "load_mvtec",
     "load_segments",
     "load_synthetic",
+    "load_textures",
     "load_visa",
     "read_rgb",
     "write_mvtec",

@@ -8,19 +8,27 @@ from segad.data.elpv import ELPV_CATEGORIES, load_elpv
 from segad.data.mvtec import categories, load_mvtec
 from segad.data.samples import Dataset, DatasetError
 from segad.data.synthetic import SYNTHETIC_CATEGORY, load_synthetic
+from segad.data.textures import TEXTURE_CATEGORIES, load_textures
 from segad.data.visa import is_visa_root, load_visa, visa_categories
 
-BUILTIN_DATASETS = {"elpv": ELPV_CATEGORIES, "synthetic": (SYNTHETIC_CATEGORY,)}
+# Each built-in set's categories, its default (used when --category is left out) first.
+BUILTIN_DATASETS = {"elpv": ELPV_CATEGORIES, "synthetic": (SYNTHETIC_CATEGORY,), "textures": TEXTURE_CATEGORIES}
 
 
 def load_dataset(data: str | Path, category: str | None = None, *, include_uncertain: bool = False) -> Dataset:
-    """A built-in name (``elpv``, ``synthetic``) or a folder in the MVTec or VisA layout."""
+    """A built-in name (``elpv``, ``synthetic``, ``textures``) or a folder in the MVTec or VisA layout."""
     if str(data) == "elpv":
         return load_elpv(category or "mono", include_uncertain=include_uncertain)
     if str(data) == "synthetic":
         if category not in (None, SYNTHETIC_CATEGORY):
             raise DatasetError(f"the synthetic dataset has one category, {SYNTHETIC_CATEGORY!r}; got {category!r}")
         return load_synthetic()
+    if str(data) == "textures":
+        if category not in (None, *TEXTURE_CATEGORIES):
+            raise DatasetError(
+                f"the textures dataset has the categories {', '.join(TEXTURE_CATEGORIES)}; got {category!r}"
+            )
+        return load_textures(category or TEXTURE_CATEGORIES[0])
     root = Path(data).expanduser()
     if not root.is_dir():
         raise DatasetError(f"--data {data}: not a folder and not a built-in dataset ({', '.join(BUILTIN_DATASETS)})")

@@ -205,3 +205,20 @@ def test_ctrl_c_ends_the_run_killed(store) -> None:
         raise KeyboardInterrupt
     run = _runs(client, "killed")[0]
     assert run.info.status == "KILLED" and "interrupted" in run.data.tags["error"]
+
+
+@pytest.mark.parametrize(
+    ("data", "category", "expected"),
+    [
+        ("textures", None, "segad-textures-brick"),
+        ("textures", "grass", "segad-textures-grass"),
+        ("elpv", None, "segad-elpv-mono"),
+        ("synthetic", None, "segad-synthetic-widget"),
+        ("/data/my_set", "bottle", "segad-my_set-bottle"),
+    ],
+)
+def test_experiment_name_uses_a_builtin_sets_default_category(data: str, category: str | None, expected: str) -> None:
+    from segad.tracking import experiment_name
+    from segad.train import TrainConfig
+
+    assert experiment_name(TrainConfig(data=data, category=category)) == expected
