@@ -80,7 +80,7 @@ def default_cache() -> MapCache:
 
 def fit_detector(det: Detector, fit_set: ImageSet, entry: CacheEntry | None) -> tuple[Detector, float]:
     if entry is not None and (cached := entry.load_detector()) is not None:
-        cached.config = det.config  # runtime options (device, batch size) are the caller's
+        cached.config = det.config  # result-neutral options (device, progress, checkpoints) are the caller's
         return cached, 0.0
     auto_checkpoints = None
     if entry is not None and isinstance(det, TrainableDetector) and not det.config.checkpoint_dir:

@@ -39,6 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from detectors.errors import InputError
 from segad.data.mvtec import load_mvtec
 from segad.data.samples import GOOD, Dataset, DatasetError, Split
 
@@ -102,13 +103,13 @@ Position = tuple[int, int, int]  # x, y of the crop in the photograph, orientati
 
 def _check(spec: TextureSpec, photo: np.ndarray) -> None:
     if not 8 <= spec.crop <= min(photo.shape):
-        raise ValueError(f"TextureSpec.crop must be between 8 and {min(photo.shape)}, got {spec.crop}")
+        raise InputError(f"TextureSpec.crop must be between 8 and {min(photo.shape)}, got {spec.crop}")
     if spec.image_size < 32:
-        raise ValueError(f"TextureSpec.image_size must be at least 32, got {spec.image_size}")
+        raise InputError(f"TextureSpec.image_size must be at least 32, got {spec.image_size}")
     if spec.n_train < 1 or spec.n_test_good < 0 or spec.n_defects_per_type < 0:
-        raise ValueError("TextureSpec needs n_train >= 1 and non-negative test counts")
+        raise InputError("TextureSpec needs n_train >= 1 and non-negative test counts")
     if spec.strength is not None and not spec.strength > 0:
-        raise ValueError(f"TextureSpec.strength must be positive (or None), got {spec.strength}")
+        raise InputError(f"TextureSpec.strength must be positive (or None), got {spec.strength}")
 
 
 @cache
@@ -133,7 +134,7 @@ def positions(spec: TextureSpec, category: str) -> dict[tuple[str, str], tuple[P
         taken[max(0, y - _MIN_GAP + 1) : y + _MIN_GAP, max(0, x - _MIN_GAP + 1) : x + _MIN_GAP] = True
     free_y, free_x = np.nonzero(~taken[: h - spec.crop + 1, : w - spec.crop + 1])
     if not len(free_y):
-        raise ValueError(f"crop {spec.crop} leaves no test position away from {spec.n_train} training crops")
+        raise InputError(f"crop {spec.crop} leaves no test position away from {spec.n_train} training crops")
 
     def draw_test() -> Position:
         i = int(rng.integers(len(free_y)))
@@ -311,7 +312,7 @@ def plant(
         return _foreign(clean, rng, k, spec, category)
     if kind == "contrast":
         return _contrast(clean, rng, k)
-    raise ValueError(f"unknown texture defect type {kind!r}; choose from {TEXTURE_DEFECT_TYPES}")
+    raise InputError(f"unknown texture defect type {kind!r}; choose from {TEXTURE_DEFECT_TYPES}")
 
 
 def _finish(img: np.ndarray) -> np.ndarray:
@@ -324,9 +325,9 @@ def render(
     """Image number ``index`` of a (split, type); the same arguments always give the same pixels."""
     split = Split(split)
     if split == Split.TRAIN and defect_type != GOOD:
-        raise ValueError(f"the train split holds good images only, not {defect_type!r}")
+        raise InputError(f"the train split holds good images only, not {defect_type!r}")
     if defect_type != GOOD and defect_type not in TEXTURE_DEFECT_TYPES:
-        raise ValueError(f"unknown texture defect type {defect_type!r}; choose from {TEXTURE_DEFECT_TYPES}")
+        raise InputError(f"unknown texture defect type {defect_type!r}; choose from {TEXTURE_DEFECT_TYPES}")
     pos = positions(spec, category)[(split, defect_type)][index]
     clean = crop_image(spec, category, pos)
     if defect_type == GOOD:
