@@ -53,10 +53,15 @@ class Calibration:
         }
 
 
-def conformal_threshold(good_scores: np.ndarray, target_fpr: float) -> Calibration:
-    """Split-conformal upper threshold on out-of-sample good scores (higher = more anomalous)."""
+def check_target_fpr(target_fpr: float) -> float:
     if not 0.0 < target_fpr < 1.0:
         raise InputError(f"--target-fpr must be in (0, 1), got {target_fpr}")
+    return target_fpr
+
+
+def conformal_threshold(good_scores: np.ndarray, target_fpr: float) -> Calibration:
+    """Split-conformal upper threshold on out-of-sample good scores (higher = more anomalous)."""
+    check_target_fpr(target_fpr)
     s = np.sort(np.asarray(good_scores, np.float64))
     n = s.size
     if n == 0:

@@ -25,7 +25,7 @@ from detectors.errors import InputError
 from detectors.registry import detector_class
 from features import FolderSegments, KMeansSegments, SegmentSpec, make_segmenter
 from features.vector import feature_matrix
-from segad.calibration import Calibration, calibrate
+from segad.calibration import Calibration, calibrate, check_target_fpr
 from segad.classifier import PRESETS, SegadClassifier
 from segad.data import Dataset, DatasetError, Sample, load_dataset
 from segad.data.images import INTENSITIES, check_intensity
@@ -263,6 +263,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
     if cfg.feature_set not in ("full", "no_scores"):
         raise InputError(f"--feature-set must be full or no_scores, got {cfg.feature_set!r}")
     check_intensity(cfg.intensity)
+    check_target_fpr(cfg.target_fpr)
     if cfg.generated < 0:
         raise InputError(f"--generated must be >= 0, got {cfg.generated}")
     ds: Dataset = load_dataset(cfg.data, cfg.category)

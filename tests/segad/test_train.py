@@ -76,6 +76,8 @@ def test_runs_the_protocol_and_writes_the_summary(small_mvtec: Path, tmp_path: P
         (["--set", "patchcore.coreset=0.1"], "patchcore has no option 'coreset'"),
         (["--set", "coreset_ratio=0.1"], "use DETECTOR.OPTION=VALUE"),
         (["--classifier", "logreg", "--classifier-params", "max_depth=3"], "logreg takes only C"),
+        (["--target-fpr", "0"], r"--target-fpr must be in \(0, 1\)"),
+        (["--tuning-share", "1"], r"--tuning-share must be in \[0, 1\)"),
     ],
 )
 def test_bad_options_fail_before_any_work(tiny_mvtec: Path, capsys, extra: list[str], message: str) -> None:
