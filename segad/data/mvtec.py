@@ -12,7 +12,10 @@ position, but user folders with a gap would silently pair the wrong mask.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
+
+import numpy as np
 
 from segad.data.samples import GOOD, Dataset, DatasetError, Sample, Split, by_stem, list_images
 
@@ -114,3 +117,26 @@ def load_mvtec(root: str | Path, category: str, name: str = "mvtec") -> Dataset:
         () if has_masks else (f"{cat_dir} has no ground_truth folder: image-level labels only, pixel metrics skipped",)
     )
     return Dataset(name=name, category=category, samples=tuple(samples), has_masks=has_masks, notes=notes)
+
+
+def write_samples(cat: Path, items: Iterable) -> Path:
+    """Write generated items (``image`` RGB or grey uint8, ``mask``, ``split``, ``defect_type``, and
+    optionally ``components``) under ``cat`` in the MVTec layout, numbered per split and type."""
+    import cv2
+
+    counters: dict[tuple[str, str], int] = {}
+    for item in items:
+        key = (str(item.split), item.defect_type)
+        stem = f"{counters.get(key, 0):03d}"
+        counters[key] = counters.get(key, 0) + 1
+        image = item.image if item.image.ndim == 2 else cv2.cvtColor(item.image, cv2.COLOR_RGB2BGR)
+        outputs = [(cat / item.split / item.defect_type / f"{stem}.png", image)]
+        if getattr(item, "components", None) is not None:
+            outputs.append((cat / "segments" / item.split / item.defect_type / f"{stem}.png", item.components))
+        if item.defect_type != GOOD:
+            mask = item.mask.astype(np.uint8) * 255
+            outputs.append((cat / "ground_truth" / item.defect_type / f"{stem}_mask.png", mask))
+        for path, pixels in outputs:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            cv2.imwrite(str(path), pixels)
+    return cat

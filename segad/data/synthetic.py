@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from detectors.errors import InputError
-from segad.data.mvtec import load_mvtec
+from segad.data.mvtec import load_mvtec, write_samples
 from segad.data.samples import GOOD, Dataset, Split
 
 DEFECT_TYPES = ("scratch", "contamination", "missing", "shifted", "texture")
@@ -174,24 +174,7 @@ def generate(spec: SyntheticSpec) -> list[SyntheticImage]:
 
 def write_mvtec(spec: SyntheticSpec, root: str | Path, category: str = SYNTHETIC_CATEGORY) -> Path:
     """Write the set in the MVTec layout (plus ``segments/``) under ``root/category``."""
-    cat = Path(root) / category
-    counters: dict[tuple[str, str], int] = {}
-    for item in generate(spec):
-        key = (str(item.split), item.defect_type)
-        n = counters.get(key, 0)
-        counters[key] = n + 1
-        stem = f"{n:03d}"
-        img_dir = cat / item.split / item.defect_type
-        seg_dir = cat / "segments" / item.split / item.defect_type
-        for d in (img_dir, seg_dir):
-            d.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(img_dir / f"{stem}.png"), cv2.cvtColor(item.image, cv2.COLOR_RGB2BGR))
-        cv2.imwrite(str(seg_dir / f"{stem}.png"), item.components)
-        if item.defect_type != GOOD:
-            gt_dir = cat / "ground_truth" / item.defect_type
-            gt_dir.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(gt_dir / f"{stem}_mask.png"), item.mask.astype(np.uint8) * 255)
-    return cat
+    return write_samples(Path(root) / category, generate(spec))
 
 
 def load_synthetic(spec: SyntheticSpec | None = None, cache_dir: str | Path | None = None) -> Dataset:

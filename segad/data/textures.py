@@ -40,7 +40,7 @@ import cv2
 import numpy as np
 
 from detectors.errors import InputError
-from segad.data.mvtec import load_mvtec
+from segad.data.mvtec import load_mvtec, write_samples
 from segad.data.samples import GOOD, Dataset, DatasetError, Split
 
 TEXTURE_CATEGORIES = ("brick", "gravel", "grass")
@@ -348,21 +348,7 @@ def generate(spec: TextureSpec, category: str) -> list[TextureImage]:
 
 def write_mvtec(spec: TextureSpec, category: str, root: str | Path) -> Path:
     """Write one category in the MVTec layout under ``root/category``; grey 8-bit PNGs."""
-    cat = Path(root) / category
-    counters: dict[tuple[str, str], int] = {}
-    for item in generate(spec, category):
-        key = (str(item.split), item.defect_type)
-        n = counters.get(key, 0)
-        counters[key] = n + 1
-        stem = f"{n:03d}"
-        img_dir = cat / item.split / item.defect_type
-        img_dir.mkdir(parents=True, exist_ok=True)
-        cv2.imwrite(str(img_dir / f"{stem}.png"), item.image)
-        if item.defect_type != GOOD:
-            gt_dir = cat / "ground_truth" / item.defect_type
-            gt_dir.mkdir(parents=True, exist_ok=True)
-            cv2.imwrite(str(gt_dir / f"{stem}_mask.png"), item.mask.astype(np.uint8) * 255)
-    return cat
+    return write_samples(Path(root) / category, generate(spec, category))
 
 
 def load_textures(
