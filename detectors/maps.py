@@ -35,13 +35,19 @@ def to_image_maps(patch_scores: torch.Tensor, size: tuple[int, int], sigma: floa
 
 
 def pooled_features(feats: dict[str, torch.Tensor], layers: tuple[str, ...], avg_kernel: int) -> torch.Tensor:
-    """Locally averaged multi-level features, upsampled to the finest level and concatenated."""
+    """Locally averaged multi-level features, upsampled to the finest level and concatenated.
+
+    The average counts the zero padding, as PatchCore's paper and anomalib do (``AvgPool2d(3, 1, 1)``).
+    Averaging over the valid neighbours only leaves border patches less smoothed than interior ones, so
+    on textures the borders of good images became PatchCore's highest scores (brick image AUROC 0.68 ->
+    0.88, gravel 0.62 -> 0.87 with the padding counted; README, PatchCore on textures).
+    """
     target = feats[layers[0]].shape[-2:]
     out = []
     for name in layers:
         f = feats[name]
         if avg_kernel > 1:
-            f = F.avg_pool2d(f, avg_kernel, stride=1, padding=avg_kernel // 2, count_include_pad=False)
+            f = F.avg_pool2d(f, avg_kernel, stride=1, padding=avg_kernel // 2, count_include_pad=True)
         if f.shape[-2:] != target:
             f = F.interpolate(f, size=target, mode="bilinear", align_corners=False)
         out.append(f)

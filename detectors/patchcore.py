@@ -57,6 +57,7 @@ class PatchCore(Detector):
     name = "patchcore"
     config_class = PatchCoreConfig
     config: PatchCoreConfig
+    version = 2  # 2: the local average counts the zero padding, as the paper's AvgPool2d(3, 1, 1)
 
     def _embed(self, batch: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, h, w, C) patch features."""

@@ -76,3 +76,19 @@ def test_bad_input_is_a_clear_error(tiny: TinySet, fitted: PatchCore) -> None:
         make_detector("patchkore")
     with pytest.raises(ValueError, match="no option"):
         make_detector("patchcore", coreset=0.1)
+
+
+@pytest.mark.parametrize("category", ["brick", "gravel"])
+def test_textures_are_found_and_borders_of_good_images_are_not_flagged(category: str, tmp_path) -> None:
+    """On textures, patches at the image border used to be PatchCore's highest scores on good images
+    (image AUROC 0.66 here) because the local average left them less smoothed than interior ones."""
+    from segad.data import load_images
+    from segad.data.textures import TextureSpec, load_textures
+    from segad.metrics import image_auroc
+
+    spec = TextureSpec(image_size=128, crop=128, n_train=60, n_test_good=20, n_defects_per_type=4)
+    ds = load_textures(category, spec, cache_dir=tmp_path)
+    train = load_images([s.image_path for s in ds.train_good], 128)
+    test = load_images([s.image_path for s in ds.test], 128)
+    out = make_detector("patchcore", device="cpu", progress=False).fit(train).predict(test)
+    assert image_auroc([s.label for s in ds.test], out.scores) > 0.8
