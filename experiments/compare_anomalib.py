@@ -18,7 +18,8 @@ default would resize every image to 256x256 and normalise it again; both sides s
 Each method runs in a fresh process, so its peak memory is its own: the peak resident set size (RSS,
 sampled every 5 ms from /proc/self/statm) during fit + predict, above the RSS just before fit (images
 loaded, backbone weights loaded). Fit seconds: wall time of fit; ms/image: wall time of predicting the
-whole test set (batches of 16 on both sides) divided by its size.
+whole test set (batches of 16 on both sides) divided by its size. The process CPU time of both and the
+load average are printed beside them: on a shared machine wall times are only as good as its load.
 
     pip install -e ".[peers]"
     python experiments/compare_anomalib.py --data textures --category brick --image-size 128
@@ -178,8 +179,12 @@ def check_weights(size: int = 128) -> None:
             got = anomalib_model(kind).model.feature_extractor(x)
             for name, f in got.items():
                 ref = want[OUR_LEVEL[name]]
-                err = (f - ref).abs().max().item() / max(ref.abs().max().item(), 1e-12)
-                print(f"  anomalib {kind:9s} {name} vs our {OUR_LEVEL[name]}: max |diff| / max |ours| = {err:.1e}")
+                diff = (f - ref).abs().max().item()
+                err = diff / max(ref.abs().max().item(), 1e-12)
+                print(
+                    f"  anomalib {kind:9s} {name} vs our {OUR_LEVEL[name]}: max |diff| {diff:.1e}, "
+                    f"relative to max |ours| {err:.1e}"
+                )
                 if err > 1e-4:
                     raise SystemExit(f"weight mapping check failed: {kind} {name} differs from ours by {err:.1e}")
         cat = torch.from_numpy(load_image(chelsea(), 224))[None]
@@ -258,17 +263,17 @@ def run_method(method: str, data: str, category: str | None, image_size: int, wa
         _ = det.backbone  # load the weights before the clock starts, as anomalib's are
         gc.collect()
         with PeakRSS() as mem:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             det.fit(good)
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             out = det.predict(test)
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.process_time()
         scores, maps = out.scores, out.maps
     else:
         model = anomalib_model(kind).model  # the torch model
         gc.collect()
         with PeakRSS() as mem, torch.no_grad():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model.train()  # training-mode forward stores the embeddings
             for b in _batches(good):
                 model(b)
@@ -277,9 +282,9 @@ def run_method(method: str, data: str, category: str | None, image_size: int, wa
             else:
                 model.fit()
             model.eval()
-            t1 = time.perf_counter()
+            t1, c1 = time.perf_counter(), time.process_time()
             got = [model(b) for b in _batches(test)]
-            t2 = time.perf_counter()
+            t2, c2 = time.perf_counter(), time.process_time()
         scores = torch.cat([g.pred_score.reshape(-1) for g in got]).numpy()
         maps = torch.cat([g.anomaly_map[:, 0] for g in got]).numpy()
     # A plain dict: a class from the spawned __main__ would not unpickle in the parent.
@@ -289,6 +294,9 @@ def run_method(method: str, data: str, category: str | None, image_size: int, wa
         "maps": np.asarray(maps, np.float32) if want_maps else None,
         "fit_s": t1 - t0,
         "predict_s": t2 - t1,
+        "fit_cpu_s": c1 - c0,
+        "predict_cpu_s": c2 - c1,
+        "loadavg": os.getloadavg()[0],
         "peak_mib": mem.delta_mib,
     }
 
@@ -309,6 +317,9 @@ def evaluate(res: dict, labels: np.ndarray, tests: list[np.ndarray], masks: np.n
         "aupro": None,
         "fit_s": res["fit_s"],
         "ms_per_image": 1000.0 * res["predict_s"] / len(labels),
+        "fit_cpu_s": res["fit_cpu_s"],
+        "cpu_ms_per_image": 1000.0 * res["predict_cpu_s"] / len(labels),
+        "loadavg": res["loadavg"],
         "peak_mib": res["peak_mib"],
     }
     if masks is not None:
@@ -318,7 +329,19 @@ def evaluate(res: dict, labels: np.ndarray, tests: list[np.ndarray], masks: np.n
 
 
 def format_table(rows: list[dict]) -> str:
-    head = ("method", "image AUROC", "FPR@95TPR", "pixel AUROC", "AUPRO@0.3", "fit s", "ms/image", "peak MiB")
+    head = (
+        "method",
+        "image AUROC",
+        "FPR@95TPR",
+        "pixel AUROC",
+        "AUPRO@0.3",
+        "fit s",
+        "ms/image",
+        "peak MiB",
+        "fit CPU s",
+        "CPU ms/image",
+        "load",
+    )
 
     def cell(v) -> str:
         if v is None:
@@ -337,6 +360,9 @@ def format_table(rows: list[dict]) -> str:
             f"{r['fit_s']:.1f}",
             f"{r['ms_per_image']:.1f}",
             f"{r['peak_mib']:.0f}",
+            f"{r['fit_cpu_s']:.1f}",
+            f"{r['cpu_ms_per_image']:.1f}",
+            f"{r['loadavg']:.1f}",
         )
         for r in rows
     ]
@@ -391,12 +417,16 @@ def main(argv: list[str] | None = None) -> None:
         r = rows[-1]
         print(
             f"  {method}: AUROC {r['auroc'][0]:.3f}, fit {r['fit_s']:.1f} s, {r['ms_per_image']:.1f} ms/image, "
-            f"peak {r['peak_mib']:.0f} MiB",
+            f"peak {r['peak_mib']:.0f} MiB (load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)",
             flush=True,
         )
     print()
     print(f"{ds.name}/{ds.category}, {args.image_size} px, {len(splits)} seeds, CPU:")
     print(format_table(rows))
+    print(
+        f"fit s, ms/image: wall clock; CPU: process CPU time (all threads, {os.cpu_count()} CPUs here); "
+        "peak MiB: peak RSS above the RSS before fit; load: 1-minute load average when the method finished"
+    )
 
 
 if __name__ == "__main__":
