@@ -241,7 +241,9 @@ def _batches(x, size: int = BATCH):
         yield x[s : s + size]
 
 
-def run_method(method: str, data: str, category: str | None, image_size: int, want_maps: bool) -> dict:
+def run_method(
+    method: str, data: str, category: str | None, image_size: int, want_maps: bool, threads: int | None = None
+) -> dict:
     """Fit ``method`` on the fit split's good images and predict the whole test set (in a fresh process)."""
     os.environ.setdefault("TQDM_DISABLE", "1")  # anomalib's coreset progress bar
     quiet_imports()
@@ -250,6 +252,8 @@ def run_method(method: str, data: str, category: str | None, image_size: int, wa
     from segad.data import load_dataset, load_images
     from segad.protocol import fit_split
 
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)  # anomalib: PaDiM's channel draw, the coreset's projection and start
     np.random.seed(0)
     ds = load_dataset(data, category)
@@ -381,6 +385,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--shots", type=int, default=10, help="defects per seed drawn out of the test set (segad.train)")
     ap.add_argument("--seeds", type=int, default=10, help="how many of SegAD's seeds")
     ap.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    ap.add_argument(
+        "--threads", type=int, default=None, help="torch threads per method (default: torch's, one per core)"
+    )
     ap.add_argument("--skip-check", action="store_true", help="skip the weight-mapping check")
     args = ap.parse_args(argv)
     require_anomalib()
@@ -412,7 +419,9 @@ def main(argv: list[str] | None = None) -> None:
     for method in methods:
         ctx = get_context("spawn")
         with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            res = pool.submit(run_method, method, args.data, args.category, args.image_size, masks is not None).result()
+            res = pool.submit(
+                run_method, method, args.data, args.category, args.image_size, masks is not None, args.threads
+            ).result()
         rows.append(evaluate(res, labels, [sp.test for sp in splits], masks))
         r = rows[-1]
         print(
@@ -421,7 +430,10 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     print()
-    print(f"{ds.name}/{ds.category}, {args.image_size} px, {len(splits)} seeds, CPU:")
+    import torch
+
+    threads = args.threads or torch.get_num_threads()
+    print(f"{ds.name}/{ds.category}, {args.image_size} px, {len(splits)} seeds, CPU, {threads} torch threads:")
     print(format_table(rows))
     print(
         f"fit s, ms/image: wall clock; CPU: process CPU time (all threads, {os.cpu_count()} CPUs here); "
