@@ -22,7 +22,7 @@ whole test set (batches of 16 on both sides) divided by its size. The process CP
 load average are printed beside them: on a shared machine wall times are only as good as its load.
 
     pip install -e ".[peers]"
-    python experiments/compare_anomalib.py --data textures --category brick --image-size 128
+    python experiments/compare_anomalib.py --data textures --category brick --image-size 128 --fit-seeds 5
     python experiments/compare_anomalib.py --data elpv --category mono --image-size 256 --seeds 10
     python experiments/compare_anomalib.py --data /path/to/mvtec --category bottle
 """
@@ -242,9 +242,17 @@ def _batches(x, size: int = BATCH):
 
 
 def run_method(
-    method: str, data: str, category: str | None, image_size: int, want_maps: bool, threads: int | None = None
+    method: str,
+    data: str,
+    category: str | None,
+    image_size: int,
+    want_maps: bool,
+    threads: int | None = None,
+    fit_seed: int = 0,
 ) -> dict:
-    """Fit ``method`` on the fit split's good images and predict the whole test set (in a fresh process)."""
+    """Fit ``method`` on the fit split's good images and predict the whole test set (in a fresh process).
+
+    ``fit_seed`` seeds what is random in a fit: the coreset's projection and start, PaDiM's channels."""
     os.environ.setdefault("TQDM_DISABLE", "1")  # anomalib's coreset progress bar
     quiet_imports()
     import torch
@@ -254,8 +262,8 @@ def run_method(
 
     if threads:
         torch.set_num_threads(threads)
-    torch.manual_seed(0)  # anomalib: PaDiM's channel draw, the coreset's projection and start
-    np.random.seed(0)
+    torch.manual_seed(fit_seed)  # anomalib: PaDiM's channel draw, the coreset's projection and start
+    np.random.seed(fit_seed)
     ds = load_dataset(data, category)
     good = torch.from_numpy(load_images([s.image_path for s in fit_split(ds, 0.1).fit_good], image_size))
     test = torch.from_numpy(load_images([s.image_path for s in ds.test], image_size))
@@ -263,7 +271,7 @@ def run_method(
     if side == "ours":
         from detectors import make_detector
 
-        det = make_detector(kind, device="cpu", progress=False)
+        det = make_detector(kind, device="cpu", progress=False, seed=fit_seed)
         _ = det.backbone  # load the weights before the clock starts, as anomalib's are
         gc.collect()
         with PeakRSS() as mem:
@@ -308,27 +316,46 @@ def run_method(
 # --- the comparison --------------------------------------------------------------------------------
 
 
-def evaluate(res: dict, labels: np.ndarray, tests: list[np.ndarray], masks: np.ndarray | None) -> dict:
+def evaluate(runs: list[dict], labels: np.ndarray, tests: list[np.ndarray], masks: np.ndarray | None) -> dict:
+    """One row from one or more fits of a method (``--fit-seeds``).
+
+    One fit: image metrics as mean ± std over the split seeds. Several: each fit's mean over the split
+    seeds, then mean ± std over the fits, so the ± says how much the method's own random draws move it.
+    Pixel metrics, times and memory: the mean over fits."""
     from segad.metrics import aupro, fpr_at_tpr, image_auroc, pixel_auroc
 
-    aurocs = [image_auroc(labels[t], res["scores"][t]) for t in tests]
-    fprs = [fpr_at_tpr(labels[t], res["scores"][t], 0.95) for t in tests]
+    per_fit = []
+    for res in runs:
+        aurocs = [image_auroc(labels[t], res["scores"][t]) for t in tests]
+        fprs = [fpr_at_tpr(labels[t], res["scores"][t], 0.95) for t in tests]
+        per_fit.append((aurocs, fprs))
+
+    def spread(i: int) -> tuple[float, float]:
+        if len(per_fit) == 1:
+            v = per_fit[0][i]
+            return float(np.mean(v)), float(np.std(v))
+        means = [np.mean(f[i]) for f in per_fit]
+        return float(np.mean(means)), float(np.std(means))
+
+    def mean_of(key: str) -> float:
+        return float(np.mean([r[key] for r in runs]))
+
     row = {
-        "method": res["method"],
-        "auroc": (float(np.mean(aurocs)), float(np.std(aurocs))),
-        "fpr95": (float(np.mean(fprs)), float(np.std(fprs))),
+        "method": runs[0]["method"],
+        "auroc": spread(0),
+        "fpr95": spread(1),
         "pixel_auroc": None,
         "aupro": None,
-        "fit_s": res["fit_s"],
-        "ms_per_image": 1000.0 * res["predict_s"] / len(labels),
-        "fit_cpu_s": res["fit_cpu_s"],
-        "cpu_ms_per_image": 1000.0 * res["predict_cpu_s"] / len(labels),
-        "loadavg": res["loadavg"],
-        "peak_mib": res["peak_mib"],
+        "fit_s": mean_of("fit_s"),
+        "ms_per_image": 1000.0 * mean_of("predict_s") / len(labels),
+        "fit_cpu_s": mean_of("fit_cpu_s"),
+        "cpu_ms_per_image": 1000.0 * mean_of("predict_cpu_s") / len(labels),
+        "loadavg": max(r["loadavg"] for r in runs),
+        "peak_mib": max(r["peak_mib"] for r in runs),
     }
     if masks is not None:
-        row["pixel_auroc"] = pixel_auroc(masks, res["maps"])
-        row["aupro"] = aupro(masks, res["maps"], 0.3)
+        row["pixel_auroc"] = float(np.mean([pixel_auroc(masks, r["maps"]) for r in runs]))
+        row["aupro"] = float(np.mean([aupro(masks, r["maps"], 0.3) for r in runs]))
     return row
 
 
@@ -388,6 +415,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--threads", type=int, default=None, help="torch threads per method (default: torch's, one per core)"
     )
+    ap.add_argument(
+        "--fit-seeds",
+        type=int,
+        default=1,
+        help="fit each method this many times with seeds 0..N-1 (coreset projection and start, PaDiM's "
+        "channels); image AUROC ± is then the spread over fits",
+    )
     ap.add_argument("--skip-check", action="store_true", help="skip the weight-mapping check")
     args = ap.parse_args(argv)
     require_anomalib()
@@ -417,23 +451,29 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     for method in methods:
-        ctx = get_context("spawn")
-        with ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
-            res = pool.submit(
-                run_method, method, args.data, args.category, args.image_size, masks is not None, args.threads
-            ).result()
-        rows.append(evaluate(res, labels, [sp.test for sp in splits], masks))
-        r = rows[-1]
-        print(
-            f"  {method}: AUROC {r['auroc'][0]:.3f}, fit {r['fit_s']:.1f} s, {r['ms_per_image']:.1f} ms/image, "
-            f"peak {r['peak_mib']:.0f} MiB (load average now {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs)",
-            flush=True,
-        )
+        runs = []
+        for fit_seed in range(args.fit_seeds):
+            with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+                task = (method, args.data, args.category, args.image_size, masks is not None, args.threads, fit_seed)
+                runs.append(pool.submit(run_method, *task).result())
+            auroc = evaluate(runs[-1:], labels, [sp.test for sp in splits], None)["auroc"][0]
+            print(
+                f"  {method} (fit seed {fit_seed}): AUROC {auroc:.3f}, fit {runs[-1]['fit_s']:.1f} s, "
+                f"peak {runs[-1]['peak_mib']:.0f} MiB (load average now {os.getloadavg()[0]:.1f} on "
+                f"{os.cpu_count()} CPUs)",
+                flush=True,
+            )
+        rows.append(evaluate(runs, labels, [sp.test for sp in splits], masks))
     print()
     import torch
 
     threads = args.threads or torch.get_num_threads()
-    print(f"{ds.name}/{ds.category}, {args.image_size} px, {len(splits)} seeds, CPU, {threads} torch threads:")
+    n_fits = args.fit_seeds
+    spread = "over split seeds" if n_fits == 1 else f"over {n_fits} fit seeds (each the split-seed mean)"
+    print(
+        f"{ds.name}/{ds.category}, {args.image_size} px, {len(splits)} split seeds, CPU, {threads} torch threads; "
+        f"image metrics mean ± std {spread}:"
+    )
     print(format_table(rows))
     print(
         f"fit s, ms/image: wall clock; CPU: process CPU time (all threads, {os.cpu_count()} CPUs here); "

@@ -29,6 +29,7 @@ from features.vector import feature_matrix, feature_names
 from segad.classifier import SegadClassifier
 from segad.data.images import Intensity, load_image
 from segad.maps import as_stored, check_maps
+from segad.selection import ScoreBlend
 
 ImageInput = str | Path | np.ndarray  # a file, or a raw (H, W[, C]) RGB image: uint8, uint16 or float in [0, 1]
 
@@ -37,7 +38,7 @@ MANIFEST = "segad_pipeline.json"
 
 @dataclass(frozen=True)
 class PipelineOutput:
-    scores: np.ndarray  # (N,) classifier margins, higher = more anomalous
+    scores: np.ndarray  # (N,) the final score (the run's chosen blend of margins and detector scores), higher = worse
     decisions: np.ndarray  # (N,) bool, score >= threshold
     maps: dict[str, np.ndarray]  # detector name -> (N, H, W) anomaly maps
 
@@ -69,6 +70,7 @@ class SegadPipeline:
         info: dict | None = None,
         with_scores: bool = True,
         intensity: Intensity = "none",
+        blend: ScoreBlend | None = None,
     ) -> None:
         self.detectors = list(detectors)
         self.segmenter = segmenter
@@ -78,6 +80,8 @@ class SegadPipeline:
         self.info = dict(info or {})
         self.with_scores = with_scores
         self.intensity = intensity  # how images are adjusted before the detectors: load_image(..., intensity)
+        # The final score chosen at training (segad.selection); None: the classifier's margin alone.
+        self.blend = blend or ScoreBlend.classifier_only([d.name for d in self.detectors])
 
     @property
     def n_segments(self) -> int:
@@ -105,7 +109,7 @@ class SegadPipeline:
             maps[d.name], scores[d.name] = as_stored(out.maps), out.scores
         segments = self.segmenter.predict(batch, segment_paths)
         X = feature_matrix(maps, scores, segments, self.n_segments, with_scores=self.with_scores)
-        return X, maps
+        return X, maps, scores
 
     def predict(
         self, images: Sequence[ImageInput] | np.ndarray, segment_paths: Sequence[Path | None] | None = None
@@ -120,8 +124,8 @@ class SegadPipeline:
         self, batch: np.ndarray, segment_paths: Sequence[Path | None] | None = None, names=None
     ) -> PipelineOutput:
         """Score an (N, 3, H, W) batch already prepared by ``prepare`` / ``preprocess``."""
-        X, maps = self.features(np.asarray(batch, np.float32), segment_paths, names)
-        scores = self.classifier.decision_function(X)
+        X, maps, detector_scores = self.features(np.asarray(batch, np.float32), segment_paths, names)
+        scores = self.blend.score(self.classifier.decision_function(X), detector_scores)
         return PipelineOutput(scores, scores >= self.threshold, {k: m.astype(np.float32) for k, m in maps.items()})
 
     # --- persistence ----------------------------------------------------------------------------
@@ -148,6 +152,7 @@ class SegadPipeline:
                 "image_size": list(self.image_size),
                 "intensity": self.intensity,
                 "threshold": self.threshold,
+                "blend": self.blend.to_dict(),
                 "with_scores": self.with_scores,
                 "feature_names": self.feature_names,
                 "info": self.info,
@@ -195,4 +200,5 @@ class SegadPipeline:
             m.get("info"),
             m.get("with_scores", True),
             m.get("intensity", "none"),
+            ScoreBlend.from_dict(m["blend"]) if "blend" in m else None,
         )

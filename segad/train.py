@@ -25,7 +25,7 @@ from detectors.errors import InputError
 from detectors.registry import detector_class
 from features import FolderSegments, KMeansSegments, SegmentSpec, make_segmenter
 from features.vector import feature_matrix
-from segad.calibration import Calibration, calibrate, check_target_fpr
+from segad.calibration import Calibration, check_target_fpr, conformal_threshold, out_of_fold_scores
 from segad.classifier import PRESETS, SegadClassifier
 from segad.data import Dataset, DatasetError, Sample, load_dataset
 from segad.data.images import INTENSITIES, check_intensity
@@ -34,6 +34,7 @@ from segad.evaluate import MethodResult, format_table, normalise_scores
 from segad.maps import DetectorMaps, ImageSet, default_cache, fit_detector, predict_maps
 from segad.pipeline import SegadPipeline
 from segad.protocol import FitSplit, SeedSplit, check_evaluable, fit_split, seed_split, seeds, tuning_defects
+from segad.selection import CLASSIFIER, Selection, select
 
 GENERATED_SEED = 0
 KMEANS_FIT_IMAGES = 64
@@ -129,6 +130,7 @@ class TrainResult:
     first_seed_scores: dict[str, np.ndarray]  # method -> scores on that set
     feature_importances: np.ndarray  # mean over seeds, in pipeline.feature_names order
     deployment: Deployment
+    selections: list[Selection]  # per seed: the final score chosen on the training rows, and why
 
     @property
     def dataset(self) -> str:
@@ -141,6 +143,10 @@ class TrainResult:
             "dataset": self.dataset,
             "seconds": round(self.seconds, 1),
             "deploy": self.deployment.to_dict(),
+            "selection": [
+                {"seed": sp_seed, "chosen": sel.blend.label, "inner_auroc": sel.inner_auroc}
+                for sp_seed, sel in zip([r.seed for r in self.methods[0].per_seed], self.selections, strict=True)
+            ],
             "detectors": {
                 name: {
                     "fit_seconds": round(dm.fit_seconds, 2),
@@ -244,6 +250,15 @@ class Prepared:
     def labels(self) -> np.ndarray:
         return np.array([s.label for s in self.ds.test])
 
+    def training_scores(self, sp: SeedSplit, n_gen: int) -> dict[str, np.ndarray]:
+        """Each detector's image scores on the classifier's rows for one seed, in ``training_rows`` order."""
+        n_hold = self.n_hold
+        out = {}
+        for name, dm in self.maps.items():
+            gen = self.gen_maps[name].scores[:n_gen] if n_gen else np.empty(0, np.float32)
+            out[name] = np.concatenate([dm.scores[:n_hold], dm.scores[n_hold:][sp.train_defects], gen])
+        return out
+
     def training_rows(
         self, X: np.ndarray, X_gen: np.ndarray, sp: SeedSplit
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -341,21 +356,31 @@ def run(cfg: TrainConfig) -> TrainResult:
     n_hold, labels = prep.n_hold, prep.labels
     X_test = X[n_hold:]
     maps = prep.maps
-    results = {n: MethodResult(n) for n in [*names, "ensemble", "segad"]}
+    results = {n: MethodResult(n) for n in [*names, "ensemble", "segad", CLASSIFIER]}
     normalised = {n: normalise_scores(maps[n].scores[n_hold:], maps[n].scores[:n_hold]) for n in names}
     ensemble = np.mean([normalised[n] for n in names], axis=0)
+    good_reference = {n: maps[n].scores[:n_hold] for n in names}
     first_clf, first_scores, importances, calibration = None, {}, [], None
+    selections: list[Selection] = []
     for sp in prep.splits:
         y = labels[sp.test]
         scores = {n: maps[n].scores[n_hold:][sp.test] for n in names}
         scores["ensemble"] = ensemble[sp.test]
         X_train, y_train, groups = prep.training_rows(X, X_gen, sp)
+        train_scores = prep.training_scores(sp, len(X_gen))
 
         def make_classifier(seed: int = sp.seed) -> SegadClassifier:
             return SegadClassifier(cfg.classifier, seed=seed, **cfg.classifier_overrides())
 
         clf = make_classifier().fit(X_train, y_train)
-        scores["segad"] = clf.decision_function(X_test[sp.test])
+        # 5. the final score, chosen on the training rows: the classifier's margins out of fold
+        oof = out_of_fold_scores(make_classifier, X_train, y_train, groups, seed=sp.seed)
+        real = np.r_[np.ones(n_hold + len(sp.train_defects), bool), np.zeros(len(X_gen), bool)]
+        sel = select(oof, train_scores, y_train, real, good_reference)
+        selections.append(sel)
+        margins = clf.decision_function(X_test[sp.test])
+        scores["segad"] = sel.blend.score(margins, scores)
+        scores[CLASSIFIER] = margins
         for method, s in scores.items():
             results[method].add(sp.seed, y, s)
         if np.ptp(clf.decision_function(X_train)) == 0:
@@ -365,14 +390,16 @@ def run(cfg: TrainConfig) -> TrainResult:
             )
         importances.append(clf.feature_importances())
         if first_clf is None:  # the saved model: its threshold from out-of-fold scores of its training rows
-            first_clf, first_scores = clf, scores
-            calibration = calibrate(make_classifier, X_train, y_train, groups, cfg.target_fpr, seed=sp.seed)
+            first_clf, first_scores, blend = clf, scores, sel.blend
+            oof_final = sel.blend.score(oof, train_scores)
+            calibration = conformal_threshold(oof_final[(y_train == 0) & np.isfinite(oof)], cfg.target_fpr)
             if not calibration.meets_target:
                 _log(
                     f"warning: {calibration.n_good} held-out good images can promise FPR <= "
                     f"{calibration.guaranteed_fpr:.3f}, not --target-fpr {cfg.target_fpr}; the threshold is the "
                     f"strictest they support (raise --holdout for a tighter one)"
                 )
+    _log("final score per seed (chosen on training rows): " + choice_summary(selections))
 
     pipeline = SegadPipeline(
         [maps[n].detector for n in names],
@@ -381,6 +408,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         prep.size,
         intensity=cfg.intensity,
         threshold=calibration.threshold,
+        blend=blend,
         info={
             "dataset": f"{prep.ds.name}/{prep.ds.category}",
             "segments": str(prep.spec),
@@ -399,7 +427,16 @@ def run(cfg: TrainConfig) -> TrainResult:
         first_scores,
         np.mean(importances, axis=0),
         Deployment.measure(calibration, labels[prep.splits[0].test], first_scores["segad"]),
+        selections,
     )
+
+
+def choice_summary(selections: Sequence[Selection]) -> str:
+    """``"ensemble x6, 0.5 classifier + 0.5 ensemble x4"``: how often each final score was chosen."""
+    counts: dict[str, int] = {}
+    for sel in selections:
+        counts[sel.blend.label] = counts.get(sel.blend.label, 0) + 1
+    return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _generated_defects(cfg: TrainConfig, fs, seg_paths, size):

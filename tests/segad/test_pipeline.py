@@ -20,7 +20,7 @@ def test_kmeans_pipeline_round_trips_through_its_folder(tiny: TinySet, tmp_path:
     pipe = SegadPipeline(
         [det], seg, SegadClassifier(preset), (96, 96), threshold=0.5, with_scores=False, intensity=intensity
     )
-    X, _ = pipe.features(np.concatenate([tiny.train, tiny.test]))
+    X, _, _ = pipe.features(np.concatenate([tiny.train, tiny.test]))
     y = np.r_[np.zeros(len(tiny.train)), tiny.labels]
     pipe.classifier.fit(X, y)
     before = pipe.predict_batch(tiny.test)

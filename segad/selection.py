@@ -1,0 +1,159 @@
+"""Choosing the final score inside the training data: SegAD's classifier, the ensemble, a detector, or a blend.
+
+With ten labelled defects a forest over hundreds of statistics can end up below the image scores it
+was handed (ELPV, textures), while on products whose components vary benignly it is the only thing
+that works. Which case a run is in cannot be known in advance, and must not be read off the test set.
+So every seed decides on its own training rows: each candidate score is computed for the held-out good
+images and the shots (the classifier's part out of fold, from models that never saw the row), and the
+simplest one within a standard error of the best AUROC there is kept.
+
+Every candidate is one formula, ``w * z(classifier margin) + (1 - w) * mean_d z_d(detector score)``:
+z-scores against good images (detectors: the held-out good images; the classifier: its out-of-fold
+margins on them), ``w`` in ``BLEND_WEIGHTS``, the base either the naive ensemble (every detector) or one
+detector. ``w = 0`` is the ensemble or that detector alone, ``w = 1`` the classifier alone.
+
+The inner AUROC rests on ten defects or so, so it is noisy, and the maximum over a dozen candidates is
+biased up. The one-standard-error rule (Breiman et al., 1984; Hastie et al., ESL 7.10) guards against
+that: among the candidates within one standard error (Hanley & McNeil, 1982) of the best inner AUROC,
+the simplest wins, in the order ensemble, single detectors, blends, classifier. A run therefore leaves
+the naive ensemble only on clear evidence (on ELPV mono, picking the argmax chose a single detector on
+two seeds and lost 1.7 points on each).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from segad.metrics import image_auroc
+
+BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+ENSEMBLE = "ensemble"
+CLASSIFIER = "classifier"
+
+
+def _z(values: np.ndarray, mean: float, std: float) -> np.ndarray:
+    return (np.asarray(values, np.float64) - mean) / std
+
+
+def _moments(reference: np.ndarray) -> tuple[float, float]:
+    ref = np.asarray(reference, np.float64)
+    ref = ref[np.isfinite(ref)]
+    std = float(np.std(ref)) if ref.size else 0.0
+    return (float(np.mean(ref)) if ref.size else 0.0), (std if std > 0 else 1.0)
+
+
+@dataclass(frozen=True)
+class ScoreBlend:
+    """The deployed score: ``weight * z(margin) + (1 - weight) * mean over base detectors of z(score)``."""
+
+    weight: float  # the classifier's share: 1 = SegAD's classifier alone, 0 = the base alone
+    base: str  # "ensemble" (every detector) or one detector's name
+    detector_moments: dict[str, tuple[float, float]]  # detector -> (mean, std) of its scores on good images
+    margin_moments: tuple[float, float]  # (mean, std) of the classifier's out-of-fold margins on good images
+
+    @property
+    def base_detectors(self) -> list[str]:
+        return list(self.detector_moments) if self.base == ENSEMBLE else [self.base]
+
+    @property
+    def label(self) -> str:
+        if self.weight >= 1.0:
+            return CLASSIFIER
+        if self.weight <= 0.0:
+            return self.base
+        return f"{self.weight:g} {CLASSIFIER} + {1 - self.weight:g} {self.base}"
+
+    def base_score(self, detector_scores: Mapping[str, np.ndarray]) -> np.ndarray:
+        return np.mean([_z(detector_scores[d], *self.detector_moments[d]) for d in self.base_detectors], axis=0)
+
+    def score(self, margins: np.ndarray, detector_scores: Mapping[str, np.ndarray]) -> np.ndarray:
+        out = np.zeros(len(margins), np.float64)
+        if self.weight > 0:
+            out += self.weight * _z(margins, *self.margin_moments)
+        if self.weight < 1:
+            out += (1.0 - self.weight) * self.base_score(detector_scores)
+        return out
+
+    def to_dict(self) -> dict:
+        return {
+            "weight": self.weight,
+            "base": self.base,
+            "detector_moments": {k: list(v) for k, v in self.detector_moments.items()},
+            "margin_moments": list(self.margin_moments),
+        }
+
+    @classmethod
+    def from_dict(cls, d: Mapping) -> ScoreBlend:
+        moments = {k: (float(v[0]), float(v[1])) for k, v in d["detector_moments"].items()}
+        mm = d["margin_moments"]
+        return cls(float(d["weight"]), str(d["base"]), moments, (float(mm[0]), float(mm[1])))
+
+    @classmethod
+    def classifier_only(cls, detectors: Sequence[str]) -> ScoreBlend:
+        """The raw margin's ranking (a model saved before selection existed)."""
+        return cls(1.0, ENSEMBLE, {d: (0.0, 1.0) for d in detectors}, (0.0, 1.0))
+
+
+@dataclass(frozen=True)
+class Selection:
+    """The chosen blend and every candidate's AUROC on the training rows (the evidence for the choice)."""
+
+    blend: ScoreBlend
+    inner_auroc: dict[str, float]  # candidate label -> AUROC on the held-out good rows and the judged defects
+    n_good: int
+    n_defects: int  # defects the choice was judged on (the real shots; generated ones only without shots)
+
+
+def auroc_standard_error(auroc: float, n_defects: int, n_good: int) -> float:
+    """Hanley & McNeil (1982), eq. 2: the AUROC's standard error from its value and the class sizes."""
+    a = min(max(auroc, 1e-6), 1 - 1e-6)
+    q1, q2 = a / (2 - a), 2 * a * a / (1 + a)
+    var = (a * (1 - a) + (n_defects - 1) * (q1 - a * a) + (n_good - 1) * (q2 - a * a)) / (n_defects * n_good)
+    return float(np.sqrt(max(var, 0.0)))
+
+
+def candidates(
+    detectors: Sequence[str], detector_moments: dict[str, tuple[float, float]], margin_moments: tuple[float, float]
+) -> list[ScoreBlend]:
+    """Every candidate, simplest first: the ensemble, each detector, blends, the classifier alone."""
+    bases = [ENSEMBLE, *detectors] if len(detectors) > 1 else list(detectors)
+    out = [ScoreBlend(0.0, b, detector_moments, margin_moments) for b in bases]
+    out += [ScoreBlend(w, b, detector_moments, margin_moments) for w in BLEND_WEIGHTS[1:-1] for b in bases]
+    return [*out, ScoreBlend(1.0, bases[0], detector_moments, margin_moments)]
+
+
+def select(
+    oof_margins: np.ndarray,
+    detector_scores: Mapping[str, np.ndarray],
+    y: np.ndarray,
+    real: np.ndarray,
+    good_reference: Mapping[str, np.ndarray],
+) -> Selection:
+    """The simplest candidate within one standard error of the best AUROC on the classifier's training rows.
+
+    ``oof_margins`` are the classifier's out-of-fold margins on those rows, ``detector_scores`` each
+    detector's image scores on the same rows, ``real`` marks rows that are real images (held-out good
+    and shots; generated defects are judged only when there are no shots), ``good_reference`` each
+    detector's scores on the held-out good images (its z-score reference).
+    """
+    y = np.asarray(y).astype(int)
+    real = np.asarray(real, bool)
+    oof = np.asarray(oof_margins, np.float64)
+    judged = np.isfinite(oof) & (real | (y == 0)) if (real & (y == 1)).any() else np.isfinite(oof)
+    names = list(detector_scores)
+    det_moments = {d: _moments(good_reference[d]) for d in names}
+    margin_moments = _moments(oof[(y == 0) & np.isfinite(oof)])
+    cands = candidates(names, det_moments, margin_moments)
+    yj = y[judged]
+    inner = {
+        c.label: image_auroc(yj, c.score(oof[judged], {d: np.asarray(v)[judged] for d, v in detector_scores.items()}))
+        for c in cands
+    }
+    n_good, n_defects = int((yj == 0).sum()), int((yj == 1).sum())
+    best = max(inner.values())
+    bar = best - auroc_standard_error(best, n_defects, n_good)
+    chosen = next(c for c in cands if inner[c.label] >= bar - 1e-12)  # simplest first
+    return Selection(chosen, inner, n_good, n_defects)
