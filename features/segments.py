@@ -78,7 +78,9 @@ class FolderSegments:
         if self.n_segments_ is None:
             if any(p is None for p in paths):
                 raise InputError("--segments folder: some training images have no segment map")
-            self.n_segments_ = 1 + max(int(load_segments(p, 64).max()) for p in paths)  # type: ignore[arg-type]
+            # At the maps' own size: a thin component (a cable, a trace) can vanish when downscaled, and
+            # with it the highest label, which predict() would then reject as out of range.
+            self.n_segments_ = 1 + max(int(load_segments(p, None).max()) for p in paths)  # type: ignore[arg-type]
         return self
 
     def predict(self, images: np.ndarray, paths: Sequence[Path | None] | None = None) -> np.ndarray:

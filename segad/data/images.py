@@ -145,9 +145,10 @@ def load_mask(path: str | Path | None, size: int | tuple[int, int]) -> np.ndarra
     return resize((arr > 0).astype(np.uint8), (h, w), nearest=True).astype(bool)
 
 
-def load_segments(path: str | Path, size: int | tuple[int, int]) -> np.ndarray:
-    """(H, W) int32 component labels, resized by nearest neighbour so labels never blend."""
+def load_segments(path: str | Path, size: int | tuple[int, int] | None) -> np.ndarray:
+    """(H, W) int32 component labels, resized by nearest neighbour so labels never blend (``size=None``:
+    the file's own size)."""
     arr = _read(path)
     if arr.ndim == 3:
         raise ImageReadError(f"{path}: a segment map must be a single-channel label image, got {arr.shape[2]} channels")
-    return resize(arr, size, nearest=True).astype(np.int32)
+    return (arr if size is None else resize(arr, size, nearest=True)).astype(np.int32)

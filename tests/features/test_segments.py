@@ -44,3 +44,19 @@ def test_folder_segments_read_the_maps(tiny_mvtec: Path) -> None:
     assert np.array_equal(out[0], load_segments(paths[0], 64))
     with pytest.raises(ValueError, match="needs a segment map for every image"):
         seg.predict(load_images([s.image_path for s in ds.test[:2]], 64), None)
+
+
+def test_folder_segments_count_a_thin_top_label(tmp_path: Path) -> None:
+    """The number of labels comes from the maps at their own size: a 1 px component with the highest
+    label (a cable, a trace) used to vanish in a 64 px count, and predict() then rejected its own maps."""
+    import cv2
+
+    label = np.zeros((128, 128), np.uint8)
+    label[:, :64] = 1
+    label[:, 101] = 2
+    path = tmp_path / "000.png"
+    cv2.imwrite(str(path), label)
+    seg = FolderSegments().fit([path])
+    assert seg.n_segments_ == 3
+    out = seg.predict(np.zeros((1, 3, 128, 128), np.float32), [path])
+    assert np.array_equal(out[0], label)
