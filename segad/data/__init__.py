@@ -1,5 +1,6 @@
 """Datasets as one table of samples, whatever the layout on disk."""
 
+from segad.data.complex import COMPLEX_DEFECT_TYPES, ComplexSpec, load_complex
 from segad.data.elpv import ELPV_CATEGORIES, load_elpv
 from segad.data.images import ImageReadError, load_image, load_images, load_mask, load_segments, read_rgb
 from segad.data.mvtec import load_mvtec
@@ -11,11 +12,13 @@ from segad.data.visa import load_visa
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "COMPLEX_DEFECT_TYPES",
     "DEFECT_TYPES",
     "ELPV_CATEGORIES",
     "GOOD",
     "TEXTURE_CATEGORIES",
     "TEXTURE_DEFECT_TYPES",
+    "ComplexSpec",
     "Dataset",
     "DatasetError",
     "ImageReadError",
@@ -23,6 +26,7 @@ __all__ = [
     "Split",
     "SyntheticSpec",
     "TextureSpec",
+    "load_complex",
     "load_dataset",
     "load_elpv",
     "load_image",

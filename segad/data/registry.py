@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from segad.data.complex import COMPLEX_CATEGORY, load_complex
 from segad.data.elpv import ELPV_CATEGORIES, load_elpv
 from segad.data.mvtec import categories, load_mvtec
 from segad.data.samples import Dataset, DatasetError
@@ -12,7 +13,8 @@ from segad.data.textures import TEXTURE_CATEGORIES, load_textures
 from segad.data.visa import is_visa_root, load_visa, visa_categories
 
 # Each built-in set's categories, its default (used when --category is left out) first.
-BUILTIN_DATASETS = {"elpv": ELPV_CATEGORIES, "synthetic": (SYNTHETIC_CATEGORY,), "textures": TEXTURE_CATEGORIES}
+SYNTHETIC_CATEGORIES = (SYNTHETIC_CATEGORY, COMPLEX_CATEGORY)
+BUILTIN_DATASETS = {"elpv": ELPV_CATEGORIES, "synthetic": SYNTHETIC_CATEGORIES, "textures": TEXTURE_CATEGORIES}
 
 
 def load_dataset(data: str | Path, category: str | None = None, *, include_uncertain: bool = False) -> Dataset:
@@ -20,9 +22,11 @@ def load_dataset(data: str | Path, category: str | None = None, *, include_uncer
     if str(data) == "elpv":
         return load_elpv(category or "mono", include_uncertain=include_uncertain)
     if str(data) == "synthetic":
-        if category not in (None, SYNTHETIC_CATEGORY):
-            raise DatasetError(f"the synthetic dataset has one category, {SYNTHETIC_CATEGORY!r}; got {category!r}")
-        return load_synthetic()
+        if category not in (None, *SYNTHETIC_CATEGORIES):
+            raise DatasetError(
+                f"the synthetic dataset has the categories {', '.join(SYNTHETIC_CATEGORIES)}; got {category!r}"
+            )
+        return load_complex() if category == COMPLEX_CATEGORY else load_synthetic()
     if str(data) == "textures":
         if category not in (None, *TEXTURE_CATEGORIES):
             raise DatasetError(
