@@ -112,7 +112,7 @@ def log_result(result: TrainResult, register: bool = True) -> None:
     cfg = result.config
     mlflow.log_params(_params(cfg, result))
     for m in result.methods:
-        if m.name not in ("segad", "ensemble"):
+        if m.name not in ("segad", "ensemble", "classifier"):
             continue
         for i, row in enumerate(m.per_seed):
             mlflow.log_metrics({f"{m.name}.auroc": row.auroc, f"{m.name}.fpr95": row.fpr95}, step=i)
@@ -125,6 +125,12 @@ def log_result(result: TrainResult, register: bool = True) -> None:
             }
         )
     mlflow.log_metric("seconds", result.seconds)
+    from segad.train import choice_summary
+
+    # Which final score each seed chose on its training rows (segad.selection), and the saved model's.
+    mlflow.set_tags(
+        {"segad.final_score": result.selections[0].blend.label, "segad.final_scores": choice_summary(result.selections)}
+    )
     # What the saved model's threshold does on the first seed's test set (its classifier never saw it).
     dep = result.deployment
     mlflow.log_metrics(

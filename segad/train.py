@@ -129,8 +129,13 @@ class TrainResult:
     first_seed_test: np.ndarray  # indices into dataset_table.test of the first seed's test set
     first_seed_scores: dict[str, np.ndarray]  # method -> scores on that set
     feature_importances: np.ndarray  # mean over seeds, in pipeline.feature_names order
-    deployment: Deployment
+    deployments: list[Deployment]  # per seed: its model's calibrated threshold on its test set; [0] is saved
     selections: list[Selection]  # per seed: the final score chosen on the training rows, and why
+
+    @property
+    def deployment(self) -> Deployment:
+        """The saved model's (the first seed's)."""
+        return self.deployments[0]
 
     @property
     def dataset(self) -> str:
@@ -143,6 +148,9 @@ class TrainResult:
             "dataset": self.dataset,
             "seconds": round(self.seconds, 1),
             "deploy": self.deployment.to_dict(),
+            "deploy_per_seed": [
+                {"fpr": d.fpr, "tpr": d.tpr, "threshold": d.calibration.threshold} for d in self.deployments
+            ],
             "selection": [
                 {"seed": sp_seed, "chosen": sel.blend.label, "inner_auroc": sel.inner_auroc}
                 for sp_seed, sel in zip([r.seed for r in self.methods[0].per_seed], self.selections, strict=True)
@@ -360,8 +368,9 @@ def run(cfg: TrainConfig) -> TrainResult:
     normalised = {n: normalise_scores(maps[n].scores[n_hold:], maps[n].scores[:n_hold]) for n in names}
     ensemble = np.mean([normalised[n] for n in names], axis=0)
     good_reference = {n: maps[n].scores[:n_hold] for n in names}
-    first_clf, first_scores, importances, calibration = None, {}, [], None
+    first_clf, first_scores, importances, blend = None, {}, [], None
     selections: list[Selection] = []
+    deployments: list[Deployment] = []
     for sp in prep.splits:
         y = labels[sp.test]
         scores = {n: maps[n].scores[n_hold:][sp.test] for n in names}
@@ -389,10 +398,13 @@ def run(cfg: TrainConfig) -> TrainResult:
                 f"{n_hold} good and {len(y_train) - n_hold} defect examples; add --generated or good images"
             )
         importances.append(clf.feature_importances())
-        if first_clf is None:  # the saved model: its threshold from out-of-fold scores of its training rows
+        # Every seed's model gets the threshold the saved one gets: conformal on out-of-fold final scores
+        # of its good rows; what it does on that seed's test set is the deployed FPR/TPR.
+        oof_final = sel.blend.score(oof, train_scores)
+        calibration = conformal_threshold(oof_final[(y_train == 0) & np.isfinite(oof)], cfg.target_fpr)
+        deployments.append(Deployment.measure(calibration, y, scores["segad"]))
+        if first_clf is None:  # the saved model
             first_clf, first_scores, blend = clf, scores, sel.blend
-            oof_final = sel.blend.score(oof, train_scores)
-            calibration = conformal_threshold(oof_final[(y_train == 0) & np.isfinite(oof)], cfg.target_fpr)
             if not calibration.meets_target:
                 _log(
                     f"warning: {calibration.n_good} held-out good images can promise FPR <= "
@@ -407,7 +419,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         first_clf,
         prep.size,
         intensity=cfg.intensity,
-        threshold=calibration.threshold,
+        threshold=deployments[0].calibration.threshold,
         blend=blend,
         info={
             "dataset": f"{prep.ds.name}/{prep.ds.category}",
@@ -426,7 +438,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         prep.splits[0].test,
         first_scores,
         np.mean(importances, axis=0),
-        Deployment.measure(calibration, labels[prep.splits[0].test], first_scores["segad"]),
+        deployments,
         selections,
     )
 
@@ -483,8 +495,15 @@ def build_parser(prog: str = "python -m segad.train", description: str | None = 
     """The options every command that trains shares (``segad.tune`` adds its own)."""
     ap = argparse.ArgumentParser(prog=prog, description=description)
     d = TrainConfig()
-    ap.add_argument("--data", default=d.data, help="dataset root (MVTec or VisA layout) or a built-in: elpv, synthetic")
-    ap.add_argument("--category", default=d.category, help="category inside the dataset (ELPV: mono or poly)")
+    ap.add_argument(
+        "--data", default=d.data, help="dataset root (MVTec or VisA layout) or a built-in: elpv, synthetic, textures"
+    )
+    ap.add_argument(
+        "--category",
+        default=d.category,
+        help="category inside the dataset (elpv: mono, poly or dra; synthetic: widget or complex; "
+        "textures: brick, gravel or grass)",
+    )
     from detectors.registry import DETECTORS
 
     ap.add_argument(

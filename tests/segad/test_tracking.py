@@ -88,7 +88,9 @@ def test_artifacts_and_summary(store) -> None:
     assert "charts/overlays.png" in charts
     local = client.download_artifacts(parent.info.run_id, "summary.json")
     summary = json.loads(Path(local).read_text())
-    assert set(summary["methods"]) == {"patchcore", "padim", "fastflow", "ensemble", "segad"}
+    assert set(summary["methods"]) == {"patchcore", "padim", "fastflow", "ensemble", "segad", "classifier"}
+    assert parent.data.tags["segad.final_score"] == summary["selection"][0]["chosen"]
+    assert "classifier.auroc_mean" in parent.data.metrics
 
 
 def test_registered_model_loads_as_pyfunc_and_scores(store) -> None:

@@ -40,7 +40,11 @@ def test_runs_the_protocol_and_writes_the_summary(small_mvtec: Path, tmp_path: P
     for name in ("patchcore", "padim", "ensemble", "segad"):
         assert name in printed
     summary = json.loads(out.read_text())
-    assert set(summary["methods"]) == {"patchcore", "padim", "ensemble", "segad"}
+    assert set(summary["methods"]) == {"patchcore", "padim", "ensemble", "segad", "classifier"}
+    # Each seed's final score is one of the candidates, chosen by its AUROC on the training rows.
+    assert [s["seed"] for s in summary["selection"]] == [333, 576, 725]
+    for s in summary["selection"]:
+        assert s["chosen"] in s["inner_auroc"] and "ensemble" in s["inner_auroc"]
     assert summary["methods"]["segad"]["auroc_mean"] > 0.9
     for m in summary["methods"].values():
         assert [r["seed"] for r in m["per_seed"]] == [333, 576, 725]

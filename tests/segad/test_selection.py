@@ -1,0 +1,88 @@
+import numpy as np
+import pytest
+
+from segad.metrics import image_auroc
+from segad.selection import CLASSIFIER, ENSEMBLE, ScoreBlend, auroc_standard_error, candidates, select
+
+
+def _rows(n_good: int = 40, n_bad: int = 10, n_gen: int = 0, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    y = np.r_[np.zeros(n_good), np.ones(n_bad + n_gen)].astype(int)
+    real = np.r_[np.ones(n_good + n_bad, bool), np.zeros(n_gen, bool)]
+    return rng, y, real
+
+
+def test_standard_error_matches_a_bootstrap() -> None:
+    rng = np.random.default_rng(0)
+    n_bad, n_good = 10, 40
+    y = np.r_[np.zeros(n_good), np.ones(n_bad)].astype(int)
+    scores = np.r_[rng.normal(0, 1, n_good), rng.normal(1.5, 1, n_bad)]
+    a = image_auroc(y, scores)
+    boot = []
+    for _ in range(2000):
+        i = np.r_[rng.choice(n_good, n_good), n_good + rng.choice(n_bad, n_bad)]
+        boot.append(image_auroc(y[i], scores[i]))
+    # Hanley & McNeil's formula is a little conservative against the bootstrap, never optimistic.
+    assert np.std(boot) <= auroc_standard_error(a, n_bad, n_good) <= 1.5 * np.std(boot)
+    assert auroc_standard_error(0.5, 1000, 1000) == pytest.approx(np.sqrt(1 / 6000), rel=0.01)
+
+
+def test_candidates_run_from_simplest_to_the_classifier() -> None:
+    moments = {"a": (0.0, 1.0), "b": (0.0, 1.0)}
+    labels = [c.label for c in candidates(["a", "b"], moments, (0.0, 1.0))]
+    assert labels[:3] == [ENSEMBLE, "a", "b"]
+    assert labels[-1] == CLASSIFIER
+    assert len(labels) == 3 + 3 * 3 + 1
+    # One detector: no separate ensemble.
+    assert next(c.label for c in candidates(["a"], {"a": (0.0, 1.0)}, (0.0, 1.0))) == "a"
+
+
+def test_noise_in_the_classifier_keeps_the_ensemble() -> None:
+    rng, y, real = _rows()
+    det = {"a": rng.normal(0, 1, len(y)) + 2.0 * y, "b": rng.normal(0, 1, len(y)) + 2.0 * y}
+    oof = rng.normal(0, 1, len(y))  # the classifier learned nothing that holds out of fold
+    sel = select(oof, det, y, real, {k: v[y == 0] for k, v in det.items()})
+    assert sel.blend.label == ENSEMBLE
+    assert sel.inner_auroc[CLASSIFIER] < sel.inner_auroc[ENSEMBLE]
+
+
+def test_a_classifier_that_clearly_wins_out_of_fold_is_used() -> None:
+    rng, y, real = _rows()
+    det = {"a": rng.normal(0, 1, len(y)), "b": rng.normal(0, 1, len(y))}  # detectors at chance
+    oof = rng.normal(0, 1, len(y)) + 4.0 * y
+    sel = select(oof, det, y, real, {k: v[y == 0] for k, v in det.items()})
+    assert sel.blend.weight > 0
+    assert sel.inner_auroc[sel.blend.label] > sel.inner_auroc[ENSEMBLE] + 0.2
+
+
+def test_a_small_lead_within_one_standard_error_does_not_move_the_choice() -> None:
+    rng, y, real = _rows()
+    base = rng.normal(0, 1, len(y)) + 1.5 * y
+    det = {"a": base, "b": base + rng.normal(0, 0.3, len(y))}
+    sel = select(base + rng.normal(0, 0.3, len(y)), det, y, real, {k: v[y == 0] for k, v in det.items()})
+    best = max(sel.inner_auroc.values())
+    assert sel.inner_auroc[ENSEMBLE] < best  # someone else leads on the training rows ...
+    assert sel.blend.label == ENSEMBLE  # ... by less than the noise, so the ensemble stays
+
+
+def test_generated_defects_do_not_judge_when_there_are_real_shots() -> None:
+    rng, y, real = _rows(n_gen=30)
+    det = {"a": rng.normal(0, 1, len(y)) + 2.0 * y * real, "b": rng.normal(0, 1, len(y)) + 2.0 * y * real}
+    oof = rng.normal(0, 1, len(y)) + 6.0 * (y * ~real)  # perfect on generated defects, chance on real ones
+    sel = select(oof, det, y, real, {k: v[y == 0] for k, v in det.items()})
+    assert sel.n_defects == 10
+    assert sel.blend.weight == 0
+    # Without real shots the generated defects are all there is to judge on.
+    no_shots = np.r_[np.ones(40, bool), np.zeros(len(y) - 40, bool)]
+    assert select(oof, det, y, no_shots, {k: v[y == 0] for k, v in det.items()}).n_defects == len(y) - 40
+
+
+def test_blend_scores_and_round_trips() -> None:
+    blend = ScoreBlend(0.25, "b", {"a": (1.0, 2.0), "b": (3.0, 4.0)}, (5.0, 10.0))
+    margins, det = np.array([5.0, 15.0]), {"a": np.array([0.0, 0.0]), "b": np.array([3.0, 11.0])}
+    assert blend.score(margins, det) == pytest.approx([0.0, 0.25 * 1.0 + 0.75 * 2.0])
+    again = ScoreBlend.from_dict(blend.to_dict())
+    assert again == blend and again.label == "0.25 classifier + 0.75 b"
+    ens = ScoreBlend(0.0, ENSEMBLE, {"a": (1.0, 2.0), "b": (3.0, 4.0)}, (5.0, 10.0))
+    assert ens.score(margins, det) == pytest.approx([(-0.5 + 0.0) / 2, (-0.5 + 2.0) / 2])
+    assert ScoreBlend.classifier_only(["a"]).score(margins, {"a": det["a"]}) == pytest.approx(margins)
