@@ -55,14 +55,31 @@ def test_a_classifier_that_clearly_wins_out_of_fold_is_used() -> None:
     assert sel.inner_auroc[sel.blend.label] > sel.inner_auroc[ENSEMBLE] + 0.2
 
 
-def test_a_small_lead_within_one_standard_error_does_not_move_the_choice() -> None:
+def test_a_single_detector_needs_a_clear_lead_over_the_ensemble() -> None:
     rng, y, real = _rows()
-    base = rng.normal(0, 1, len(y)) + 1.5 * y
-    det = {"a": base, "b": base + rng.normal(0, 0.3, len(y))}
-    sel = select(base + rng.normal(0, 0.3, len(y)), det, y, real, {k: v[y == 0] for k, v in det.items()})
-    best = max(sel.inner_auroc.values())
-    assert sel.inner_auroc[ENSEMBLE] < best  # someone else leads on the training rows ...
-    assert sel.blend.label == ENSEMBLE  # ... by less than the noise, so the ensemble stays
+    signal = rng.normal(0, 1, len(y)) + 1.5 * y
+    oof = rng.normal(0, 1, len(y))  # a classifier with nothing to add
+    # "b" leads the ensemble on the training rows, by less than the noise: the ensemble stays.
+    det = {"a": signal + rng.normal(0, 1.5, len(y)), "b": signal + rng.normal(0, 0.3, len(y))}
+    sel = select(oof, det, y, real, {k: v[y == 0] for k, v in det.items()})
+    assert sel.inner_auroc["b"] > sel.inner_auroc[ENSEMBLE]
+    assert sel.blend.base == ENSEMBLE
+    # "a" is useless: "b" alone is clearly better than averaging it with noise, and is chosen.
+    rng, y, real = _rows(n_good=100, n_bad=30, seed=1)
+    det = {"a": rng.normal(0, 1, len(y)), "b": rng.normal(0, 1, len(y)) + 1.5 * y}
+    sel = select(rng.normal(0, 1, len(y)), det, y, real, {k: v[y == 0] for k, v in det.items()})
+    assert sel.inner_auroc["b"] > sel.inner_auroc[ENSEMBLE] + 0.05
+    assert sel.blend.base == "b"
+
+
+def test_the_blend_weight_follows_the_inner_auroc() -> None:
+    rng, y, real = _rows()
+    det = {"a": rng.normal(0, 1, len(y)) + 1.0 * y, "b": rng.normal(0, 1, len(y)) + 1.0 * y}
+    oof = rng.normal(0, 1, len(y)) + 1.0 * y  # as good as a detector, independent of them: blending helps
+    sel = select(oof, det, y, real, {k: v[y == 0] for k, v in det.items()})
+    assert 0 < sel.blend.weight < 1 and sel.blend.base == ENSEMBLE
+    family = [c for c in sel.inner_auroc if ENSEMBLE in c or c == CLASSIFIER]
+    assert sel.inner_auroc[sel.blend.label] == max(sel.inner_auroc[c] for c in family)
 
 
 def test_generated_defects_do_not_judge_when_there_are_real_shots() -> None:

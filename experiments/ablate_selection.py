@@ -1,0 +1,100 @@
+"""Ablation of how ``segad.train`` chooses its final score (``segad.selection``), on the maps it caches.
+
+Same data, detectors, segments, seed splits and classifier as ``python -m segad.train`` with the same
+options; every row is scored on each seed's test set, and every rule decides on the training rows
+only (held-out good images and shots; the classifier's part out of fold). Rows:
+
+- each detector, ``ensemble``, ``classifier`` (the classifier's margin alone): the inputs;
+- ``argmax``: the candidate with the best inner AUROC, over every candidate of ``segad.selection``;
+- ``1se``: the simplest candidate within one standard error of the best;
+- ``ens-blend argmax`` / ``ens-blend 1se``: the same two rules over the ensemble-classifier blends
+  only (no single detectors);
+- ``segad (shipped)``: ``segad.selection.select``, what ``segad.train`` reports as ``segad``: the best
+  weight within each base, a single detector's base only when it beats the ensemble's by a standard error;
+- ``oracle``: the candidate that is best on the test set (not a method: the ceiling of any rule).
+
+    python experiments/ablate_selection.py --data synthetic --category complex
+    python experiments/ablate_selection.py --category mono --classifier logreg
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from features import make_segmenter
+from segad.calibration import out_of_fold_scores
+from segad.classifier import SegadClassifier
+from segad.evaluate import MethodResult, format_table
+from segad.metrics import image_auroc
+from segad.selection import ENSEMBLE, _moments, auroc_standard_error, candidates, select
+from segad.train import _fit_segmenter, build_parser, config_from, features, prepare, segment
+
+
+def choose(cands, inner: dict[str, float], n_defects: int, n_good: int, one_se: bool):
+    best = max(inner[c.label] for c in cands)
+    if not one_se:
+        return next(c for c in cands if inner[c.label] >= best - 1e-12)
+    bar = best - auroc_standard_error(best, n_defects, n_good)
+    return next(c for c in cands if inner[c.label] >= bar - 1e-12)
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = replace(config_from(vars(build_parser("ablate_selection.py").parse_args(argv))), no_mlflow=True)
+    prep = prepare(cfg)
+    names = list(prep.maps)
+    segmenter = _fit_segmenter(make_segmenter(prep.spec, cfg.backbone, cfg.device), prep)
+    X, X_gen = features(prep, names, *segment(prep, segmenter), segmenter.n_segments_, cfg.feature_set == "full")
+    n_hold, labels = prep.n_hold, prep.labels
+    good_ref = {n: prep.maps[n].scores[:n_hold] for n in names}
+    rules = ["argmax", "1se", "ens-blend argmax", "ens-blend 1se", "segad (shipped)", "oracle"]
+    results = {r: MethodResult(r) for r in [*names, ENSEMBLE, "classifier", *rules]}
+    for sp in prep.splits:
+        X_train, y_train, groups = prep.training_rows(X, X_gen, sp)
+        train_scores = prep.training_scores(sp, len(X_gen))
+
+        def make(seed: int = sp.seed) -> SegadClassifier:
+            return SegadClassifier(cfg.classifier, seed=seed, **cfg.classifier_overrides())
+
+        margins = make().fit(X_train, y_train).decision_function(X[n_hold:][sp.test])
+        oof = out_of_fold_scores(make, X_train, y_train, groups, seed=sp.seed)
+        real = np.arange(len(y_train)) < n_hold + len(sp.train_defects)  # generated defects train, never judge
+        judged = np.isfinite(oof) & real
+        y_j = y_train[judged]
+        n_good, n_defects = int((y_j == 0).sum()), int((y_j == 1).sum())
+        moments = {n: _moments(good_ref[n]) for n in names}
+        cands = candidates(names, moments, _moments(oof[(y_train == 0) & judged]))
+        ens_cands = [c for c in cands if c.base == ENSEMBLE or len(names) == 1]
+        inner = {
+            c.label: image_auroc(y_j, c.score(oof[judged], {n: v[judged] for n, v in train_scores.items()}))
+            for c in cands
+        }
+        test_scores = {n: prep.maps[n].scores[n_hold:][sp.test] for n in names}
+        y = labels[sp.test]
+        test_auroc = {c.label: image_auroc(y, c.score(margins, test_scores)) for c in cands}
+        picks = {
+            "argmax": choose(cands, inner, n_defects, n_good, False),
+            "1se": choose(cands, inner, n_defects, n_good, True),
+            "ens-blend argmax": choose(ens_cands, inner, n_defects, n_good, False),
+            "ens-blend 1se": choose(ens_cands, inner, n_defects, n_good, True),
+            "segad (shipped)": select(oof, train_scores, y_train, real, good_ref).blend,
+            "oracle": max(cands, key=lambda c: test_auroc[c.label]),
+        }
+        for n in names:
+            results[n].add(sp.seed, y, test_scores[n])
+        results[ENSEMBLE].add(
+            sp.seed, y, next(c for c in cands if c.label == ENSEMBLE or len(names) == 1).score(margins, test_scores)
+        )
+        results["classifier"].add(sp.seed, y, margins)
+        for rule, c in picks.items():
+            results[rule].add(sp.seed, y, c.score(margins, test_scores))
+        print(f"seed {sp.seed}: " + ", ".join(f"{r}: {c.label}" for r, c in picks.items()), flush=True)
+    print(
+        f"\n{prep.ds.name}/{prep.ds.category}, {cfg.shots} shots, {len(prep.splits)} seeds, classifier {cfg.classifier}"
+    )
+    print(format_table(list(results.values())))
+
+
+if __name__ == "__main__":
+    main()
