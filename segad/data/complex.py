@@ -52,10 +52,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
 import string
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -63,7 +60,7 @@ import cv2
 import numpy as np
 
 from detectors.errors import InputError
-from segad.data.mvtec import load_mvtec, write_samples
+from segad.data.mvtec import load_mvtec, write_once, write_samples
 from segad.data.samples import GOOD, Dataset, Split
 
 COMPLEX_CATEGORY = "complex"
@@ -485,17 +482,5 @@ def load_complex(spec: ComplexSpec | None = None, cache_dir: str | Path | None =
     spec.check()
     base = Path(cache_dir) if cache_dir is not None else cache_root() / "datasets"
     root = base / f"synthetic-{COMPLEX_CATEGORY}-v{GENERATOR_VERSION}-{spec.key()}"
-    if not root.is_dir():
-        base.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".synthetic-{COMPLEX_CATEGORY}-", dir=base))
-        try:
-            write_mvtec(spec, tmp)
-            os.replace(tmp, root)  # atomic: a reader never sees a half-written set
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not root.is_dir():  # a concurrent writer did not win the race either
-                raise
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    write_once(root, lambda tmp: write_mvtec(spec, tmp))
     return load_mvtec(root, COMPLEX_CATEGORY, name="synthetic")

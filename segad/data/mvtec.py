@@ -12,7 +12,10 @@ position, but user folders with a gap would silently pair the wrong mask.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -140,3 +143,24 @@ def write_samples(cat: Path, items: Iterable) -> Path:
             path.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(path), pixels)
     return cat
+
+
+def write_once(root: Path, write: Callable[[Path], object]) -> Path:
+    """A generated set written into ``root`` once: into a temporary folder beside it, then one atomic
+    rename, so a reader never sees half a set, an interrupted write leaves nothing behind, and of two
+    concurrent writers one wins and the other uses its set."""
+    if root.is_dir():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        write(tmp)
+        os.replace(tmp, root)
+    except OSError:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if not root.is_dir():  # a concurrent writer did not win the race either
+            raise
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return root

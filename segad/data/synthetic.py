@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -20,7 +17,7 @@ import cv2
 import numpy as np
 
 from detectors.errors import InputError
-from segad.data.mvtec import load_mvtec, write_samples
+from segad.data.mvtec import load_mvtec, write_once, write_samples
 from segad.data.samples import GOOD, Dataset, Split
 
 DEFECT_TYPES = ("scratch", "contamination", "missing", "shifted", "texture")
@@ -184,14 +181,5 @@ def load_synthetic(spec: SyntheticSpec | None = None, cache_dir: str | Path | No
     spec = spec or SyntheticSpec()
     base = Path(cache_dir) if cache_dir is not None else cache_root() / "datasets"
     root = base / f"synthetic-{spec.key()}"
-    if not root.is_dir():
-        base.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".synthetic-", dir=base))
-        try:
-            write_mvtec(spec, tmp)
-            os.replace(tmp, root)  # atomic: a reader never sees a half-written set
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not root.is_dir():  # a concurrent writer did not win the race either
-                raise
+    write_once(root, lambda tmp: write_mvtec(spec, tmp))
     return load_mvtec(root, SYNTHETIC_CATEGORY, name="synthetic")

@@ -29,9 +29,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import asdict, dataclass, replace
 from functools import cache
 from pathlib import Path
@@ -40,7 +37,7 @@ import cv2
 import numpy as np
 
 from detectors.errors import InputError
-from segad.data.mvtec import load_mvtec, write_samples
+from segad.data.mvtec import load_mvtec, write_once, write_samples
 from segad.data.samples import GOOD, Dataset, DatasetError, Split
 
 TEXTURE_CATEGORIES = ("brick", "gravel", "grass")
@@ -364,17 +361,5 @@ def load_textures(
     # Keyed by the strength in force, not None: a new default strength must not reuse old pixels.
     resolved = replace(spec, strength=spec.strength_for(category))
     root = base / f"textures-v{GENERATOR_VERSION}-{category}-{resolved.key()}"
-    if not root.is_dir():
-        base.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".textures-{category}-", dir=base))
-        try:
-            write_mvtec(spec, category, tmp)
-            os.replace(tmp, root)  # atomic: a reader never sees a half-written set
-        except OSError:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if not root.is_dir():  # a concurrent writer did not win the race either
-                raise
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    write_once(root, lambda tmp: write_mvtec(spec, category, tmp))
     return load_mvtec(root, category, name="textures")

@@ -80,3 +80,38 @@ def test_samples_table_round_trips_to_a_frame(tiny_mvtec: Path) -> None:
     assert len(frame) == len(ds)
     assert set(frame["split"]) == {str(Split.TRAIN), str(Split.TEST)}
     assert frame["mask_path"].notna().sum() == 5 * TINY.n_defects_per_type
+
+
+def test_write_once_is_atomic_and_writes_once(tmp_path: Path) -> None:
+    from segad.data.mvtec import write_once
+
+    root = tmp_path / "sets" / "made"
+    calls = []
+
+    def interrupted(tmp: Path) -> None:
+        (tmp / "half.png").write_bytes(b"x")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        write_once(root, interrupted)
+    assert list((tmp_path / "sets").iterdir()) == []  # no half set, no temporary folder left
+
+    def write(tmp: Path) -> None:
+        calls.append(tmp)
+        (tmp / "a.png").write_bytes(b"x")
+
+    assert write_once(root, write) == root and (root / "a.png").is_file()
+    write_once(root, write)
+    assert len(calls) == 1
+
+    # A concurrent writer that finished first: its set is kept and ours is dropped without an error.
+    other = tmp_path / "sets" / "raced"
+
+    def loses_the_race(tmp: Path) -> None:
+        other.mkdir()
+        (other / "theirs.png").write_bytes(b"x")
+        (tmp / "ours.png").write_bytes(b"x")
+
+    write_once(other, loses_the_race)
+    assert [p.name for p in other.iterdir()] == ["theirs.png"]
+    assert sorted(p.name for p in (tmp_path / "sets").iterdir()) == ["made", "raced"]
