@@ -249,6 +249,7 @@ def run_method(
     want_maps: bool,
     threads: int | None = None,
     fit_seed: int = 0,
+    ours_options: dict | None = None,
 ) -> dict:
     """Fit ``method`` on the fit split's good images and predict the whole test set (in a fresh process).
 
@@ -271,7 +272,8 @@ def run_method(
     if side == "ours":
         from detectors import make_detector
 
-        det = make_detector(kind, device="cpu", progress=False, seed=fit_seed)
+        options = {k.partition(".")[2]: v for k, v in (ours_options or {}).items() if k.startswith(f"{kind}.")}
+        det = make_detector(kind, device="cpu", progress=False, seed=fit_seed, **options)
         _ = det.backbone  # load the weights before the clock starts, as anomalib's are
         gc.collect()
         with PeakRSS() as mem:
@@ -422,6 +424,13 @@ def main(argv: list[str] | None = None) -> None:
         help="fit each method this many times with seeds 0..N-1 (coreset projection and start, PaDiM's "
         "channels); image AUROC ± is then the spread over fits",
     )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="DET.OPTION=VALUE",
+        help="an option of our detector, e.g. patchcore.projection_dim=0 (repeatable; anomalib's side unchanged)",
+    )
     ap.add_argument("--skip-check", action="store_true", help="skip the weight-mapping check")
     args = ap.parse_args(argv)
     require_anomalib()
@@ -449,12 +458,27 @@ def main(argv: list[str] | None = None) -> None:
         check_weights()
     masks = np.stack([load_mask(s.mask_path, args.image_size) for s in ds.test]) if ds.has_masks else None
 
+    ours = {}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise SystemExit(f"--set {item!r}: use DET.OPTION=VALUE, e.g. patchcore.projection_dim=0")
+        ours[key] = value
     rows = []
     for method in methods:
         runs = []
         for fit_seed in range(args.fit_seeds):
             with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-                task = (method, args.data, args.category, args.image_size, masks is not None, args.threads, fit_seed)
+                task = (
+                    method,
+                    args.data,
+                    args.category,
+                    args.image_size,
+                    masks is not None,
+                    args.threads,
+                    fit_seed,
+                    ours,
+                )
                 runs.append(pool.submit(run_method, *task).result())
             auroc = evaluate(runs[-1:], labels, [sp.test for sp in splits], None)["auroc"][0]
             print(
