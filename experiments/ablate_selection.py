@@ -28,7 +28,7 @@ from segad.calibration import out_of_fold_scores
 from segad.classifier import SegadClassifier
 from segad.evaluate import MethodResult, format_table
 from segad.metrics import image_auroc
-from segad.selection import ENSEMBLE, _moments, auroc_standard_error, candidates, select
+from segad.selection import ENSEMBLE, auroc_standard_error, candidates, good_moments, select
 from segad.train import _fit_segmenter, build_parser, config_from, features, prepare, segment
 
 
@@ -63,8 +63,8 @@ def main(argv: list[str] | None = None) -> None:
         judged = np.isfinite(oof) & real
         y_j = y_train[judged]
         n_good, n_defects = int((y_j == 0).sum()), int((y_j == 1).sum())
-        moments = {n: _moments(good_ref[n]) for n in names}
-        cands = candidates(names, moments, _moments(oof[(y_train == 0) & judged]))
+        moments = {n: good_moments(good_ref[n]) for n in names}
+        cands = candidates(names, moments, good_moments(oof[(y_train == 0) & judged]))
         ens_cands = [c for c in cands if c.base == ENSEMBLE or len(names) == 1]
         inner = {
             c.label: image_auroc(y_j, c.score(oof[judged], {n: v[judged] for n, v in train_scores.items()}))

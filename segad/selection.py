@@ -41,7 +41,8 @@ def _z(values: np.ndarray, mean: float, std: float) -> np.ndarray:
     return (np.asarray(values, np.float64) - mean) / std
 
 
-def _moments(reference: np.ndarray) -> tuple[float, float]:
+def good_moments(reference: np.ndarray) -> tuple[float, float]:
+    """(mean, std) of scores on good images, the z-score reference (std 1 when they are constant)."""
     ref = np.asarray(reference, np.float64)
     ref = ref[np.isfinite(ref)]
     std = float(np.std(ref)) if ref.size else 0.0
@@ -147,8 +148,8 @@ def select(
     oof = np.asarray(oof_margins, np.float64)
     judged = np.isfinite(oof) & (real | (y == 0)) if (real & (y == 1)).any() else np.isfinite(oof)
     names = list(detector_scores)
-    det_moments = {d: _moments(good_reference[d]) for d in names}
-    margin_moments = _moments(oof[(y == 0) & np.isfinite(oof)])
+    det_moments = {d: good_moments(good_reference[d]) for d in names}
+    margin_moments = good_moments(oof[(y == 0) & np.isfinite(oof)])
     cands = candidates(names, det_moments, margin_moments)
     yj = y[judged]
     inner = {
