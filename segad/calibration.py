@@ -91,8 +91,10 @@ def out_of_fold_scores(
     groups: np.ndarray,
     folds: int = CALIBRATION_FOLDS,
     seed: int = 0,
+    prior: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Each row's margin from a classifier trained on the other folds (NaN where a fold cannot train)."""
+    """Each row's margin from a classifier trained on the other folds (NaN where a fold cannot train).
+    ``prior``: each row's score the classifier starts from (``SegadClassifier.fit``), if it does."""
     y = np.asarray(y).astype(int)
     groups = np.asarray(groups)
     n_good_groups = len(np.unique(groups[y == 0]))
@@ -105,7 +107,8 @@ def out_of_fold_scores(
         train, held = fold != f, fold == f
         if len(np.unique(y[train])) < 2:
             continue
-        oof[held] = make_classifier().fit(X[train], y[train]).decision_function(X[held])
+        p_train, p_held = (None, None) if prior is None else (prior[train], prior[held])
+        oof[held] = make_classifier().fit(X[train], y[train], p_train).decision_function(X[held], p_held)
     return oof
 
 

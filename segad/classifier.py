@@ -3,6 +3,10 @@
 With ``binary:logitraw`` the output is a margin, not a probability: right for ranking and for a
 threshold chosen on data, wrong to read as a probability.
 
+A forest can start from a prior score (``fit(X, y, prior=...)``, ``--classifier-start ensemble``):
+XGBoost's ``base_margin`` is then a logistic fit of the prior (the ensemble's z-score), and the trees
+learn a correction to it rather than everything from ten defects.
+
 ``logreg`` is not SegAD's: a strongly regularised logistic regression on standardised features.
 With ten defects a forest over hundreds of features mostly learns which defects it saw; a linear
 model with a small ``C`` can only re-weight the statistics, and on ELPV it ranks better (README's
@@ -55,14 +59,23 @@ class SegadClassifier:
     def is_linear(self) -> bool:
         return self.preset == "logreg"
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> Self:
+    def fit(self, X: np.ndarray, y: np.ndarray, prior: np.ndarray | None = None) -> Self:
+        """``prior``: a score per row to start the forest from (its logistic fit is the base margin)."""
         y = np.asarray(y).astype(int)
         n_bad, n_good = int(y.sum()), int((y == 0).sum())
         if n_bad == 0 or n_good == 0:
             raise InputError(f"the classifier needs good and defect examples; got {n_good} good and {n_bad} defects")
         if self.is_linear:
+            if prior is not None:
+                raise InputError("--classifier-start ensemble needs a forest (brf, rf or bt), not logreg")
             return self._fit_linear(np.asarray(X, np.float64), y)
+        from sklearn.linear_model import LogisticRegression
         from xgboost import XGBClassifier
+
+        self.prior_ = None
+        if prior is not None:
+            lr = LogisticRegression(class_weight="balanced").fit(np.asarray(prior, np.float64)[:, None], y)
+            self.prior_ = (float(lr.coef_[0, 0]), float(lr.intercept_[0]))
 
         # One thread for SegAD's few hundred rows: OpenMP threads spin-wait on each tiny tree, and on a
         # loaded 2-core machine that made one fit 30 s instead of 0.1 s.
@@ -73,8 +86,16 @@ class SegadClassifier:
             random_state=self.seed,
             n_jobs=n_jobs,
             **self.params,
-        ).fit(np.asarray(X, np.float32), y)
+        ).fit(np.asarray(X, np.float32), y, base_margin=self._base_margin(prior))
         return self
+
+    def _base_margin(self, prior: np.ndarray | None) -> np.ndarray | None:
+        if getattr(self, "prior_", None) is None:
+            return None
+        if prior is None:
+            raise InputError("this classifier starts from the ensemble score: pass prior= to score rows")
+        a, b = self.prior_
+        return a * np.asarray(prior, np.float64) + b
 
     def _fit_linear(self, X: np.ndarray, y: np.ndarray) -> Self:
         from sklearn.linear_model import LogisticRegression
@@ -97,11 +118,12 @@ class SegadClassifier:
     def _standardise(self, X: np.ndarray) -> np.ndarray:
         return np.nan_to_num((np.asarray(X, np.float64) - self.mean_) / self.scale_, nan=0.0, posinf=0.0, neginf=0.0)
 
-    def decision_function(self, X: np.ndarray) -> np.ndarray:
-        """Raw margins: higher = more likely a defect."""
+    def decision_function(self, X: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
+        """Raw margins: higher = more likely a defect. ``prior``: as in ``fit``, for a forest fit with one."""
         if self.is_linear:
             return self._standardise(X) @ self.coef_ + self.intercept_
-        return self.model_.predict(np.asarray(X, np.float32), output_margin=True).astype(np.float64)
+        X = np.asarray(X, np.float32)
+        return self.model_.predict(X, base_margin=self._base_margin(prior), output_margin=True).astype(np.float64)
 
     def feature_importances(self) -> np.ndarray:
         if self.is_linear:
@@ -129,6 +151,7 @@ class SegadClassifier:
         from xgboost import XGBClassifier
 
         clf = cls(preset)
+        clf.prior_ = None  # the pipeline's manifest sets it for a forest started from the ensemble
         clf.model_ = XGBClassifier()
         clf.model_.load_model(str(path))
         clf.model_.set_params(n_jobs=1)  # scoring a batch of images: a few hundred rows at most

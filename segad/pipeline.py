@@ -125,7 +125,8 @@ class SegadPipeline:
     ) -> PipelineOutput:
         """Score an (N, 3, H, W) batch already prepared by ``prepare`` / ``preprocess``."""
         X, maps, detector_scores = self.features(np.asarray(batch, np.float32), segment_paths, names)
-        scores = self.blend.score(self.classifier.decision_function(X), detector_scores)
+        prior = self.blend.ensemble_score(detector_scores) if getattr(self.classifier, "prior_", None) else None
+        scores = self.blend.score(self.classifier.decision_function(X, prior), detector_scores)
         return PipelineOutput(scores, scores >= self.threshold, {k: m.astype(np.float32) for k, m in maps.items()})
 
     # --- persistence ----------------------------------------------------------------------------
@@ -148,7 +149,11 @@ class SegadPipeline:
                 "format": 1,
                 "detectors": [d.name for d in self.detectors],
                 "segments": seg,
-                "classifier": {"preset": self.classifier.preset, "seed": self.classifier.seed},
+                "classifier": {
+                    "preset": self.classifier.preset,
+                    "seed": self.classifier.seed,
+                    "prior": getattr(self.classifier, "prior_", None),  # (a, b): starts from the ensemble
+                },
                 "image_size": list(self.image_size),
                 "intensity": self.intensity,
                 "threshold": self.threshold,
@@ -191,6 +196,8 @@ class SegadPipeline:
             segmenter = WholeImage()
         clf = SegadClassifier.load(path / "classifier.json", m["classifier"]["preset"])
         clf.seed = m["classifier"]["seed"]
+        if m["classifier"].get("prior") is not None:
+            clf.prior_ = tuple(m["classifier"]["prior"])
         return cls(
             detectors,
             segmenter,

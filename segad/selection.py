@@ -70,6 +70,10 @@ class ScoreBlend:
             return self.base
         return f"{self.weight:g} {CLASSIFIER} + {1 - self.weight:g} {self.base}"
 
+    def ensemble_score(self, detector_scores: Mapping[str, np.ndarray]) -> np.ndarray:
+        """The naive ensemble: every detector's z-score, averaged (what a forest may start from)."""
+        return np.mean([_z(detector_scores[d], *m) for d, m in self.detector_moments.items()], axis=0)
+
     def base_score(self, detector_scores: Mapping[str, np.ndarray]) -> np.ndarray:
         return np.mean([_z(detector_scores[d], *self.detector_moments[d]) for d in self.base_detectors], axis=0)
 

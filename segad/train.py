@@ -60,6 +60,7 @@ class TrainConfig:
     classifier: str = "brf"
     feature_set: str = "full"  # full: SegAD's statistics + image scores; no_scores: the statistics alone
     classifier_params: str = ""  # overrides of the preset, "max_depth=4,learning_rate=0.2" (set by tuning)
+    classifier_start: str = "zero"  # zero: SegAD's forest; ensemble: boosted from the ensemble's score
     device: str = "auto"
     model_dir: str | None = None
     summary_json: str | None = None
@@ -283,6 +284,10 @@ def prepare(cfg: TrainConfig) -> Prepared:
     """Validate everything that can fail before long work, then fit detectors and compute (or load) maps."""
     configs = cfg.detector_configs()  # unknown detectors or options fail here
     SegadClassifier(cfg.classifier, **cfg.classifier_overrides())  # a bad preset fails here
+    if cfg.classifier_start not in ("zero", "ensemble"):
+        raise InputError(f"--classifier-start must be zero or ensemble, got {cfg.classifier_start!r}")
+    if cfg.classifier_start == "ensemble" and cfg.classifier == "logreg":
+        raise InputError("--classifier-start ensemble needs a forest (--classifier brf, rf or bt), not logreg")
     if cfg.feature_set not in ("full", "no_scores"):
         raise InputError(f"--feature-set must be full or no_scores, got {cfg.feature_set!r}")
     check_intensity(cfg.intensity)
@@ -368,6 +373,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     normalised = {n: normalise_scores(maps[n].scores[n_hold:], maps[n].scores[:n_hold]) for n in names}
     ensemble = np.mean([normalised[n] for n in names], axis=0)
     good_reference = {n: maps[n].scores[:n_hold] for n in names}
+    from_ensemble = cfg.classifier_start == "ensemble"
     first_clf, first_scores, importances, blend = None, {}, [], None
     selections: list[Selection] = []
     deployments: list[Deployment] = []
@@ -381,18 +387,23 @@ def run(cfg: TrainConfig) -> TrainResult:
         def make_classifier(seed: int = sp.seed) -> SegadClassifier:
             return SegadClassifier(cfg.classifier, seed=seed, **cfg.classifier_overrides())
 
-        clf = make_classifier().fit(X_train, y_train)
+        # The forest may start from the ensemble score (z against the held-out good images, as in the table).
+        prior = ensemble_rows = None
+        if from_ensemble:
+            prior = np.mean([normalise_scores(v, maps[n].scores[:n_hold]) for n, v in train_scores.items()], axis=0)
+            ensemble_rows = ensemble[sp.test]
+        clf = make_classifier().fit(X_train, y_train, prior)
         # 5. the final score, chosen on the training rows: the classifier's margins out of fold
-        oof = out_of_fold_scores(make_classifier, X_train, y_train, groups, seed=sp.seed)
+        oof = out_of_fold_scores(make_classifier, X_train, y_train, groups, seed=sp.seed, prior=prior)
         real = np.r_[np.ones(n_hold + len(sp.train_defects), bool), np.zeros(len(X_gen), bool)]
         sel = select(oof, train_scores, y_train, real, good_reference)
         selections.append(sel)
-        margins = clf.decision_function(X_test[sp.test])
+        margins = clf.decision_function(X_test[sp.test], ensemble_rows)
         scores["segad"] = sel.blend.score(margins, scores)
         scores[CLASSIFIER] = margins
         for method, s in scores.items():
             results[method].add(sp.seed, y, s)
-        if np.ptp(clf.decision_function(X_train)) == 0:
+        if np.ptp(clf.decision_function(X_train, prior)) == 0:
             _log(
                 f"warning: seed {sp.seed}: the classifier learned nothing (constant output) from "
                 f"{n_hold} good and {len(y_train) - n_hold} defect examples; add --generated or good images"
@@ -539,6 +550,12 @@ def build_parser(prog: str = "python -m segad.train", description: str | None = 
     )
     ap.add_argument("--feature-set", default=d.feature_set, choices=("full", "no_scores"))
     ap.add_argument("--classifier-params", default=d.classifier_params, help="preset overrides: max_depth=4,...")
+    ap.add_argument(
+        "--classifier-start",
+        default=d.classifier_start,
+        choices=("zero", "ensemble"),
+        help="ensemble: boost the forest from the ensemble's score (it learns a correction); zero: SegAD's",
+    )
     ap.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
     ap.add_argument("--model-dir", default=d.model_dir, help="save the fitted pipeline here (default: outputs/...)")
     ap.add_argument("--summary-json", default=d.summary_json, help="write the results as JSON here")

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from detectors.errors import InputError
 from segad.classifier import PRESETS, SegadClassifier
 
 
@@ -69,3 +70,23 @@ def test_bad_preset_and_one_class_data() -> None:
     X, y = _data()
     with pytest.raises(ValueError, match="good and defect"):
         SegadClassifier().fit(X, np.zeros(len(y)))
+
+
+def test_a_forest_started_from_a_prior_keeps_what_the_prior_knows() -> None:
+    """Noise features and an informative prior (the ensemble's score): started from the prior, the forest
+    ranks like it; from zero it has only the noise."""
+    from segad.metrics import image_auroc
+
+    rng = np.random.default_rng(0)
+    n_good, n_bad = 60, 10
+    y = np.r_[np.zeros(n_good), np.ones(n_bad)].astype(int)
+    y_test = np.r_[np.zeros(200), np.ones(40)].astype(int)
+    X, X_test = rng.normal(size=(len(y), 20)), rng.normal(size=(len(y_test), 20))
+    prior, prior_test = rng.normal(size=len(y)) + 2.5 * y, rng.normal(size=len(y_test)) + 2.5 * y_test
+    started = SegadClassifier("brf", seed=0).fit(X, y, prior)
+    assert image_auroc(y_test, started.decision_function(X_test, prior_test)) > 0.9
+    assert image_auroc(y_test, SegadClassifier("brf", seed=0).fit(X, y).decision_function(X_test)) < 0.7
+    with pytest.raises(InputError, match="pass prior="):
+        started.decision_function(X_test)
+    with pytest.raises(InputError, match="needs a forest"):
+        SegadClassifier("logreg").fit(X, y, prior)

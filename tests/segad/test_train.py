@@ -91,16 +91,17 @@ def test_bad_options_fail_before_any_work(tiny_mvtec: Path, capsys, extra: list[
 
 
 @pytest.mark.parametrize(
-    ("preset", "intensity", "segments"),
+    ("preset", "intensity", "segments", "start"),
     [
-        ("brf", "none", "auto"),
-        ("rf", "standardise", "kmeans:3"),
-        ("bt", "clahe", "whole"),
-        ("logreg", "clahe", "kmeans:3"),
+        ("brf", "none", "auto", "zero"),
+        ("rf", "standardise", "kmeans:3", "zero"),
+        ("bt", "clahe", "whole", "zero"),
+        ("logreg", "clahe", "kmeans:3", "zero"),
+        ("brf", "none", "whole", "ensemble"),
     ],
 )
 def test_the_saved_model_scores_what_the_run_reported(
-    small_mvtec: Path, tmp_path: Path, preset: str, intensity: str, segments: str
+    small_mvtec: Path, tmp_path: Path, preset: str, intensity: str, segments: str, start: str
 ) -> None:
     """Train, save, load, predict the first seed's test files: the run's scores to 1e-5, for every classifier
     preset and intensity mode (the model applies its own --intensity and float16 maps, as training did)."""
@@ -110,7 +111,7 @@ def test_the_saved_model_scores_what_the_run_reported(
     cfg = parse_args(
         ["--data", str(small_mvtec), "--image-size", "96", "--shots", "5", "--seeds", "1", "--device", "cpu",
          "--detectors", "padim", "--classifier", preset,
-         "--intensity", intensity, "--segments", segments, "--no-mlflow"]
+         "--intensity", intensity, "--segments", segments, "--classifier-start", start, "--no-mlflow"]
     )  # fmt: skip
     result = run(cfg)
     model = SegadPipeline.load(result.pipeline.save(tmp_path / "model"), device="cpu")
@@ -118,6 +119,12 @@ def test_the_saved_model_scores_what_the_run_reported(
     seg_paths = [s.segment_path for s in test] if segments == "auto" else None
     out = model.predict([s.image_path for s in test], seg_paths)
     np.testing.assert_allclose(out.scores, result.first_seed_scores["segad"], rtol=0, atol=1e-5)
+    # The classifier's own margins too (the final score may not use them): a forest started from the
+    # ensemble needs the same ensemble score at deployment as in training.
+    X, _, det_scores = model.features(model.preprocess([s.image_path for s in test]), seg_paths)
+    prior = model.blend.ensemble_score(det_scores) if start == "ensemble" else None
+    margins = model.classifier.decision_function(X, prior)
+    np.testing.assert_allclose(margins, result.first_seed_scores["classifier"], rtol=0, atol=1e-4)
     dep = result.deployment
     assert dep.calibration.threshold == model.threshold and dep.n_good == 8
     assert dep.fpr == float((out.scores[[s.label == 0 for s in test]] >= model.threshold).mean())
