@@ -88,5 +88,11 @@ def test_a_forest_started_from_a_prior_keeps_what_the_prior_knows() -> None:
     assert image_auroc(y_test, SegadClassifier("brf", seed=0).fit(X, y).decision_function(X_test)) < 0.7
     with pytest.raises(InputError, match="pass prior="):
         started.decision_function(X_test)
+    # A prior that already separates the training rows leaves the trees nothing to learn: the margin is
+    # the prior's logistic fit alone (a forest fit without it would have learned the noise instead).
+    sure = rng.normal(size=len(y)) * 0.3 + 4.0 * y
+    model = SegadClassifier("brf", seed=0).fit(X, y, sure)
+    a, b = model.prior_
+    assert np.std(model.decision_function(X, sure) - (a * sure + b)) < 1e-3 * np.std(a * sure + b)
     with pytest.raises(InputError, match="needs a forest"):
         SegadClassifier("logreg").fit(X, y, prior)
