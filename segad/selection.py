@@ -139,8 +139,12 @@ def select(
     y: np.ndarray,
     real: np.ndarray,
     good_reference: Mapping[str, np.ndarray],
+    prefer_classifier: bool = False,
 ) -> Selection:
     """The final score for one seed, decided on the classifier's training rows (see the module's rule).
+
+    ``prefer_classifier``: the classifier already starts from the ensemble (``--classifier-start
+    ensemble``), so it is the default and any other candidate needs a lead of a standard error.
 
     ``oof_margins`` are the classifier's out-of-fold margins on those rows, ``detector_scores`` each
     detector's image scores on the same rows, ``real`` marks rows that are real images (held-out good
@@ -168,10 +172,11 @@ def select(
     # Within a base: the best weight, ties to the smaller one.
     best = {b: max([*f, classifier], key=lambda c: (inner[c.label], -c.weight)) for b, f in families.items()}
     bases = list(best)
-    chosen = best[bases[0]]  # the ensemble's (or, with one detector, that detector's)
+    chosen = classifier if prefer_classifier else best[bases[0]]  # else the ensemble's (or the one detector's)
+    others = bases if prefer_classifier else bases[1:]
     challengers = [
         best[b]
-        for b in bases[1:]
+        for b in others
         if inner[best[b].label] - auroc_standard_error(inner[best[b].label], n_defects, n_good) > inner[chosen.label]
     ]
     if challengers:

@@ -396,7 +396,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         # 5. the final score, chosen on the training rows: the classifier's margins out of fold
         oof = out_of_fold_scores(make_classifier, X_train, y_train, groups, seed=sp.seed, prior=prior)
         real = np.r_[np.ones(n_hold + len(sp.train_defects), bool), np.zeros(len(X_gen), bool)]
-        sel = select(oof, train_scores, y_train, real, good_reference)
+        sel = select(oof, train_scores, y_train, real, good_reference, prefer_classifier=from_ensemble)
         selections.append(sel)
         margins = clf.decision_function(X_test[sp.test], ensemble_rows)
         scores["segad"] = sel.blend.score(margins, scores)

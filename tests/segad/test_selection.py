@@ -103,3 +103,15 @@ def test_blend_scores_and_round_trips() -> None:
     ens = ScoreBlend(0.0, ENSEMBLE, {"a": (1.0, 2.0), "b": (3.0, 4.0)}, (5.0, 10.0))
     assert ens.score(margins, det) == pytest.approx([(-0.5 + 0.0) / 2, (-0.5 + 2.0) / 2])
     assert ScoreBlend.classifier_only(["a"]).score(margins, {"a": det["a"]}) == pytest.approx(margins)
+
+
+def test_a_classifier_started_from_the_ensemble_is_the_default() -> None:
+    rng, y, real = _rows()
+    signal = rng.normal(0, 1, len(y)) + 1.5 * y
+    det = {"a": signal + rng.normal(0, 0.5, len(y)), "b": signal + rng.normal(0, 0.5, len(y))}
+    oof = signal + rng.normal(0, 0.6, len(y))  # about as good as the ensemble, a little worse here
+    ref = {k: v[y == 0] for k, v in det.items()}
+    sel = select(oof, det, y, real, ref, prefer_classifier=True)
+    assert sel.inner_auroc[CLASSIFIER] < max(sel.inner_auroc.values())
+    assert sel.blend.label == CLASSIFIER
+    assert select(oof, det, y, real, ref).blend.weight < 1  # SegAD's forest from zero: the ensemble's side
