@@ -11,9 +11,9 @@ only (held-out good images and shots; the classifier's part out of fold). Rows:
   only (no single detectors);
 - ``segad (shipped)``: ``segad.selection.select``, what ``segad.train`` reports as ``segad``: the best
   weight within each base, a single detector's base only when it beats the ensemble's by a standard error;
-- ``classifier from ensemble``: not shipped, a direction measured: the same forest boosted from the
-  ensemble (XGBoost's ``base_margin`` = a logistic fit of the ensemble z-score on the training rows),
-  so its trees learn a correction to the ensemble rather than everything;
+- ``classifier from ensemble``: the same forest boosted from the ensemble (``--classifier-start
+  ensemble``: XGBoost's ``base_margin`` = a logistic fit of the ensemble z-score on the training rows),
+  alone, so its trees learn a correction to the ensemble rather than everything;
 - ``oracle``: the candidate that is best on the test set (not a method: the ceiling of any rule).
 
     python experiments/ablate_selection.py --data synthetic --category complex
@@ -29,29 +29,10 @@ import numpy as np
 from features import make_segmenter
 from segad.calibration import out_of_fold_scores
 from segad.classifier import SegadClassifier
-from segad.evaluate import MethodResult, format_table
+from segad.evaluate import MethodResult, format_table, good_moments
 from segad.metrics import image_auroc
-from segad.selection import ENSEMBLE, auroc_standard_error, candidates, good_moments, select
+from segad.selection import ENSEMBLE, auroc_standard_error, candidates, ensemble_score, select
 from segad.train import _fit_segmenter, build_parser, config_from, features, prepare, segment
-
-
-def from_ensemble(X_train, y_train, z_train, X_test, z_test, cfg, seed: int) -> np.ndarray:
-    """The classifier boosted from a logistic fit of the ensemble score (``base_margin``)."""
-    from sklearn.linear_model import LogisticRegression
-    from xgboost import XGBClassifier
-
-    from segad.classifier import PRESETS
-
-    lr = LogisticRegression(class_weight="balanced").fit(z_train[:, None], y_train)
-    a, b = float(lr.coef_[0, 0]), float(lr.intercept_[0])
-    model = XGBClassifier(
-        objective="binary:logitraw",
-        scale_pos_weight=float((y_train == 0).sum() / y_train.sum()),
-        random_state=seed,
-        n_jobs=1,
-        **{**PRESETS[cfg.classifier], **cfg.classifier_overrides()},
-    ).fit(np.asarray(X_train, np.float32), y_train, base_margin=a * z_train + b)
-    return model.predict(np.asarray(X_test, np.float32), base_margin=a * z_test + b, output_margin=True)
 
 
 def choose(cands, inner: dict[str, float], n_defects: int, n_good: int, one_se: bool):
@@ -69,54 +50,43 @@ def main(argv: list[str] | None = None) -> None:
     segmenter = _fit_segmenter(make_segmenter(prep.spec, cfg.backbone, cfg.device), prep)
     X, X_gen = features(prep, names, *segment(prep, segmenter), segmenter.n_segments_, cfg.feature_set == "full")
     n_hold, labels = prep.n_hold, prep.labels
-    good_ref = {n: prep.maps[n].scores[:n_hold] for n in names}
+    moments = {n: good_moments(prep.maps[n].scores[:n_hold]) for n in names}
     rules = ["argmax", "1se", "ens-blend argmax", "ens-blend 1se", "segad (shipped)", "oracle"]
     from_ens = MethodResult("classifier from ensemble")
     results = {r: MethodResult(r) for r in [*names, ENSEMBLE, "classifier", *rules]}
     for sp in prep.splits:
         X_train, y_train, groups = prep.training_rows(X, X_gen, sp)
         train_scores = prep.training_scores(sp, len(X_gen))
+        test_scores = {n: prep.maps[n].scores[n_hold:][sp.test] for n in names}
+        X_test, y = X[n_hold:][sp.test], labels[sp.test]
 
         def make(seed: int = sp.seed) -> SegadClassifier:
             return SegadClassifier(cfg.classifier, seed=seed, **cfg.classifier_overrides())
 
-        margins = make().fit(X_train, y_train).decision_function(X[n_hold:][sp.test])
+        margins = make().fit(X_train, y_train).decision_function(X_test)
         oof = out_of_fold_scores(make, X_train, y_train, groups, seed=sp.seed)
         real = np.arange(len(y_train)) < n_hold + len(sp.train_defects)  # generated defects train, never judge
-        judged = np.isfinite(oof) & real
-        y_j = y_train[judged]
-        n_good, n_defects = int((y_j == 0).sum()), int((y_j == 1).sum())
-        moments = {n: good_moments(good_ref[n]) for n in names}
-        cands = candidates(names, moments, good_moments(oof[(y_train == 0) & judged]))
-        ens_cands = [c for c in cands if c.base == ENSEMBLE or len(names) == 1]
-        inner = {
-            c.label: image_auroc(y_j, c.score(oof[judged], {n: v[judged] for n, v in train_scores.items()}))
-            for c in cands
-        }
-        test_scores = {n: prep.maps[n].scores[n_hold:][sp.test] for n in names}
-        y = labels[sp.test]
+        shipped = select(oof, train_scores, y_train, real, moments)
+        # Every rule decides on the shipped rule's evidence: the same candidates and inner AUROCs.
+        inner, n_defects, n_good = shipped.inner_auroc, shipped.n_defects, shipped.n_good
+        cands = candidates(names, moments, shipped.blend.margin_moments)
+        ens_cands = [c for c in cands if c.base == cands[0].base]  # the ensemble (or the one detector) blends
         test_auroc = {c.label: image_auroc(y, c.score(margins, test_scores)) for c in cands}
         picks = {
             "argmax": choose(cands, inner, n_defects, n_good, False),
             "1se": choose(cands, inner, n_defects, n_good, True),
             "ens-blend argmax": choose(ens_cands, inner, n_defects, n_good, False),
             "ens-blend 1se": choose(ens_cands, inner, n_defects, n_good, True),
-            "segad (shipped)": select(oof, train_scores, y_train, real, good_ref).blend,
+            "segad (shipped)": shipped.blend,
             "oracle": max(cands, key=lambda c: test_auroc[c.label]),
         }
         for n in names:
             results[n].add(sp.seed, y, test_scores[n])
-        results[ENSEMBLE].add(
-            sp.seed, y, next(c for c in cands if c.label == ENSEMBLE or len(names) == 1).score(margins, test_scores)
-        )
+        results[ENSEMBLE].add(sp.seed, y, ensemble_score(test_scores, moments))
         results["classifier"].add(sp.seed, y, margins)
         if cfg.classifier != "logreg":
-            ens = next(c for c in cands if c.weight == 0 and (c.base == ENSEMBLE or len(names) == 1))
-            z_train = ens.base_score(train_scores)
-            X_test = X[n_hold:][sp.test]
-            from_ens.add(
-                sp.seed, y, from_ensemble(X_train, y_train, z_train, X_test, ens.base_score(test_scores), cfg, sp.seed)
-            )
+            z_train, z_test = ensemble_score(train_scores, moments), ensemble_score(test_scores, moments)
+            from_ens.add(sp.seed, y, make().fit(X_train, y_train, z_train).decision_function(X_test, z_test))
         for rule, c in picks.items():
             results[rule].add(sp.seed, y, c.score(margins, test_scores))
         print(f"seed {sp.seed}: " + ", ".join(f"{r}: {c.label}" for r, c in picks.items()), flush=True)

@@ -18,7 +18,8 @@ from dataclasses import replace
 import numpy as np
 from scipy.stats import binom
 
-from segad.train import build_parser, choice_summary, config_from, run
+from segad.selection import choice_summary
+from segad.train import build_parser, config_from, run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         f"{cal.guaranteed_fpr:.3f}), {n} test good; target FPR {cfg.target_fpr} (binomial 95% interval "
         f"{lo:.3f}-{hi:.3f}); final score: {choice_summary(result.selections)}"
     )
-    for sp_seed, d, sel in zip([r.seed for r in result.methods[0].per_seed], deps, result.selections, strict=True):
+    for sp_seed, d, sel in zip(result.seeds, deps, result.selections, strict=True):
         print(f"  seed {sp_seed}: FPR {d.fpr:.3f}, TPR {d.tpr:.3f} ({sel.blend.label})")
     print(f"{'FPR seed 1':>10} {'FPR mean ± std':>16} {'TPR mean ± std':>16}")
     print(f"{fpr[0]:>10.3f} {fpr.mean():>8.3f} ± {fpr.std():.3f} {tpr.mean():>8.3f} ± {tpr.std():.3f}")

@@ -112,15 +112,8 @@ def out_of_fold_scores(
     return oof
 
 
-def calibrate(
-    make_classifier: Callable[[], SegadClassifier],
-    X: np.ndarray,
-    y: np.ndarray,
-    groups: np.ndarray,
-    target_fpr: float,
-    seed: int = 0,
-) -> Calibration:
-    """The threshold for a classifier trained on (X, y): conformal on the good rows' out-of-fold margins."""
-    oof = out_of_fold_scores(make_classifier, X, y, groups, seed=seed)
-    good = oof[(np.asarray(y) == 0) & np.isfinite(oof)]
-    return conformal_threshold(good, target_fpr)
+def calibrate(oof_scores: np.ndarray, y: np.ndarray, target_fpr: float) -> Calibration:
+    """The threshold for a score whose training rows were scored out of fold (``out_of_fold_scores``,
+    or a blend of them with scores that never trained on labels): conformal on its good rows."""
+    oof = np.asarray(oof_scores, np.float64)
+    return conformal_threshold(oof[(np.asarray(y) == 0) & np.isfinite(oof)], target_fpr)

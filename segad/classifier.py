@@ -41,6 +41,8 @@ SINGLE_THREAD_ROWS = 20_000
 
 
 class SegadClassifier:
+    prior_: tuple[float, float] | None = None  # (a, b): the base margin a * prior + b, when fit with a prior
+
     def __init__(
         self, preset: ClassifierPreset = "brf", seed: int = 0, n_jobs: int | None = None, **overrides: Any
     ) -> None:
@@ -90,7 +92,7 @@ class SegadClassifier:
         return self
 
     def _base_margin(self, prior: np.ndarray | None) -> np.ndarray | None:
-        if getattr(self, "prior_", None) is None:
+        if self.prior_ is None:
             return None
         if prior is None:
             raise InputError("this classifier starts from the ensemble score: pass prior= to score rows")
@@ -151,7 +153,6 @@ class SegadClassifier:
         from xgboost import XGBClassifier
 
         clf = cls(preset)
-        clf.prior_ = None  # the pipeline's manifest sets it for a forest started from the ensemble
         clf.model_ = XGBClassifier()
         clf.model_.load_model(str(path))
         clf.model_.set_params(n_jobs=1)  # scoring a batch of images: a few hundred rows at most

@@ -55,10 +55,18 @@ class MethodResult:
         }
 
 
+def good_moments(reference: np.ndarray) -> tuple[float, float]:
+    """(mean, std) of scores on good images, the z-score reference (std 1 when they are constant)."""
+    ref = np.asarray(reference, np.float64)
+    ref = ref[np.isfinite(ref)]
+    std = float(np.std(ref)) if ref.size else 0.0
+    return (float(np.mean(ref)) if ref.size else 0.0), (std if std > 0 else 1.0)
+
+
 def normalise_scores(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
     """z-scores against good reference images, so detectors on different scales can be averaged."""
-    std = float(np.std(reference))
-    return (scores - float(np.mean(reference))) / (std if std > 0 else 1.0)
+    mean, std = good_moments(reference)
+    return (np.asarray(scores, np.float64) - mean) / std
 
 
 def format_table(results: list[MethodResult]) -> str:

@@ -99,14 +99,19 @@ class SegadPipeline:
         """Files or raw images -> an (N, 3, H, W) model-ready batch. An (N, H, W, C) array is N raw images."""
         return np.stack([self.prepare(im) for im in image_list(images)])
 
-    def features(self, batch: np.ndarray, segment_paths: Sequence[Path | None] | None = None, names=None):
-        """Feature rows of a model-ready batch, as training computed them (maps at the cache's float16)."""
+    def detect(self, batch: np.ndarray, names=None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Each detector's maps (at the cache's float16, as training read them) and image scores."""
         names = names or [f"image {i}" for i in range(len(batch))]
         maps, scores = {}, {}
         for d in self.detectors:
             out = d.predict(batch)
             check_maps(d.name, out.maps, names)
             maps[d.name], scores[d.name] = as_stored(out.maps), out.scores
+        return maps, scores
+
+    def features(self, batch: np.ndarray, segment_paths: Sequence[Path | None] | None = None, names=None):
+        """Feature rows of a model-ready batch, as training computed them, with ``detect``'s maps and scores."""
+        maps, scores = self.detect(batch, names)
         segments = self.segmenter.predict(batch, segment_paths)
         X = feature_matrix(maps, scores, segments, self.n_segments, with_scores=self.with_scores)
         return X, maps, scores
@@ -124,9 +129,15 @@ class SegadPipeline:
         self, batch: np.ndarray, segment_paths: Sequence[Path | None] | None = None, names=None
     ) -> PipelineOutput:
         """Score an (N, 3, H, W) batch already prepared by ``prepare`` / ``preprocess``."""
-        X, maps, detector_scores = self.features(np.asarray(batch, np.float32), segment_paths, names)
-        prior = self.blend.ensemble_score(detector_scores) if getattr(self.classifier, "prior_", None) else None
-        scores = self.blend.score(self.classifier.decision_function(X, prior), detector_scores)
+        batch = np.asarray(batch, np.float32)
+        if self.blend.weight > 0:
+            X, maps, detector_scores = self.features(batch, segment_paths, names)
+            prior = None if self.classifier.prior_ is None else self.blend.ensemble_score(detector_scores)
+            margins = self.classifier.decision_function(X, prior)
+        else:  # the chosen score is the ensemble or a detector: segments, statistics, forest would be wasted
+            maps, detector_scores = self.detect(batch, names)
+            margins = np.zeros(len(batch))
+        scores = self.blend.score(margins, detector_scores)
         return PipelineOutput(scores, scores >= self.threshold, {k: m.astype(np.float32) for k, m in maps.items()})
 
     # --- persistence ----------------------------------------------------------------------------
@@ -152,7 +163,7 @@ class SegadPipeline:
                 "classifier": {
                     "preset": self.classifier.preset,
                     "seed": self.classifier.seed,
-                    "prior": getattr(self.classifier, "prior_", None),  # (a, b): starts from the ensemble
+                    "prior": self.classifier.prior_,  # (a, b): it starts from the ensemble
                 },
                 "image_size": list(self.image_size),
                 "intensity": self.intensity,

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from segad.evaluate import good_moments
 from segad.metrics import image_auroc
 
 BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -41,12 +42,9 @@ def _z(values: np.ndarray, mean: float, std: float) -> np.ndarray:
     return (np.asarray(values, np.float64) - mean) / std
 
 
-def good_moments(reference: np.ndarray) -> tuple[float, float]:
-    """(mean, std) of scores on good images, the z-score reference (std 1 when they are constant)."""
-    ref = np.asarray(reference, np.float64)
-    ref = ref[np.isfinite(ref)]
-    std = float(np.std(ref)) if ref.size else 0.0
-    return (float(np.mean(ref)) if ref.size else 0.0), (std if std > 0 else 1.0)
+def ensemble_score(detector_scores: Mapping[str, np.ndarray], moments: Mapping[str, tuple[float, float]]) -> np.ndarray:
+    """The naive ensemble: each detector's z-score against good images (``moments``), averaged."""
+    return np.mean([_z(detector_scores[d], *m) for d, m in moments.items()], axis=0)
 
 
 @dataclass(frozen=True)
@@ -71,11 +69,12 @@ class ScoreBlend:
         return f"{self.weight:g} {CLASSIFIER} + {1 - self.weight:g} {self.base}"
 
     def ensemble_score(self, detector_scores: Mapping[str, np.ndarray]) -> np.ndarray:
-        """The naive ensemble: every detector's z-score, averaged (what a forest may start from)."""
-        return np.mean([_z(detector_scores[d], *m) for d, m in self.detector_moments.items()], axis=0)
+        """The naive ensemble of every detector (what a forest may start from)."""
+        return ensemble_score(detector_scores, self.detector_moments)
 
     def base_score(self, detector_scores: Mapping[str, np.ndarray]) -> np.ndarray:
-        return np.mean([_z(detector_scores[d], *self.detector_moments[d]) for d in self.base_detectors], axis=0)
+        moments = {d: self.detector_moments[d] for d in self.base_detectors}
+        return ensemble_score(detector_scores, moments)
 
     def score(self, margins: np.ndarray, detector_scores: Mapping[str, np.ndarray]) -> np.ndarray:
         out = np.zeros(len(margins), np.float64)
@@ -138,7 +137,7 @@ def select(
     detector_scores: Mapping[str, np.ndarray],
     y: np.ndarray,
     real: np.ndarray,
-    good_reference: Mapping[str, np.ndarray],
+    detector_moments: dict[str, tuple[float, float]],
     prefer_classifier: bool = False,
 ) -> Selection:
     """The final score for one seed, decided on the classifier's training rows (see the module's rule).
@@ -148,17 +147,15 @@ def select(
 
     ``oof_margins`` are the classifier's out-of-fold margins on those rows, ``detector_scores`` each
     detector's image scores on the same rows, ``real`` marks rows that are real images (held-out good
-    and shots; generated defects are judged only when there are no shots), ``good_reference`` each
-    detector's scores on the held-out good images (its z-score reference).
+    and shots; generated defects are judged only when there are no shots), ``detector_moments`` each
+    detector's (mean, std) on the held-out good images (``good_moments``, its z-score reference).
     """
     y = np.asarray(y).astype(int)
     real = np.asarray(real, bool)
     oof = np.asarray(oof_margins, np.float64)
     judged = np.isfinite(oof) & (real | (y == 0)) if (real & (y == 1)).any() else np.isfinite(oof)
-    names = list(detector_scores)
-    det_moments = {d: good_moments(good_reference[d]) for d in names}
     margin_moments = good_moments(oof[(y == 0) & np.isfinite(oof)])
-    cands = candidates(names, det_moments, margin_moments)
+    cands = candidates(list(detector_scores), detector_moments, margin_moments)
     yj = y[judged]
     inner = {
         c.label: image_auroc(yj, c.score(oof[judged], {d: np.asarray(v)[judged] for d, v in detector_scores.items()}))
@@ -182,3 +179,11 @@ def select(
     if challengers:
         chosen = max(challengers, key=lambda c: inner[c.label])
     return Selection(chosen, inner, n_good, n_defects)
+
+
+def choice_summary(selections: Sequence[Selection]) -> str:
+    """``"ensemble x6, 0.5 classifier + 0.5 ensemble x4"``: how often each final score was chosen."""
+    counts: dict[str, int] = {}
+    for sel in selections:
+        counts[sel.blend.label] = counts.get(sel.blend.label, 0) + 1
+    return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))

@@ -125,7 +125,7 @@ def log_result(result: TrainResult, register: bool = True) -> None:
             }
         )
     mlflow.log_metric("seconds", result.seconds)
-    from segad.train import choice_summary
+    from segad.selection import choice_summary
 
     # Which final score each seed chose on its training rows (segad.selection), and the saved model's.
     mlflow.set_tags(

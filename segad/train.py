@@ -25,16 +25,16 @@ from detectors.errors import InputError
 from detectors.registry import detector_class
 from features import FolderSegments, KMeansSegments, SegmentSpec, make_segmenter
 from features.vector import feature_matrix
-from segad.calibration import Calibration, check_target_fpr, conformal_threshold, out_of_fold_scores
+from segad.calibration import Calibration, calibrate, check_target_fpr, out_of_fold_scores
 from segad.classifier import PRESETS, SegadClassifier
 from segad.data import Dataset, DatasetError, Sample, load_dataset
 from segad.data.images import INTENSITIES, check_intensity
 from segad.defects import generate_defects
-from segad.evaluate import MethodResult, format_table, normalise_scores
+from segad.evaluate import MethodResult, format_table, good_moments
 from segad.maps import DetectorMaps, ImageSet, default_cache, fit_detector, predict_maps
 from segad.pipeline import SegadPipeline
 from segad.protocol import FitSplit, SeedSplit, check_evaluable, fit_split, seed_split, seeds, tuning_defects
-from segad.selection import CLASSIFIER, Selection, select
+from segad.selection import CLASSIFIER, Selection, choice_summary, ensemble_score, select
 
 GENERATED_SEED = 0
 KMEANS_FIT_IMAGES = 64
@@ -134,6 +134,10 @@ class TrainResult:
     selections: list[Selection]  # per seed: the final score chosen on the training rows, and why
 
     @property
+    def seeds(self) -> list[int]:
+        return [r.seed for r in self.methods[0].per_seed]
+
+    @property
     def deployment(self) -> Deployment:
         """The saved model's (the first seed's)."""
         return self.deployments[0]
@@ -154,7 +158,7 @@ class TrainResult:
             ],
             "selection": [
                 {"seed": sp_seed, "chosen": sel.blend.label, "inner_auroc": sel.inner_auroc}
-                for sp_seed, sel in zip([r.seed for r in self.methods[0].per_seed], self.selections, strict=True)
+                for sp_seed, sel in zip(self.seeds, self.selections, strict=True)
             ],
             "detectors": {
                 name: {
@@ -370,9 +374,9 @@ def run(cfg: TrainConfig) -> TrainResult:
     X_test = X[n_hold:]
     maps = prep.maps
     results = {n: MethodResult(n) for n in [*names, "ensemble", "segad", CLASSIFIER]}
-    normalised = {n: normalise_scores(maps[n].scores[n_hold:], maps[n].scores[:n_hold]) for n in names}
-    ensemble = np.mean([normalised[n] for n in names], axis=0)
-    good_reference = {n: maps[n].scores[:n_hold] for n in names}
+    # z-scores against the held-out good images: the naive ensemble, and every blend's reference
+    moments = {n: good_moments(maps[n].scores[:n_hold]) for n in names}
+    ensemble = ensemble_score({n: maps[n].scores[n_hold:] for n in names}, moments)
     from_ensemble = cfg.classifier_start == "ensemble"
     first_clf, first_scores, importances, blend = None, {}, [], None
     selections: list[Selection] = []
@@ -387,18 +391,16 @@ def run(cfg: TrainConfig) -> TrainResult:
         def make_classifier(seed: int = sp.seed) -> SegadClassifier:
             return SegadClassifier(cfg.classifier, seed=seed, **cfg.classifier_overrides())
 
-        # The forest may start from the ensemble score (z against the held-out good images, as in the table).
-        prior = ensemble_rows = None
-        if from_ensemble:
-            prior = np.mean([normalise_scores(v, maps[n].scores[:n_hold]) for n, v in train_scores.items()], axis=0)
-            ensemble_rows = ensemble[sp.test]
+        # The forest may start from the ensemble score, as the table computes it.
+        prior = ensemble_score(train_scores, moments) if from_ensemble else None
+        test_prior = ensemble[sp.test] if from_ensemble else None
         clf = make_classifier().fit(X_train, y_train, prior)
         # 5. the final score, chosen on the training rows: the classifier's margins out of fold
         oof = out_of_fold_scores(make_classifier, X_train, y_train, groups, seed=sp.seed, prior=prior)
         real = np.r_[np.ones(n_hold + len(sp.train_defects), bool), np.zeros(len(X_gen), bool)]
-        sel = select(oof, train_scores, y_train, real, good_reference, prefer_classifier=from_ensemble)
+        sel = select(oof, train_scores, y_train, real, moments, prefer_classifier=from_ensemble)
         selections.append(sel)
-        margins = clf.decision_function(X_test[sp.test], ensemble_rows)
+        margins = clf.decision_function(X_test[sp.test], test_prior)
         scores["segad"] = sel.blend.score(margins, scores)
         scores[CLASSIFIER] = margins
         for method, s in scores.items():
@@ -411,8 +413,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         importances.append(clf.feature_importances())
         # Every seed's model gets the threshold the saved one gets: conformal on out-of-fold final scores
         # of its good rows; what it does on that seed's test set is the deployed FPR/TPR.
-        oof_final = sel.blend.score(oof, train_scores)
-        calibration = conformal_threshold(oof_final[(y_train == 0) & np.isfinite(oof)], cfg.target_fpr)
+        calibration = calibrate(sel.blend.score(oof, train_scores), y_train, cfg.target_fpr)
         deployments.append(Deployment.measure(calibration, y, scores["segad"]))
         if first_clf is None:  # the saved model
             first_clf, first_scores, blend = clf, scores, sel.blend
@@ -452,14 +453,6 @@ def run(cfg: TrainConfig) -> TrainResult:
         deployments,
         selections,
     )
-
-
-def choice_summary(selections: Sequence[Selection]) -> str:
-    """``"ensemble x6, 0.5 classifier + 0.5 ensemble x4"``: how often each final score was chosen."""
-    counts: dict[str, int] = {}
-    for sel in selections:
-        counts[sel.blend.label] = counts.get(sel.blend.label, 0) + 1
-    return ", ".join(f"{k} x{v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _generated_defects(cfg: TrainConfig, fs, seg_paths, size):

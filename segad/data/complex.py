@@ -50,17 +50,15 @@ a defective image equals its clean counterpart (``ComplexImage.clean``) outside 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import string
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from detectors.errors import InputError
-from segad.data.mvtec import load_mvtec, write_once, write_samples
+from segad.data.mvtec import generated_set, load_mvtec, spec_key, write_samples
 from segad.data.samples import GOOD, Dataset, Split
 
 COMPLEX_CATEGORY = "complex"
@@ -103,7 +101,7 @@ class ComplexSpec:
     seed: int = 0
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        return spec_key(self)
 
     def check(self) -> None:
         if self.image_size < 64:
@@ -476,11 +474,8 @@ def write_mvtec(spec: ComplexSpec, root: str | Path) -> Path:
 
 def load_complex(spec: ComplexSpec | None = None, cache_dir: str | Path | None = None) -> Dataset:
     """The built-in ``synthetic/complex`` set: written once per spec into the cache, then read from disk."""
-    from segad.paths import cache_root
-
     spec = spec or ComplexSpec()
     spec.check()
-    base = Path(cache_dir) if cache_dir is not None else cache_root() / "datasets"
-    root = base / f"synthetic-{COMPLEX_CATEGORY}-v{GENERATOR_VERSION}-{spec.key()}"
-    write_once(root, lambda tmp: write_mvtec(spec, tmp))
+    folder = f"synthetic-{COMPLEX_CATEGORY}-v{GENERATOR_VERSION}-{spec.key()}"
+    root = generated_set(folder, cache_dir, lambda tmp: write_mvtec(spec, tmp))
     return load_mvtec(root, COMPLEX_CATEGORY, name="synthetic")

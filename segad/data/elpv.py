@@ -51,6 +51,25 @@ def dra_split(n: int) -> tuple[np.ndarray, np.ndarray]:
     return order[n_test:], order[:n_test]
 
 
+def _label_rows() -> list[tuple[Path, float, str]]:
+    """``labels.csv`` as (image path, defect probability, cell type) rows, in the file's order."""
+    labels = elpv_labels_file()
+    rows = []
+    for n, line in enumerate(labels.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        fields = line.split()
+        if len(fields) != 3 or fields[2] not in ELPV_CELL_TYPES:
+            raise DatasetError(f"{labels}:{n}: expected 'PATH PROBABILITY mono|poly', got {line!r}")
+        rel, prob_text, kind = fields
+        try:
+            prob = float(prob_text)
+        except ValueError:
+            raise DatasetError(f"{labels}:{n}: defect probability {prob_text!r} is not a number") from None
+        rows.append((labels.parent / rel, prob, kind))
+    return rows
+
+
 def load_elpv(category: str = "mono", include_uncertain: bool = False) -> Dataset:
     if category not in ELPV_CATEGORIES:
         raise DatasetError(f"ELPV category must be one of {', '.join(ELPV_CATEGORIES)}; got {category!r}")
@@ -58,15 +77,11 @@ def load_elpv(category: str = "mono", include_uncertain: bool = False) -> Datase
         if include_uncertain:
             raise DatasetError("the DRA split of ELPV leaves the uncertain (1/3, 2/3) cells out: use mono or poly")
         return _load_dra()
-    labels = elpv_labels_file()
-    rows = [line.split() for line in labels.read_text().splitlines() if line.strip()]
     good: list[Path] = []
     bad: list[tuple[Path, str]] = []
-    for rel, prob_text, kind in rows:
+    for path, prob, kind in _label_rows():
         if kind != category:
             continue
-        prob = float(prob_text)
-        path = labels.parent / rel
         if prob == 0.0:
             good.append(path)
         elif prob == 1.0:
@@ -83,26 +98,13 @@ def load_elpv(category: str = "mono", include_uncertain: bool = False) -> Datase
 
 
 def _load_dra() -> Dataset:
-    labels = elpv_labels_file()
-    good: list[Path] = []
-    bad: list[tuple[Path, str]] = []
-    for n, line in enumerate(labels.read_text().splitlines(), 1):
-        if not line.strip():
-            continue
-        fields = line.split()
-        if len(fields) != 3 or fields[2] not in ELPV_CELL_TYPES:
-            raise DatasetError(f"{labels}:{n}: expected 'PATH PROBABILITY mono|poly', got {line!r}")
-        rel, prob_text, kind = fields
-        try:
-            prob = float(prob_text)
-        except ValueError:
-            raise DatasetError(f"{labels}:{n}: defect probability {prob_text!r} is not a number") from None
-        if prob == 0.0:
-            good.append(labels.parent / rel)
-        elif prob == 1.0:
-            bad.append((labels.parent / rel, kind))
+    rows = _label_rows()
+    good = [path for path, prob, _ in rows if prob == 0.0]
+    bad = [(path, kind) for path, prob, kind in rows if prob == 1.0]
     if len(good) < 2 or not bad:
-        raise DatasetError(f"{labels}: {len(good)} good and {len(bad)} defect cells, too few for the DRA split")
+        raise DatasetError(
+            f"{elpv_labels_file()}: {len(good)} good and {len(bad)} defect cells, too few for the DRA split"
+        )
     _, test_idx = dra_split(len(good))
     test = set(test_idx.tolist())
     samples = [Sample(p, 0, GOOD, Split.TEST if i in test else Split.TRAIN) for i, p in enumerate(good)]

@@ -145,6 +145,23 @@ def write_samples(cat: Path, items: Iterable) -> Path:
     return cat
 
 
+def spec_key(spec) -> str:
+    """A generated set's cache key: a hash of its spec dataclass, so any change to it writes a new set."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    return hashlib.sha1(json.dumps(asdict(spec), sort_keys=True).encode()).hexdigest()[:12]
+
+
+def generated_set(folder: str, cache_dir: str | Path | None, write: Callable[[Path], object]) -> Path:
+    """``folder`` under ``cache_dir`` (default: segad's cache, ``datasets/``), written once by ``write``."""
+    from segad.paths import cache_root
+
+    base = Path(cache_dir) if cache_dir is not None else cache_root() / "datasets"
+    return write_once(base / folder, write)
+
+
 def write_once(root: Path, write: Callable[[Path], object]) -> Path:
     """A generated set written into ``root`` once: into a temporary folder beside it, then one atomic
     rename, so a reader never sees half a set, an interrupted write leaves nothing behind, and of two

@@ -19,20 +19,15 @@ BUILTIN_DATASETS = {"elpv": ELPV_CATEGORIES, "synthetic": SYNTHETIC_CATEGORIES, 
 
 def load_dataset(data: str | Path, category: str | None = None, *, include_uncertain: bool = False) -> Dataset:
     """A built-in name (``elpv``, ``synthetic``, ``textures``) or a folder in the MVTec or VisA layout."""
-    if str(data) == "elpv":
-        return load_elpv(category or "mono", include_uncertain=include_uncertain)
-    if str(data) == "synthetic":
-        if category not in (None, *SYNTHETIC_CATEGORIES):
-            raise DatasetError(
-                f"the synthetic dataset has the categories {', '.join(SYNTHETIC_CATEGORIES)}; got {category!r}"
-            )
+    if (builtin := BUILTIN_DATASETS.get(str(data))) is not None:
+        if category not in (None, *builtin):
+            raise DatasetError(f"the {data} dataset has the categories {', '.join(builtin)}; got {category!r}")
+        category = category or builtin[0]
+        if str(data) == "elpv":
+            return load_elpv(category, include_uncertain=include_uncertain)
+        if str(data) == "textures":
+            return load_textures(category)
         return load_complex() if category == COMPLEX_CATEGORY else load_synthetic()
-    if str(data) == "textures":
-        if category not in (None, *TEXTURE_CATEGORIES):
-            raise DatasetError(
-                f"the textures dataset has the categories {', '.join(TEXTURE_CATEGORIES)}; got {category!r}"
-            )
-        return load_textures(category or TEXTURE_CATEGORIES[0])
     root = Path(data).expanduser()
     if not root.is_dir():
         raise DatasetError(f"--data {data}: not a folder and not a built-in dataset ({', '.join(BUILTIN_DATASETS)})")

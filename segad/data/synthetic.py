@@ -8,16 +8,14 @@ Everything is a pure function of the spec's seed and the image index.
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from detectors.errors import InputError
-from segad.data.mvtec import load_mvtec, write_once, write_samples
+from segad.data.mvtec import generated_set, load_mvtec, spec_key, write_samples
 from segad.data.samples import GOOD, Dataset, Split
 
 DEFECT_TYPES = ("scratch", "contamination", "missing", "shifted", "texture")
@@ -34,7 +32,7 @@ class SyntheticSpec:
     seed: int = 0
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        return spec_key(self)
 
 
 @dataclass(frozen=True)
@@ -176,10 +174,6 @@ def write_mvtec(spec: SyntheticSpec, root: str | Path, category: str = SYNTHETIC
 
 def load_synthetic(spec: SyntheticSpec | None = None, cache_dir: str | Path | None = None) -> Dataset:
     """The built-in ``synthetic`` dataset: written once per spec into the cache, then read from disk."""
-    from segad.paths import cache_root
-
     spec = spec or SyntheticSpec()
-    base = Path(cache_dir) if cache_dir is not None else cache_root() / "datasets"
-    root = base / f"synthetic-{spec.key()}"
-    write_once(root, lambda tmp: write_mvtec(spec, tmp))
+    root = generated_set(f"synthetic-{spec.key()}", cache_dir, lambda tmp: write_mvtec(spec, tmp))
     return load_mvtec(root, SYNTHETIC_CATEGORY, name="synthetic")

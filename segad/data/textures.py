@@ -27,9 +27,7 @@ type comes from a generator seeded by the spec's seed, the category, the type an
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import cache
 from pathlib import Path
 
@@ -37,7 +35,7 @@ import cv2
 import numpy as np
 
 from detectors.errors import InputError
-from segad.data.mvtec import load_mvtec, write_once, write_samples
+from segad.data.mvtec import generated_set, load_mvtec, spec_key, write_samples
 from segad.data.samples import GOOD, Dataset, DatasetError, Split
 
 TEXTURE_CATEGORIES = ("brick", "gravel", "grass")
@@ -61,7 +59,7 @@ class TextureSpec:
     seed: int = 0
 
     def key(self) -> str:
-        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True).encode()).hexdigest()[:12]
+        return spec_key(self)
 
     def strength_for(self, category: str) -> float:
         return DEFAULT_STRENGTH[category] if self.strength is None else self.strength
@@ -352,14 +350,11 @@ def load_textures(
     category: str = "brick", spec: TextureSpec | None = None, cache_dir: str | Path | None = None
 ) -> Dataset:
     """The built-in ``textures`` dataset: written once per spec and category into the cache, then read."""
-    from segad.paths import cache_root
-
     if category not in TEXTURE_CATEGORIES:
         raise DatasetError(f"the textures dataset has the categories {', '.join(TEXTURE_CATEGORIES)}; got {category!r}")
     spec = spec or TextureSpec()
-    base = Path(cache_dir) if cache_dir is not None else cache_root() / "datasets"
     # Keyed by the strength in force, not None: a new default strength must not reuse old pixels.
     resolved = replace(spec, strength=spec.strength_for(category))
-    root = base / f"textures-v{GENERATOR_VERSION}-{category}-{resolved.key()}"
-    write_once(root, lambda tmp: write_mvtec(spec, category, tmp))
+    folder = f"textures-v{GENERATOR_VERSION}-{category}-{resolved.key()}"
+    root = generated_set(folder, cache_dir, lambda tmp: write_mvtec(spec, category, tmp))
     return load_mvtec(root, category, name="textures")

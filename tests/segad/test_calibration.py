@@ -53,7 +53,7 @@ def test_calibrated_threshold_holds_where_the_in_sample_quantile_does_not() -> N
     clf = make().fit(X, y)
     fresh_good = clf.decision_function(rng.normal(size=(4000, d)))
     in_sample = np.quantile(clf.decision_function(X[:100]), 0.95)
-    cal = calibrate(make, X, y, groups, 0.05)
+    cal = calibrate(out_of_fold_scores(make, X, y, groups), y, 0.05)
     assert cal.n_good == 100 and cal.meets_target
     assert (fresh_good >= in_sample).mean() > 0.12  # the old rule's failure, reproduced
     assert (fresh_good >= cal.threshold).mean() <= 0.05 + 0.03

@@ -31,3 +31,24 @@ def test_kmeans_pipeline_round_trips_through_its_folder(tiny: TinySet, tmp_path:
     assert loaded.threshold == 0.5 and loaded.n_segments == 3 and loaded.intensity == intensity
     pipe.save(tmp_path / "model")  # overwriting an existing model folder works too
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_a_model_whose_final_score_is_the_ensemble_skips_the_segad_layer(tiny: TinySet, tmp_path: Path) -> None:
+    """When training chose the ensemble, the saved model scores with the detectors alone: no segmenter
+    (a folder segmenter without segment maps would fail), no forest."""
+    from features import FolderSegments
+    from segad.evaluate import good_moments
+    from segad.selection import ScoreBlend, ensemble_score
+
+    det = make_detector("padim", progress=False, device="cpu").fit(tiny.train)
+    moments = {"padim": good_moments(det.predict(tiny.train).scores)}
+    blend = ScoreBlend(0.0, "ensemble", moments, (0.0, 1.0))
+    pipe = SegadPipeline([det], FolderSegments(3), SegadClassifier("brf"), (96, 96), blend=blend)
+    rng = np.random.default_rng(0)
+    pipe.classifier.fit(rng.normal(size=(20, len(pipe.feature_names))), np.r_[np.zeros(15), np.ones(5)])
+    with pytest.raises(Exception, match="segment"):  # the SegAD layer would need the segment maps ...
+        pipe.features(tiny.test)
+    loaded = SegadPipeline.load(pipe.save(tmp_path / "model"), device="cpu")
+    out = loaded.predict_batch(tiny.test)  # ... which the ensemble does not
+    expected = ensemble_score({"padim": det.predict(tiny.test).scores}, moments)
+    np.testing.assert_allclose(out.scores, expected, rtol=0, atol=1e-5)

@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from segad.evaluate import good_moments
 from segad.metrics import image_auroc
 from segad.selection import CLASSIFIER, ENSEMBLE, ScoreBlend, auroc_standard_error, candidates, select
 
@@ -41,7 +42,7 @@ def test_noise_in_the_classifier_keeps_the_ensemble() -> None:
     rng, y, real = _rows()
     det = {"a": rng.normal(0, 1, len(y)) + 2.0 * y, "b": rng.normal(0, 1, len(y)) + 2.0 * y}
     oof = rng.normal(0, 1, len(y))  # the classifier learned nothing that holds out of fold
-    sel = select(oof, det, y, real, {k: v[y == 0] for k, v in det.items()})
+    sel = select(oof, det, y, real, {k: good_moments(v[y == 0]) for k, v in det.items()})
     assert sel.blend.label == ENSEMBLE
     assert sel.inner_auroc[CLASSIFIER] < sel.inner_auroc[ENSEMBLE]
 
@@ -50,7 +51,7 @@ def test_a_classifier_that_clearly_wins_out_of_fold_is_used() -> None:
     rng, y, real = _rows()
     det = {"a": rng.normal(0, 1, len(y)), "b": rng.normal(0, 1, len(y))}  # detectors at chance
     oof = rng.normal(0, 1, len(y)) + 4.0 * y
-    sel = select(oof, det, y, real, {k: v[y == 0] for k, v in det.items()})
+    sel = select(oof, det, y, real, {k: good_moments(v[y == 0]) for k, v in det.items()})
     assert sel.blend.weight > 0
     assert sel.inner_auroc[sel.blend.label] > sel.inner_auroc[ENSEMBLE] + 0.2
 
@@ -61,13 +62,13 @@ def test_a_single_detector_needs_a_clear_lead_over_the_ensemble() -> None:
     oof = rng.normal(0, 1, len(y))  # a classifier with nothing to add
     # "b" leads the ensemble on the training rows, by less than the noise: the ensemble stays.
     det = {"a": signal + rng.normal(0, 1.5, len(y)), "b": signal + rng.normal(0, 0.3, len(y))}
-    sel = select(oof, det, y, real, {k: v[y == 0] for k, v in det.items()})
+    sel = select(oof, det, y, real, {k: good_moments(v[y == 0]) for k, v in det.items()})
     assert sel.inner_auroc["b"] > sel.inner_auroc[ENSEMBLE]
     assert sel.blend.base == ENSEMBLE
     # "a" is useless: "b" alone is clearly better than averaging it with noise, and is chosen.
     rng, y, real = _rows(n_good=100, n_bad=30, seed=1)
     det = {"a": rng.normal(0, 1, len(y)), "b": rng.normal(0, 1, len(y)) + 1.5 * y}
-    sel = select(rng.normal(0, 1, len(y)), det, y, real, {k: v[y == 0] for k, v in det.items()})
+    sel = select(rng.normal(0, 1, len(y)), det, y, real, {k: good_moments(v[y == 0]) for k, v in det.items()})
     assert sel.inner_auroc["b"] > sel.inner_auroc[ENSEMBLE] + 0.05
     assert sel.blend.base == "b"
 
@@ -76,7 +77,7 @@ def test_the_blend_weight_follows_the_inner_auroc() -> None:
     rng, y, real = _rows()
     det = {"a": rng.normal(0, 1, len(y)) + 1.0 * y, "b": rng.normal(0, 1, len(y)) + 1.0 * y}
     oof = rng.normal(0, 1, len(y)) + 1.0 * y  # as good as a detector, independent of them: blending helps
-    sel = select(oof, det, y, real, {k: v[y == 0] for k, v in det.items()})
+    sel = select(oof, det, y, real, {k: good_moments(v[y == 0]) for k, v in det.items()})
     assert 0 < sel.blend.weight < 1 and sel.blend.base == ENSEMBLE
     family = [c for c in sel.inner_auroc if ENSEMBLE in c or c == CLASSIFIER]
     assert sel.inner_auroc[sel.blend.label] == max(sel.inner_auroc[c] for c in family)
@@ -86,12 +87,12 @@ def test_generated_defects_do_not_judge_when_there_are_real_shots() -> None:
     rng, y, real = _rows(n_gen=30)
     det = {"a": rng.normal(0, 1, len(y)) + 2.0 * y * real, "b": rng.normal(0, 1, len(y)) + 2.0 * y * real}
     oof = rng.normal(0, 1, len(y)) + 6.0 * (y * ~real)  # perfect on generated defects, chance on real ones
-    sel = select(oof, det, y, real, {k: v[y == 0] for k, v in det.items()})
+    sel = select(oof, det, y, real, {k: good_moments(v[y == 0]) for k, v in det.items()})
     assert sel.n_defects == 10
     assert sel.blend.weight == 0
     # Without real shots the generated defects are all there is to judge on.
     no_shots = np.r_[np.ones(40, bool), np.zeros(len(y) - 40, bool)]
-    assert select(oof, det, y, no_shots, {k: v[y == 0] for k, v in det.items()}).n_defects == len(y) - 40
+    assert select(oof, det, y, no_shots, {k: good_moments(v[y == 0]) for k, v in det.items()}).n_defects == len(y) - 40
 
 
 def test_blend_scores_and_round_trips() -> None:
@@ -110,7 +111,7 @@ def test_a_classifier_started_from_the_ensemble_is_the_default() -> None:
     signal = rng.normal(0, 1, len(y)) + 1.5 * y
     det = {"a": signal + rng.normal(0, 0.5, len(y)), "b": signal + rng.normal(0, 0.5, len(y))}
     oof = signal + rng.normal(0, 0.6, len(y))  # about as good as the ensemble, a little worse here
-    ref = {k: v[y == 0] for k, v in det.items()}
+    ref = {k: good_moments(v[y == 0]) for k, v in det.items()}
     sel = select(oof, det, y, real, ref, prefer_classifier=True)
     assert sel.inner_auroc[CLASSIFIER] < max(sel.inner_auroc.values())
     assert sel.blend.label == CLASSIFIER
