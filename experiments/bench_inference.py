@@ -4,7 +4,8 @@
     python experiments/bench_inference.py --model outputs/models/elpv_mono --n 128
 
 The SegAD layer is segments + per-segment features + classifier; the target is under 10% of the
-detectors' time.
+detectors' time. The last line is end to end: files decoded, maps, SegAD score, in batches of
+``--batch``, as ``SegadPipeline.predict`` serves them.
 """
 
 from __future__ import annotations
@@ -22,11 +23,18 @@ def main() -> None:
     ap.add_argument("--category", default="mono")
     ap.add_argument("--n", type=int, default=128)
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--batch", type=int, default=32, help="images per predict call in the end-to-end timing")
+    ap.add_argument(
+        "--full-layer", action="store_true", help="end to end through the forest even if the saved score skips it"
+    )
     args = ap.parse_args()
+
+    import torch
 
     from features.vector import feature_matrix
     from segad.data import load_dataset
     from segad.pipeline import SegadPipeline
+    from segad.selection import ScoreBlend
 
     model = SegadPipeline.load(args.model, device=args.device)
     test = load_dataset(args.data, args.category).test[: args.n]
@@ -34,9 +42,14 @@ def main() -> None:
     paths = [s.segment_path for s in test]
     model.predict_batch(x[:8], paths[:8])  # warm-up: backbone, numba, XGBoost
 
+    def sync() -> None:
+        if torch.cuda.is_available() and args.device != "cpu":
+            torch.cuda.synchronize()
+
     t = {}
     t0 = time.perf_counter()
     outs = {d.name: d.predict(x) for d in model.detectors}
+    sync()
     t["detectors"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     segments = model.segmenter.predict(x, paths)
@@ -57,6 +70,18 @@ def main() -> None:
         f"SegAD layer {layer / n * 1000:.2f} ms/image = {100 * layer / t['detectors']:.1f}% of the detectors' "
         f"{t['detectors'] / n * 1000:.1f} ms/image ({', '.join(d.name for d in model.detectors)}; "
         f"segments {model.info.get('segments')}); {np.prod(x.shape[-2:])} px images"
+    )
+    if args.full_layer:
+        model.blend = ScoreBlend.classifier_only([d.name for d in model.detectors])
+    files = [s.image_path for s in test]
+    t0 = time.perf_counter()
+    for i in range(0, len(files), args.batch):
+        model.predict(files[i : i + args.batch], paths[i : i + args.batch])
+    sync()
+    e2e = time.perf_counter() - t0
+    print(
+        f"end to end (decode, maps, score; batch {args.batch}): {len(files) / e2e:.1f} images/s, "
+        f"{e2e / len(files) * 1000:.1f} ms/image on {args.device}; the saved score: {model.blend.to_dict()}"
     )
 
 
