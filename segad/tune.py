@@ -155,16 +155,44 @@ def cv_score(bench: Workbench, params: dict, report=None) -> float:
     return float(np.mean(means))
 
 
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """The seed of one trial's draws: trial numbers are unique within a storage, so no two trials of a
+    study (resumed, or run by several workers at once) draw alike, and one ``--sampler-seed`` still
+    reproduces a study trial by trial."""
+    return int(np.random.SeedSequence([study_seed, trial_number]).generate_state(1)[0])
+
+
+def make_sampler(kind: str, study_seed: int):
+    """Optuna's sampler, re-seeded per trial. A sampler seeded once per process (Optuna's ``seed=``)
+    replays the same draws in every process: a resumed study repeated its first trials, and two workers
+    ran the same trials twice."""
+    import optuna
+
+    base = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}[kind]
+
+    class TrialSeeded(base):
+        def before_trial(self, study, trial) -> None:
+            seed = trial_seed(study_seed, trial.number)
+            # Optuna keeps its draws in these RandomStates (TPE: its own and its startup RandomSampler's);
+            # test_tune checks that resumed and parallel trials differ, so a rename upstream fails there.
+            self._rng.rng.seed(seed)
+            if hasattr(self, "_random_sampler"):
+                self._random_sampler._rng.rng.seed(seed)
+            super().before_trial(study, trial)
+
+    TrialSeeded.__name__ = TrialSeeded.__qualname__ = f"TrialSeeded{base.__name__}"
+    return TrialSeeded(seed=study_seed)
+
+
 def _open_study(args, sampler_seed: int):
     import optuna
 
-    samplers = {"tpe": optuna.samplers.TPESampler, "random": optuna.samplers.RandomSampler}
     try:
         return optuna.create_study(
             study_name=args.study,
             storage=args.storage,
             direction="maximize",
-            sampler=samplers[args.sampler](seed=sampler_seed),
+            sampler=make_sampler(args.sampler, sampler_seed),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=2),
             load_if_exists=True,
         )

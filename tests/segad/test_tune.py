@@ -72,11 +72,20 @@ def test_tuning_folds_keep_generated_defects_with_their_source() -> None:
     assert sorted(np.concatenate([f.good_val for f in folds])) == list(range(9))
 
 
-def test_resuming_adds_trials_to_the_same_study(workspace: Path) -> None:
+def _trials(workspace: Path, study: str) -> list:
+    return optuna.load_study(study_name=study, storage=f"sqlite:///{workspace / 'optuna.db'}").trials
+
+
+def test_resuming_adds_new_trials_to_the_same_study(workspace: Path) -> None:
     assert main(_args(workspace, "resume", 2, "--skip-best-run")) == 0
     assert main(_args(workspace, "resume", 2, "--skip-best-run")) == 0
-    study = optuna.load_study(study_name="resume", storage=f"sqlite:///{workspace / 'optuna.db'}")
-    assert [t.number for t in study.trials] == [0, 1, 2, 3]
+    trials = _trials(workspace, "resume")
+    assert [t.number for t in trials] == [0, 1, 2, 3]
+    params = [t.params for t in trials]
+    # A process seeded once replayed the first process's draws: trials 2 and 3 repeated 0 and 1.
+    assert params[2] not in params[:2] and params[3] not in params[:2], params
+    assert main(_args(workspace, "again", 2, "--skip-best-run")) == 0
+    assert [t.params for t in _trials(workspace, "again")] == params[:2]  # one seed reproduces a study
 
 
 def test_two_workers_share_one_study(workspace: Path) -> None:
@@ -87,10 +96,11 @@ def test_two_workers_share_one_study(workspace: Path) -> None:
     ]
     errors = [w.communicate(timeout=300)[1].decode() for w in workers]
     assert all(w.returncode == 0 for w in workers), errors
-    study = optuna.load_study(study_name="shared", storage=f"sqlite:///{workspace / 'optuna.db'}")
-    numbers = [t.number for t in study.trials]
-    assert sorted(numbers) == [0, 1, 2, 3]  # four trials, none lost, none run twice
-    assert all(t.state.is_finished() for t in study.trials)
+    trials = _trials(workspace, "shared")
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # four trials, none lost, none run twice
+    assert all(t.state.is_finished() for t in trials)
+    params = [t.params for t in trials]
+    assert all(p not in params[:i] for i, p in enumerate(params)), params  # no worker repeats another's draw
 
 
 @pytest.mark.parametrize(
