@@ -6,7 +6,8 @@ fit images in the order the detector sees them (training batches and the coreset
 it), so a changed config, device or fit set can never return stale maps. Inside a
 key's folder sit the fitted detector and one small file per image (float16 map, float32 score),
 each written to a temporary name and renamed, so an interrupted run keeps every finished map and
-never leaves a torn file behind.
+never leaves a torn file behind. A file damaged anyway (a full disk, a copy cut short, a stray edit) is
+named in a warning, removed and recomputed: it must never fail every later run, nor feed a wrong map.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import warnings
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -50,7 +52,13 @@ class CacheEntry:
         return self.path / "detector.safetensors"
 
     def load_detector(self) -> Detector | None:
-        return load_detector(self.detector_path) if self.detector_path.is_file() else None
+        if not self.detector_path.is_file():
+            return None
+        try:
+            return load_detector(self.detector_path)
+        except Exception as e:  # safetensors, JSON and our own errors: any unreadable file is refitted
+            self._discard(self.detector_path, e, "the detector is fitted again")
+            return None
 
     def save_detector(self, det: Detector) -> None:
         det.save(self.detector_path)  # Detector.save is atomic itself
@@ -62,8 +70,24 @@ class CacheEntry:
         p = self._map_path(image_id)
         if not p.is_file():
             return None
-        with np.load(p) as f:
-            return f["map"], float(f["score"])
+        try:
+            with np.load(p) as f:
+                anomaly_map, score = f["map"], float(f["score"])
+            if anomaly_map.ndim != 2:
+                raise ValueError(f"a map of shape {anomaly_map.shape}, not (H, W)")
+        except Exception as e:  # truncated zip, EOF, missing key, wrong shape: recompute this map
+            self._discard(p, e, "its map is computed again")
+            return None
+        return anomaly_map, score
+
+    @staticmethod
+    def _discard(path: Path, error: Exception, then: str) -> None:
+        warnings.warn(
+            f"map cache: {path} is damaged ({type(error).__name__}: {error}); removed, {then}",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+        path.unlink(missing_ok=True)
 
     def put(self, image_id: str, anomaly_map: np.ndarray, score: float) -> None:
         def write(tmp: Path) -> None:

@@ -51,6 +51,34 @@ def test_interrupted_run_keeps_finished_maps(tiny: TinySet, tmp_path: Path) -> N
     assert not list(tmp_path.rglob("*.tmp"))
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),  # a copy cut short
+        lambda p: p.write_bytes(b""),  # a full disk
+        lambda p: np.savez(p.open("wb"), score=np.float32(1)),  # a stray file: no map
+    ],
+    ids=["truncated", "empty", "no-map"],
+)
+def test_a_damaged_cache_file_is_named_removed_and_recomputed(tiny: TinySet, tmp_path: Path, damage) -> None:
+    cache = MapCache(tmp_path)
+    fit, test = ImageSet.from_arrays(tiny.train), ImageSet.from_arrays(tiny.test)
+    first = compute_maps(make_detector("patchcore", **FAST), fit, test, (96, 96), cache)
+    detector_file = next(tmp_path.rglob("detector.safetensors"))
+    map_file = sorted(tmp_path.rglob("*.npz"))[0]
+    damage(map_file)
+    detector_file.write_bytes(detector_file.read_bytes()[:100])
+    with pytest.warns(RuntimeWarning) as caught:
+        again = compute_maps(make_detector("patchcore", **FAST), fit, test, (96, 96), cache)
+    said = " ".join(str(w.message) for w in caught)
+    assert str(detector_file) in said and str(map_file) in said and "damaged" in said
+    assert again.fit_seconds > 0 and again.cached_maps == len(test) - 1  # refitted; only the damaged map redone
+    # The redone map was predicted alone, not in a batch: equal up to float32 rounding, stored as float16.
+    assert np.allclose(first.maps, again.maps, rtol=1e-3) and np.allclose(first.scores, again.scores, rtol=1e-5)
+    healed = compute_maps(make_detector("patchcore", **FAST), fit, test, (96, 96), cache)
+    assert healed.cached_maps == len(test) and healed.fit_seconds == 0  # rewritten: later runs read them
+
+
 def test_no_cache_recomputes_and_clear_empties(tiny: TinySet, tmp_path: Path) -> None:
     fit, test = ImageSet.from_arrays(tiny.train[:4]), ImageSet.from_arrays(tiny.test[:2])
     out = compute_maps(make_detector("padim", **PADIM), fit, test, (96, 96), None)
