@@ -417,6 +417,14 @@ def run(cfg: TrainConfig) -> TrainResult:
         deployments.append(Deployment.measure(calibration, y, scores["segad"]))
         if first_clf is None:  # the saved model
             first_clf, first_scores, blend = clf, scores, sel.blend
+            if np.ptp(blend.score(clf.decision_function(X_train, prior), train_scores)) == 0:
+                # A constant score flags every image or none: saving or registering it would ship a model
+                # that cannot tell a defect from a good image, with a threshold that looks valid.
+                raise InputError(
+                    f"the model learned nothing: its final score ({blend.label}) is the same for all "
+                    f"{n_hold} good and {len(y_train) - n_hold} defect training images of seed {sp.seed}, so "
+                    "nothing is saved; check that the images differ, add --shots or --generated defects"
+                )
             if not calibration.meets_target:
                 _log(
                     f"warning: {calibration.n_good} held-out good images can promise FPR <= "

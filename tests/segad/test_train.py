@@ -130,6 +130,21 @@ def test_the_saved_model_scores_what_the_run_reported(
     assert dep.fpr == float((out.scores[[s.label == 0 for s in test]] >= model.threshold).mean())
 
 
+def test_a_model_that_learned_nothing_is_not_saved(small_mvtec: Path, tmp_path: Path, capsys) -> None:
+    """Every image the same picture: every score is constant, so no threshold can mean anything."""
+    import cv2
+
+    pictures = [p for p in small_mvtec.rglob("*.png") if "ground_truth" not in p.parts and "segments" not in p.parts]
+    same = cv2.imread(str(pictures[0]))
+    for p in pictures:
+        cv2.imwrite(str(p), same)
+    args = ["--data", str(small_mvtec), "--image-size", "96", "--shots", "2", "--seeds", "1", "--device", "cpu"]
+    args += ["--no-mlflow", "--model-dir", str(tmp_path / "model")]
+    assert main(args) == 2
+    assert "the model learned nothing" in capsys.readouterr().err
+    assert not (tmp_path / "model").exists()
+
+
 def test_only_input_errors_become_a_clean_exit(tiny_mvtec: Path, capsys, monkeypatch) -> None:
     """A bad option is a one-line message and exit 2; anything else is a bug and keeps its traceback."""
     assert main(["--data", str(tiny_mvtec), "--shots", "2", "--holdout", "1.5", "--no-mlflow"]) == 2
