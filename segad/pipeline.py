@@ -28,6 +28,7 @@ from features.segments import FolderSegments, KMeansConfig, KMeansSegments, Segm
 from features.vector import feature_matrix, feature_names
 from segad.classifier import SegadClassifier
 from segad.data.images import Intensity, load_image
+from segad.manifest import read_manifest
 from segad.maps import as_stored, check_maps
 from segad.selection import ScoreBlend
 
@@ -191,10 +192,15 @@ class SegadPipeline:
         manifest_path = path / MANIFEST
         if not manifest_path.is_file():
             raise InputError(f"{path} is not a saved segad pipeline (no {MANIFEST}); give the folder segad.train saved")
-        m = json.loads(manifest_path.read_text())
+        m = read_manifest(manifest_path)
         detectors = []
         for name in m["detectors"]:
-            det = load_detector(path / f"detector_{name}.safetensors")
+            file = path / f"detector_{name}.safetensors"
+            if not file.is_file():
+                raise InputError(f"{manifest_path} names detector {name!r}, but {file.name} is not beside it")
+            det = load_detector(file)
+            if det.name != name:
+                raise InputError(f"{file} holds a {det.name} detector, not the {name} that {MANIFEST} names")
             det.config = type(det.config).from_params({**det.config.to_params(), "device": device, "progress": False})
             detectors.append(det)
         seg = m["segments"]
@@ -209,6 +215,15 @@ class SegadPipeline:
         clf.seed = m["classifier"]["seed"]
         if m["classifier"].get("prior") is not None:
             clf.prior_ = tuple(m["classifier"]["prior"])
+        with_scores = m.get("with_scores", True)
+        expected = feature_names(m["detectors"], segmenter.n_segments_, with_scores)
+        if expected != m["feature_names"]:
+            # The feature layout binds the detectors' order: a reordered list would feed the forest
+            # one detector's statistics in another's columns and score wrongly without a word.
+            raise InputError(
+                f"{manifest_path}: the detectors {m['detectors']} and segments do not give the features the "
+                "classifier was trained on (a reordered or edited detector list?); save the model again"
+            )
         return cls(
             detectors,
             segmenter,
@@ -216,7 +231,7 @@ class SegadPipeline:
             tuple(m["image_size"]),
             m["threshold"],
             m.get("info"),
-            m.get("with_scores", True),
+            with_scores,
             m.get("intensity", "none"),
             ScoreBlend.from_dict(m["blend"]) if "blend" in m else None,
         )

@@ -52,3 +52,67 @@ def test_a_model_whose_final_score_is_the_ensemble_skips_the_segad_layer(tiny: T
     out = loaded.predict_batch(tiny.test)  # ... which the ensemble does not
     expected = ensemble_score({"padim": det.predict(tiny.test).scores}, moments)
     np.testing.assert_allclose(out.scores, expected, rtol=0, atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def saved_two_detector_model(tiny: TinySet, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    dets = [
+        make_detector("padim", progress=False, device="cpu").fit(tiny.train),
+        make_detector("patchcore", progress=False, device="cpu", coreset_ratio=0.1).fit(tiny.train),
+    ]
+    seg = KMeansSegments(KMeansConfig(k=2, device="cpu", input_size=96)).fit(tiny.train)
+    pipe = SegadPipeline(dets, seg, SegadClassifier("rf"), (96, 96), threshold=0.5)
+    X, _, _ = pipe.features(np.concatenate([tiny.train, tiny.test]))
+    pipe.classifier.fit(X, np.r_[np.zeros(len(tiny.train)), tiny.labels])
+    return pipe.save(tmp_path_factory.mktemp("tamper") / "model")
+
+
+def _reorder(m: dict) -> None:
+    m["detectors"].reverse()
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (_reorder, "do not give the features the classifier was trained on"),
+        (lambda m: m.update(image_size="abc"), "'image_size' must be [height, width]"),
+        (lambda m: m.update(intensity="evil"), "'intensity' must be one of"),
+        (lambda m: m.pop("threshold"), "'threshold' is missing"),
+        (lambda m: m.update(threshold=None), "'threshold' must be a finite number"),
+        (lambda m: m["segments"]["config"].update(colour="red"), "k-means segments do not know: ['colour']"),
+        (lambda m: m.update(format=99), "format 99; this segad reads format 1"),
+        (lambda m: m.update(surprise=1), "'surprise' is not a manifest key"),
+        (lambda m: m["classifier"].update(preset="magic"), "'classifier.preset' must be one of"),
+    ],
+    ids=["reordered", "size", "intensity", "no-threshold", "null-threshold", "config", "format", "extra", "preset"],
+)
+def test_a_tampered_manifest_is_an_error_naming_the_file(
+    saved_two_detector_model: Path, tmp_path: Path, edit, message: str
+) -> None:
+    import json
+    import shutil
+
+    from detectors.errors import InputError
+    from segad.pipeline import MANIFEST
+
+    model = shutil.copytree(saved_two_detector_model, tmp_path / "model")
+    SegadPipeline.load(model, device="cpu")  # untouched, it loads
+    manifest = model / MANIFEST
+    m = json.loads(manifest.read_text())
+    edit(m)
+    manifest.write_text(json.dumps(m))
+    with pytest.raises(InputError) as err:
+        SegadPipeline.load(model, device="cpu")
+    assert str(manifest) in str(err.value) and message in str(err.value)
+
+
+def test_a_manifest_that_is_not_json_names_the_file(saved_two_detector_model: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from detectors.errors import InputError
+    from segad.pipeline import MANIFEST
+
+    model = shutil.copytree(saved_two_detector_model, tmp_path / "model")
+    (model / MANIFEST).write_text('{"format": 1,')
+    with pytest.raises(InputError, match="not a readable JSON manifest"):
+        SegadPipeline.load(model, device="cpu")
