@@ -21,6 +21,7 @@ import numpy as np
 
 from detectors import DEFAULT_BACKBONE, DEFAULT_DETECTORS, DetectorConfig
 from detectors.atomic import atomic_write
+from detectors.device import resolve_device
 from detectors.errors import InputError
 from detectors.registry import detector_class
 from features import FolderSegments, KMeansSegments, SegmentSpec, make_segmenter
@@ -32,6 +33,7 @@ from segad.data.images import INTENSITIES, check_intensity
 from segad.defects import generate_defects
 from segad.evaluate import MethodResult, format_table, good_moments
 from segad.maps import DetectorMaps, ImageSet, default_cache, fit_detector, predict_maps
+from segad.paths import cache_root, check_writable_dir
 from segad.pipeline import SegadPipeline
 from segad.protocol import FitSplit, SeedSplit, check_evaluable, fit_split, seed_split, seeds, tuning_defects
 from segad.selection import CLASSIFIER, Selection, choice_summary, ensemble_score, select
@@ -296,6 +298,12 @@ def prepare(cfg: TrainConfig) -> Prepared:
         raise InputError(f"--feature-set must be full or no_scores, got {cfg.feature_set!r}")
     check_intensity(cfg.intensity)
     check_target_fpr(cfg.target_fpr)
+    resolve_device(cfg.device)  # --device cuda without a GPU fails here, not at the first fit
+    check_writable_dir(cfg.model_dir or Path("outputs") / "models", "--model-dir")
+    if cfg.summary_json:
+        check_writable_dir(Path(cfg.summary_json).parent, "--summary-json")
+    if not cfg.no_cache:
+        check_writable_dir(cache_root(), "the map cache ($SEGAD_CACHE_DIR)")
     if cfg.generated < 0:
         raise InputError(f"--generated must be >= 0, got {cfg.generated}")
     ds: Dataset = load_dataset(cfg.data, cfg.category)

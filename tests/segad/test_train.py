@@ -90,6 +90,31 @@ def test_bad_options_fail_before_any_work(tiny_mvtec: Path, capsys, extra: list[
     assert pytest.importorskip("re").search(message, err), err
 
 
+@pytest.mark.parametrize("where", ["model", "summary", "cache", "device"])
+def test_unusable_outputs_and_devices_fail_before_any_fit(
+    tiny_mvtec: Path, tmp_path: Path, capsys, monkeypatch, where: str
+) -> None:
+    """They used to fail after the whole run (a model folder under a file) or at the first fit."""
+    import torch
+
+    a_file = tmp_path / "a_file"
+    a_file.write_text("not a folder")
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("SEGAD_CACHE_DIR", str(a_file / "cache" if where == "cache" else cache))
+    extra, message = {
+        "model": (["--model-dir", str(a_file / "model")], f"--model-dir {a_file / 'model'}: {a_file} is a file"),
+        "summary": (["--summary-json", str(a_file / "s.json")], "--summary-json"),
+        "cache": ([], "the map cache"),
+        "device": (["--device", "cuda"], "no CUDA GPU is visible"),
+    }[where]
+    if where == "device" and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    args = ["--data", str(tiny_mvtec), "--image-size", "64", "--no-mlflow", *extra]
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (cache / "maps").exists()  # no detector was fitted
+
+
 @pytest.mark.parametrize(
     ("preset", "intensity", "segments", "start"),
     [
