@@ -40,6 +40,13 @@ LINEAR_PARAMS = ("C", "max_iter")
 SINGLE_THREAD_ROWS = 20_000
 
 
+def _forest_params() -> set[str]:
+    """What XGBoost's classifier accepts: anything else it would ignore with only a log line."""
+    from xgboost import XGBClassifier
+
+    return set(XGBClassifier().get_params())
+
+
 class SegadClassifier:
     prior_: tuple[float, float] | None = None  # (a, b): the base margin a * prior + b, when fit with a prior
 
@@ -51,6 +58,11 @@ class SegadClassifier:
         if preset == "logreg" and (unknown := sorted(set(overrides) - set(LINEAR_PARAMS))):
             raise InputError(
                 f"--classifier-params {','.join(unknown)}: logreg takes only {', '.join(LINEAR_PARAMS)}, e.g. C=0.1"
+            )
+        if preset != "logreg" and (unknown := sorted(set(overrides) - _forest_params())):
+            raise InputError(
+                f"--classifier-params {','.join(unknown)}: not an XGBoost parameter; e.g. max_depth=4, "
+                "learning_rate=0.2, n_estimators=100, subsample=0.8"
             )
         self.preset = preset
         self.seed = seed

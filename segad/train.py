@@ -40,6 +40,7 @@ from segad.selection import CLASSIFIER, Selection, choice_summary, ensemble_scor
 
 GENERATED_SEED = 0
 KMEANS_FIT_IMAGES = 64
+MIN_IMAGE_SIZE = 32  # the backbones' coarsest feature stride: smaller images give no feature map
 
 
 @dataclass(frozen=True)
@@ -102,8 +103,11 @@ class TrainConfig:
             if option not in known:
                 listing = ", ".join(sorted(known))
                 raise InputError(f"--set {key}={value}: {det} has no option {option!r}; options: {listing}")
-            if det in options:
-                options[det][option] = value
+            if det not in options:
+                raise InputError(
+                    f"--set {key}={value}: {det} is not among --detectors {self.detectors}; add it or drop the option"
+                )
+            options[det][option] = value
         return {
             n: detector_class(n).config_class.from_params({"backbone": self.backbone, "device": self.device, **o})
             for n, o in options.items()
@@ -298,6 +302,16 @@ def prepare(cfg: TrainConfig) -> Prepared:
         raise InputError(f"--feature-set must be full or no_scores, got {cfg.feature_set!r}")
     check_intensity(cfg.intensity)
     check_target_fpr(cfg.target_fpr)
+    if cfg.image_size < MIN_IMAGE_SIZE:
+        raise InputError(
+            f"--image-size must be at least {MIN_IMAGE_SIZE} pixels (the backbone's coarsest stride), "
+            f"got {cfg.image_size}"
+        )
+    if not 0.0 < cfg.holdout < 1.0:
+        raise InputError(
+            f"--holdout must be in (0, 1), got {cfg.holdout}: SegAD's classifier trains on held-out good images "
+            "(SegAD holds out 0.1)"
+        )
     resolve_device(cfg.device)  # --device cuda without a GPU fails here, not at the first fit
     check_writable_dir(cfg.model_dir or Path("outputs") / "models", "--model-dir")
     if cfg.summary_json:

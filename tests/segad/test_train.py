@@ -82,6 +82,11 @@ def test_runs_the_protocol_and_writes_the_summary(small_mvtec: Path, tmp_path: P
         (["--classifier", "logreg", "--classifier-params", "max_depth=3"], "logreg takes only C"),
         (["--target-fpr", "0"], r"--target-fpr must be in \(0, 1\)"),
         (["--tuning-share", "1"], r"--tuning-share must be in \[0, 1\)"),
+        (["--image-size", "7"], "--image-size must be at least 32 pixels"),
+        (["--image-size", "0"], "--image-size must be at least 32 pixels"),
+        (["--holdout", "0"], r"--holdout must be in \(0, 1\)"),
+        (["--classifier-params", "foo=3"], "--classifier-params foo: not an XGBoost parameter"),
+        (["--set", "fastflow.epochs=2"], "fastflow is not among --detectors patchcore,padim"),
     ],
 )
 def test_bad_options_fail_before_any_work(tiny_mvtec: Path, capsys, extra: list[str], message: str) -> None:
