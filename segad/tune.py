@@ -31,6 +31,7 @@ from detectors.errors import InputError
 from features import SegmentSpec, make_segmenter
 from segad.classifier import PRESETS, SegadClassifier
 from segad.metrics import image_auroc
+from segad.paths import redact, scrub
 from segad.protocol import tuning_defects
 from segad.train import TrainConfig, _fit_segmenter, build_parser, config_from, features, prepare, segment
 
@@ -197,7 +198,8 @@ def _open_study(args, sampler_seed: int):
             load_if_exists=True,
         )
     except Exception as e:  # optuna wraps driver errors in many types
-        raise InputError(f"--storage {args.storage}: cannot open the study: {e}") from e
+        message = scrub(str(e), args.storage)
+        raise InputError(f"--storage {redact(args.storage)}: cannot open the study: {message}") from None
 
 
 def run_study(args, cfg: TrainConfig) -> dict:
@@ -219,7 +221,7 @@ def run_study(args, cfg: TrainConfig) -> dict:
     exp = mlflow.set_experiment(cfg.experiment)
     bench = Workbench(cfg, max_gen)
     parent = client.create_run(exp.experiment_id, run_name=f"study {args.study}", tags={"segad.study": args.study})
-    client.log_param(parent.info.run_id, "storage", args.storage)
+    client.log_param(parent.info.run_id, "storage", redact(args.storage))
     client.log_param(parent.info.run_id, "sampler", args.sampler)
 
     def objective(trial) -> float:

@@ -108,11 +108,13 @@ def test_two_workers_share_one_study(workspace: Path) -> None:
     [
         (["--detectors", "patchcore,fastflux"], "unknown detector 'fastflux'"),
         (["--storage", "nosuchdb://x"], "cannot open the study"),
+        (["--storage", "postgresql://ann:s3cret@127.0.0.1:9/optuna"], "postgresql://ann:***@127.0.0.1:9/optuna"),
     ],
 )
 def test_bad_input(workspace: Path, capsys, extra: list[str], message: str) -> None:
     assert main([*_args(workspace, "bad", 1), *extra]) == 2
-    assert message in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert message in err and "s3cret" not in err  # a database password is never echoed
 
 
 def test_zero_trials_is_an_error(workspace: Path, capsys) -> None:
