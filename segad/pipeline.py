@@ -193,6 +193,9 @@ class SegadPipeline:
         if not manifest_path.is_file():
             raise InputError(f"{path} is not a saved segad pipeline (no {MANIFEST}); give the folder segad.train saved")
         m = read_manifest(manifest_path)
+        needed = ["classifier.json"] + (["segments.safetensors"] if m["segments"]["method"] == "kmeans" else [])
+        if missing := [name for name in needed if not (path / name).is_file()]:
+            raise InputError(f"{path}: {', '.join(missing)} is missing beside {MANIFEST}; save the model again")
         detectors = []
         for name in m["detectors"]:
             file = path / f"detector_{name}.safetensors"

@@ -116,3 +116,15 @@ def test_a_manifest_that_is_not_json_names_the_file(saved_two_detector_model: Pa
     (model / MANIFEST).write_text('{"format": 1,')
     with pytest.raises(InputError, match="not a readable JSON manifest"):
         SegadPipeline.load(model, device="cpu")
+
+
+@pytest.mark.parametrize("name", ["classifier.json", "segments.safetensors", "detector_padim.safetensors"])
+def test_a_missing_model_file_is_named(saved_two_detector_model: Path, tmp_path: Path, name: str) -> None:
+    import shutil
+
+    from detectors.errors import InputError
+
+    model = shutil.copytree(saved_two_detector_model, tmp_path / "model")
+    (model / name).unlink()
+    with pytest.raises(InputError, match=name.replace(".", r"\.")):
+        SegadPipeline.load(model, device="cpu")
