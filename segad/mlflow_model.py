@@ -4,7 +4,7 @@ Input, any of: a DataFrame with an ``image_path`` column (plus ``segment_path`` 
 segments are user-provided label maps); a list of image paths; raw RGB images as numpy arrays (one
 (H, W[, C]) image, an (N, H, W, C) stack, or a list of them). The pipeline applies the run's resize and
 intensity adjustment itself. Output: a DataFrame with ``score``, ``decision`` and ``error`` per image
-(an unreadable image gets its error and no score; the others are still scored).
+(an unreadable image gets its error, no score and no decision (``<NA>``); the others are still scored).
 """
 
 from __future__ import annotations
@@ -42,7 +42,8 @@ class SegadPyfunc(mlflow.pyfunc.PythonModel):
             except (InputError, OSError) as e:
                 errors[i] = str(e)
         scores = np.full(len(images), np.nan)
-        decisions = np.zeros(len(images), bool)
+        # Nullable: an image that could not be read is neither good nor defective (<NA>), never "good".
+        decisions = pd.array([pd.NA] * len(images), dtype="boolean")
         if ok:
             names = [str(images[i]) if not isinstance(images[i], np.ndarray) else f"image {i}" for i in ok]
             out = self.pipeline.predict_batch(

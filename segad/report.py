@@ -126,7 +126,7 @@ def aupimo_boxplot(result: TrainResult, out: Path) -> Path | None:
     data, names = [], []
     for d, dm in result.detector_maps.items():
         size = dm.maps.shape[1:]
-        masks = np.stack([load_mask(s.mask_path, size) for s in test])
+        masks = np.stack([load_mask(s.mask_path, size, s.image_path) for s in test])
         try:
             scores = aupimo(masks, dm.maps[len(dm.scores) - len(test) :].astype(np.float32)).scores
         except MetricError:

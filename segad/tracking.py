@@ -185,7 +185,7 @@ def _log_detector_run(result: TrainResult, name: str, tmp: Path) -> None:
         _log_training(dm.detector, metrics)
         if ds.has_masks:
             size = dm.maps.shape[1:]
-            masks = np.stack([load_mask(s.mask_path, size) for s in ds.test])
+            masks = np.stack([load_mask(s.mask_path, size, s.image_path) for s in ds.test])
             maps = dm.maps[n_hold:].astype(np.float32)
             metrics["pixel_auroc"], metrics["pixel_ap"] = pixel_auroc_ap(masks, maps)
             metrics["aupro_0.3"] = aupro(masks, maps, 0.3)

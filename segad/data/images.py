@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, get_args
@@ -134,14 +135,29 @@ def load_images(
     return out
 
 
-def load_mask(path: str | Path | None, size: int | tuple[int, int]) -> np.ndarray:
-    """(H, W) bool at ``size``; ``None`` (a good image) gives an empty mask. Any non-zero pixel is defect."""
+def load_mask(path: str | Path | None, size: int | tuple[int, int], image: str | Path | None = None) -> np.ndarray:
+    """(H, W) bool at ``size``; ``None`` (a good image) gives an empty mask. Any non-zero pixel is defect.
+
+    With ``image`` (the mask's image file) the two must have the same size: a mask drawn for another
+    resolution, resized silently, moves pixel metrics (AUPRO) without anyone noticing."""
     h, w = (size, size) if isinstance(size, int) else size
     if path is None:
         return np.zeros((h, w), bool)
     arr = _read(path)
     if arr.ndim == 3:
         arr = arr.max(axis=2)
+    if image is not None:
+        from PIL import Image
+
+        with Image.open(image) as im:
+            iw, ih = im.size  # the header only
+        if arr.shape != (ih, iw):
+            raise DatasetError(
+                f"{path}: the mask is {arr.shape[1]}x{arr.shape[0]} but its image {image} is {iw}x{ih}; "
+                "a mask must match its image pixel for pixel"
+            )
+        if not arr.any():
+            warnings.warn(f"{path}: the mask of defect image {image} is empty", RuntimeWarning, stacklevel=2)
     return resize((arr > 0).astype(np.uint8), (h, w), nearest=True).astype(bool)
 
 

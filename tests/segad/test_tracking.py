@@ -104,6 +104,7 @@ def test_registered_model_loads_as_pyfunc_and_scores(store) -> None:
     out = model.predict(pd.DataFrame({"image_path": [str(f) for f in files] + [str(root / "missing.png")]}))
     assert np.isfinite(out["score"][:-1]).all() and np.isnan(out["score"].iloc[-1])
     assert "does not exist" in out["error"].iloc[-1]
+    assert out["decision"].iloc[-1] is pd.NA and out["decision"][:-1].notna().all()  # unknown, never "good"
     bad = out["score"][:-1][[f.parent.name != "good" for f in files]].mean()
     assert bad > out["score"][:-1][[f.parent.name == "good" for f in files]].mean()
     # A plain list of paths, and raw images as numpy arrays (one, a list, an (N, H, W, C) stack), score the same.

@@ -6,7 +6,7 @@ import cv2
 import numpy as np
 import pytest
 
-from segad.data import ImageReadError, load_image, load_images, load_mask, read_rgb
+from segad.data import DatasetError, ImageReadError, load_image, load_images, load_mask, read_rgb
 from segad.data.images import adjust_intensity
 
 
@@ -92,3 +92,14 @@ def test_load_image_applies_the_intensity_after_resizing(tmp_path: Path) -> None
     plain, std = load_image(p, 32), load_image(p, 32, "standardise")
     assert plain.shape == std.shape == (3, 32, 32) and not np.allclose(plain, std)
     assert np.allclose(load_images([p], 32, "standardise")[0], std)
+
+
+def test_a_mask_must_match_its_image_and_an_empty_one_is_noted(tmp_path: Path) -> None:
+    image = _write(tmp_path / "img.png", np.zeros((20, 30), np.uint8))
+    m = np.zeros((20, 30), np.uint8)
+    m[5:10, 5:10] = 255
+    assert load_mask(_write(tmp_path / "ok.png", m), 10, image).any()
+    with pytest.raises(DatasetError, match=r"small\.png: the mask is 15x10 but its image .*img\.png is 30x20"):
+        load_mask(_write(tmp_path / "small.png", m[::2, ::2]), 10, image)  # used to be resized silently
+    with pytest.warns(RuntimeWarning, match=r"empty\.png: the mask of defect image .* is empty"):
+        load_mask(_write(tmp_path / "empty.png", np.zeros_like(m)), 10, image)
