@@ -178,7 +178,7 @@ def test_a_model_that_learned_nothing_is_not_saved(small_mvtec: Path, tmp_path: 
 def test_only_input_errors_become_a_clean_exit(tiny_mvtec: Path, capsys, monkeypatch) -> None:
     """A bad option is a one-line message and exit 2; anything else is a bug and keeps its traceback."""
     assert main(["--data", str(tiny_mvtec), "--shots", "2", "--holdout", "1.5", "--no-mlflow"]) == 2
-    assert "--holdout must be in [0, 1)" in capsys.readouterr().err
+    assert "--holdout must be in (0, 1), got 1.5" in capsys.readouterr().err
     assert main(["--data", str(tiny_mvtec), "--shots", "2", "--classifier-params", "max_depth=x", "--no-mlflow"]) == 2
     assert "--classifier-params max_depth=x: x is not a number" in capsys.readouterr().err
     import xgboost
