@@ -236,7 +236,7 @@ def torchvision_weights_path(name: str) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / url.rsplit("/", 1)[-1]
 
 
-def _build_torchvision(name: str) -> Backbone:
+def _torchvision_weights(name: str) -> Path:
     import torchvision
 
     path = torchvision_weights_path(name)
@@ -248,6 +248,13 @@ def _build_torchvision(name: str) -> Backbone:
             f"  python -c \"import torchvision; torchvision.models.{name}(weights='IMAGENET1K_V1')\"\n"
             f"or download {url} and copy it to {path}. The default backbone efficientnet_lite0 needs nothing."
         )
+    return path
+
+
+def _build_torchvision(name: str) -> Backbone:
+    import torchvision
+
+    path = _torchvision_weights(name)
     net = torchvision.models.get_model(name, weights=None)
     net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
     return _TorchvisionResNet(name, net)
@@ -258,13 +265,24 @@ BACKBONES: dict[str, Callable[[], Backbone]] = {
     "resnet18": lambda: _build_torchvision("resnet18"),
     "wide_resnet50_2": lambda: _build_torchvision("wide_resnet50_2"),
 }
+_WEIGHTS: dict[str, Callable[[], Path]] = {
+    "efficientnet_lite0": _lite0_weights,
+    "resnet18": lambda: _torchvision_weights("resnet18"),
+    "wide_resnet50_2": lambda: _torchvision_weights("wide_resnet50_2"),
+}
 DEFAULT_BACKBONE = "efficientnet_lite0"
+
+
+def check_backbone(name: str) -> Path:
+    """The weights file of backbone ``name``, or the error a fit would raise, before any work is done."""
+    if name not in BACKBONES:
+        raise InputError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+    return _WEIGHTS[name]()
 
 
 def load_backbone(name: str = DEFAULT_BACKBONE, device: str | torch.device = "cpu") -> Backbone:
     """A frozen, eval-mode backbone with its pretrained weights, on ``device``."""
     from detectors.device import resolve_device
 
-    if name not in BACKBONES:
-        raise InputError(f"unknown backbone {name!r}; choose from {', '.join(BACKBONES)}")
+    check_backbone(name)
     return BACKBONES[name]().freeze().to(resolve_device(device))

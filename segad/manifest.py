@@ -21,7 +21,7 @@ from segad.data.images import INTENSITIES
 FORMAT = 1
 SEGMENT_METHODS = ("whole", "kmeans", "folder")
 REQUIRED = ("format", "detectors", "segments", "classifier", "image_size", "threshold", "feature_names")
-OPTIONAL = ("intensity", "blend", "with_scores", "info")
+OPTIONAL = ("intensity", "blend", "with_scores", "info", "source_shape")
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -66,7 +66,25 @@ def read_manifest(path: Path) -> dict[str, Any]:
     _check_classifier(m["classifier"], bad)
     if not isinstance(m.get("blend", {}), dict):
         raise bad("blend", "must be an object")
+    if "source_shape" in m:
+        _check_source_shape(m["source_shape"], bad)
     return m
+
+
+def _check_source_shape(src: Any, bad) -> None:
+    """{"height": [lo, hi], "width": [lo, hi], "aspect": [lo, hi]}, each a positive, ordered pair."""
+
+    def pair(v: Any, check) -> bool:
+        return isinstance(v, list) and len(v) == 2 and all(map(check, v)) and 0 < v[0] <= v[1]
+
+    if not (
+        isinstance(src, dict)
+        and set(src) == {"height", "width", "aspect"}
+        and pair(src["height"], _int)
+        and pair(src["width"], _int)
+        and pair(src["aspect"], _number)
+    ):
+        raise bad("source_shape", f"must hold height, width and aspect as [min, max] pairs, got {src!r}")
 
 
 def _check_segments(seg: Any, bad) -> None:

@@ -3,8 +3,9 @@
 Input, any of: a DataFrame with an ``image_path`` column (plus ``segment_path`` for models whose
 segments are user-provided label maps); a list of image paths; raw RGB images as numpy arrays (one
 (H, W[, C]) image, an (N, H, W, C) stack, or a list of them). The pipeline applies the run's resize and
-intensity adjustment itself. Output: a DataFrame with ``score``, ``decision`` and ``error`` per image
-(an unreadable image gets its error, no score and no decision (``<NA>``); the others are still scored).
+intensity adjustment itself. Output: a DataFrame with ``score``, ``decision``, ``error`` and
+``warning`` per image (an unreadable image gets its error, no score and no decision (``<NA>``); the
+others are still scored; ``warning`` says when an image's size or aspect is unlike the training images').
 """
 
 from __future__ import annotations
@@ -34,13 +35,15 @@ class SegadPyfunc(mlflow.pyfunc.PythonModel):
             seg_paths = list(model_input["segment_path"]) if "segment_path" in model_input else None
         else:
             images = image_list(model_input)
-        arrays, ok, errors = [], [], [""] * len(images)
+        arrays, ok, errors, warnings = [], [], [""] * len(images), [""] * len(images)
         for i, image in enumerate(images):
             try:
-                arrays.append(self.pipeline.prepare(image))
-                ok.append(i)
+                array, warnings[i] = self.pipeline.read(image)
             except (InputError, OSError) as e:
                 errors[i] = str(e)
+                continue
+            arrays.append(array)
+            ok.append(i)
         scores = np.full(len(images), np.nan)
         # Nullable: an image that could not be read is neither good nor defective (<NA>), never "good".
         decisions = pd.array([pd.NA] * len(images), dtype="boolean")
@@ -50,7 +53,7 @@ class SegadPyfunc(mlflow.pyfunc.PythonModel):
                 np.stack(arrays), None if seg_paths is None else [seg_paths[i] for i in ok], names
             )
             scores[ok], decisions[ok] = out.scores, out.decisions
-        return pd.DataFrame({"score": scores, "decision": decisions, "error": errors})
+        return pd.DataFrame({"score": scores, "decision": decisions, "error": errors, "warning": warnings})
 
 
 mlflow.models.set_model(SegadPyfunc())

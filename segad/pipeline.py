@@ -27,7 +27,8 @@ from detectors.registry import load_detector
 from features.segments import FolderSegments, KMeansConfig, KMeansSegments, Segmenter, WholeImage
 from features.vector import feature_matrix, feature_names
 from segad.classifier import SegadClassifier
-from segad.data.images import Intensity, load_image
+from segad.data.images import Intensity, as_rgb, model_input
+from segad.data.shapes import SourceShape
 from segad.manifest import read_manifest
 from segad.maps import as_stored, check_maps
 from segad.selection import ScoreBlend
@@ -72,6 +73,7 @@ class SegadPipeline:
         with_scores: bool = True,
         intensity: Intensity = "none",
         blend: ScoreBlend | None = None,
+        source: SourceShape | None = None,
     ) -> None:
         self.detectors = list(detectors)
         self.segmenter = segmenter
@@ -80,9 +82,10 @@ class SegadPipeline:
         self.threshold = float(threshold)
         self.info = dict(info or {})
         self.with_scores = with_scores
-        self.intensity = intensity  # how images are adjusted before the detectors: load_image(..., intensity)
+        self.intensity = intensity  # how images are adjusted before the detectors: model_input(..., intensity)
         # The final score chosen at training (segad.selection); None: the classifier's margin alone.
         self.blend = blend or ScoreBlend.classifier_only([d.name for d in self.detectors])
+        self.source = source  # the training images' native sizes (None: a model saved before they were kept)
 
     @property
     def n_segments(self) -> int:
@@ -94,7 +97,13 @@ class SegadPipeline:
 
     def prepare(self, image: ImageInput) -> np.ndarray:
         """One file or raw image -> the (3, H, W) model-ready array the run scored (size, intensity, normalisation)."""
-        return load_image(image, self.image_size, self.intensity)
+        return self.read(image)[0]
+
+    def read(self, image: ImageInput) -> tuple[np.ndarray, str]:
+        """``prepare``'s array, and a note when the image's native size is unlike the training images' ("")."""
+        rgb = as_rgb(image)
+        note = self.source.note(rgb.shape[:2]) if self.source is not None else ""
+        return model_input(rgb, self.image_size, self.intensity), note
 
     def preprocess(self, images: Sequence[ImageInput] | np.ndarray) -> np.ndarray:
         """Files or raw images -> an (N, 3, H, W) model-ready batch. An (N, H, W, C) array is N raw images."""
@@ -174,6 +183,8 @@ class SegadPipeline:
                 "feature_names": self.feature_names,
                 "info": self.info,
             }
+            if self.source is not None:
+                manifest["source_shape"] = self.source.to_dict()
             (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2))
             if path.exists():
                 old = path.with_name(f".{path.name}.old-{os.getpid()}")
@@ -237,4 +248,5 @@ class SegadPipeline:
             with_scores,
             m.get("intensity", "none"),
             ScoreBlend.from_dict(m["blend"]) if "blend" in m else None,
+            SourceShape.from_dict(m["source_shape"]) if "source_shape" in m else None,
         )

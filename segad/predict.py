@@ -3,8 +3,9 @@
     python -m segad.predict --model outputs/models/elpv_mono --images new_cells/ --out results/
     python -m segad.predict --model models:/segad-elpv-mono/1 --images new_cells/ --out results/
 
-Writes ``scores.csv`` (file, score, decision, error) and one overlay PNG per image (the image with
-each detector's anomaly map). A file that cannot be read is reported in the CSV and skipped.
+Writes ``scores.csv`` (file, score, decision, error, warning) and one overlay PNG per image (the image
+with each detector's anomaly map). A file that cannot be read is reported in the CSV and skipped; an
+image whose native size or aspect is unlike the training images' is scored, with a warning beside it.
 """
 
 from __future__ import annotations
@@ -23,14 +24,22 @@ from segad.data.images import read_rgb, resize
 from segad.data.samples import IMAGE_SUFFIXES
 from segad.pipeline import SegadPipeline
 
+# models:/ and runs:/ go through the tracking store (--tracking-uri); the others are artifact stores
+# holding a logged model folder (what mlflow.artifacts.download_artifacts reads).
+URI_SCHEMES = ("models", "runs", "file", "s3", "gs", "wasbs", "hdfs", "mlflow-artifacts")
+
 
 def load_model(model: str, device: str = "auto") -> SegadPipeline:
     """A saved pipeline folder, or an MLflow model URI (``models:/name/version``, ``runs:/id/model``)."""
     path = Path(model)
     if path.is_dir():
         return SegadPipeline.load(path, device)
-    if ":/" not in model:
-        raise InputError(f"--model {model}: no such folder, and not an MLflow URI (models:/NAME/VERSION)")
+    scheme = model.partition(":/")[0] if ":/" in model else ""
+    if scheme not in URI_SCHEMES:
+        raise InputError(
+            f"--model {model}: no such folder, and not a model URI (models:/NAME/VERSION or runs:/RUN_ID/model); "
+            "for a model on a tracking server give --tracking-uri URL with --model models:/NAME/VERSION"
+        )
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -39,6 +48,10 @@ def load_model(model: str, device: str = "auto") -> SegadPipeline:
     except MlflowException as e:
         raise InputError(
             f"--model {model}: MLflow cannot find it ({e.message}); check the name, version and store"
+        ) from e
+    except Exception as e:  # a store's client library or connection: say which, not a trace from its depths
+        raise InputError(
+            f"--model {model}: cannot download it ({type(e).__name__}: {e}); check the URI and store"
         ) from e
     return SegadPipeline.load(local, device)
 
@@ -57,21 +70,23 @@ def predict_folder(model: SegadPipeline, images: Path, out: Path, batch: int = 1
     rows: list[dict] = []
     # Maps of the held-out good images would be the ideal scale; the model's threshold is on scores.
     for s in range(0, len(files), batch):
-        chunk, arrays = [], []
+        chunk, arrays, notes = [], [], []
         for p in files[s : s + batch]:
             try:
-                arrays.append(model.prepare(p))
-                chunk.append(p)
+                array, note = model.read(p)
             except (InputError, OSError) as e:
                 print(f"skipped {p}: {e}", file=sys.stderr)
-                rows.append({"file": str(p), "score": "", "decision": "", "error": str(e)})
+                rows.append({"file": str(p), "score": "", "decision": "", "error": str(e), "warning": ""})
+                continue
+            arrays.append(array)
+            chunk.append(p)
+            notes.append(note)
         if not chunk:
             continue
         result = model.predict_batch(np.stack(arrays), names=[str(p) for p in chunk])
         for j, p in enumerate(chunk):
-            rows.append(
-                {"file": str(p), "score": float(result.scores[j]), "decision": bool(result.decisions[j]), "error": ""}
-            )
+            score, decision = float(result.scores[j]), bool(result.decisions[j])
+            rows.append({"file": str(p), "score": score, "decision": decision, "error": "", "warning": notes[j]})
             img = resize(read_rgb(p), model.image_size)
             panels = [img] + [overlay(img, m[j], float(np.percentile(m, 99.9))) for m in result.maps.values()]
             rel = p.relative_to(images).with_suffix(".png")
@@ -79,8 +94,14 @@ def predict_folder(model: SegadPipeline, images: Path, out: Path, batch: int = 1
             target.parent.mkdir(parents=True, exist_ok=True)
             cv2.imwrite(str(target), (np.concatenate(panels, axis=1)[..., ::-1] * 255).astype(np.uint8))
     rows.sort(key=lambda r: r["file"])
+    if unlike := [r for r in rows if r["warning"]]:
+        print(
+            f"warning: {len(unlike)} of {len(rows)} images are unlike the training images in size or aspect "
+            f"(the 'warning' column of scores.csv), e.g. {unlike[0]['file']}: {unlike[0]['warning']}",
+            file=sys.stderr,
+        )
     with (out / "scores.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["file", "score", "decision", "error"])
+        w = csv.DictWriter(f, fieldnames=["file", "score", "decision", "error", "warning"])
         w.writeheader()
         w.writerows(rows)
     return rows

@@ -21,6 +21,7 @@ import numpy as np
 
 from detectors import DEFAULT_BACKBONE, DEFAULT_DETECTORS, DetectorConfig
 from detectors.atomic import atomic_write
+from detectors.backbones import check_backbone
 from detectors.device import resolve_device
 from detectors.errors import InputError
 from detectors.registry import detector_class
@@ -30,6 +31,7 @@ from segad.calibration import Calibration, calibrate, check_target_fpr, out_of_f
 from segad.classifier import PRESETS, SegadClassifier
 from segad.data import Dataset, DatasetError, Sample, load_dataset
 from segad.data.images import INTENSITIES, check_intensity
+from segad.data.shapes import SourceShape, source_shapes
 from segad.defects import generate_defects
 from segad.evaluate import MethodResult, format_table, good_moments
 from segad.maps import DetectorMaps, ImageSet, default_cache, fit_detector, predict_maps
@@ -260,6 +262,7 @@ class Prepared:
     gen_sources: np.ndarray  # each generated defect's source: an index into the held-out good images
     maps: dict[str, DetectorMaps]
     gen_maps: dict[str, DetectorMaps]
+    source: SourceShape  # the training images' native sizes, kept in the model for segad.predict's notes
 
     @property
     def n_hold(self) -> int:
@@ -313,6 +316,8 @@ def prepare(cfg: TrainConfig) -> Prepared:
             "(SegAD holds out 0.1)"
         )
     resolve_device(cfg.device)  # --device cuda without a GPU fails here, not at the first fit
+    for backbone in sorted({cfg.backbone, *(c.backbone for c in configs.values())}):
+        check_backbone(backbone)  # missing torchvision weights fail here, not after the dataset is read
     check_writable_dir(cfg.model_dir or Path("outputs") / "models", "--model-dir")
     if cfg.summary_json:
         check_writable_dir(Path(cfg.summary_json).parent, "--summary-json")
@@ -322,6 +327,8 @@ def prepare(cfg: TrainConfig) -> Prepared:
         raise InputError(f"--generated must be >= 0, got {cfg.generated}")
     ds: Dataset = load_dataset(cfg.data, cfg.category)
     check_evaluable(ds)
+    source = SourceShape.of(source_shapes([s.image_path for s in ds.train_good], "training images"))
+    source_shapes([s.image_path for s in ds.test], "test images")  # a tiny test image gets the same warning
     reserved = tuning_defects(ds, cfg.tuning_share)
     splits = [seed_split(ds, cfg.shots, s, reserved) for s in seeds(cfg.seeds)]  # bad --shots fails before any fit
     if cfg.shots == 0 and cfg.generated == 0:
@@ -352,7 +359,20 @@ def prepare(cfg: TrainConfig) -> Prepared:
             gen_maps[name] = predict_maps(det, gen_set, size, entry, fit_seconds)
         _log(f"{name}: fit {fit_seconds:.1f}s, {maps[name].cached_maps} maps from cache")
     return Prepared(
-        ds, splits, fs, spec, size, fit_set, score_set, seg_paths, gen_set, gen_seg_paths, gen_sources, maps, gen_maps
+        ds,
+        splits,
+        fs,
+        spec,
+        size,
+        fit_set,
+        score_set,
+        seg_paths,
+        gen_set,
+        gen_seg_paths,
+        gen_sources,
+        maps,
+        gen_maps,
+        source,
     )
 
 
@@ -463,6 +483,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         intensity=cfg.intensity,
         threshold=deployments[0].calibration.threshold,
         blend=blend,
+        source=prep.source,
         info={
             "dataset": f"{prep.ds.name}/{prep.ds.category}",
             "segments": str(prep.spec),

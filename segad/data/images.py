@@ -49,6 +49,18 @@ def _read(path: str | Path) -> np.ndarray:
     return arr
 
 
+def image_shape(path: str | Path) -> tuple[int, int]:
+    """(height, width) of an image file from its header, without decoding the pixels."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            w, h = im.size
+        return h, w
+    except (OSError, ValueError):  # a format Pillow does not read: OpenCV decodes it (or names the file)
+        return _read(path).shape[:2]
+
+
 def read_rgb(path: str | Path) -> np.ndarray:
     """(H, W, 3) float32 RGB in [0, 1] from grey, RGB or RGBA files of 8 or 16 bits."""
     arr = _read(path)
@@ -121,7 +133,16 @@ def load_image(
 ) -> np.ndarray:
     """A model-ready (3, H, W) float32 array from a file or a raw (H, W[, C]) image array: resized, then
     intensity-adjusted, then normalised. Arrays are RGB (not OpenCV's BGR)."""
-    rgb = to_rgb(image) if isinstance(image, np.ndarray) else read_rgb(image)
+    return model_input(as_rgb(image), size, intensity)
+
+
+def as_rgb(image: str | Path | np.ndarray) -> np.ndarray:
+    """A file or a raw RGB array -> (H, W, 3) float32 in [0, 1], at its own size."""
+    return to_rgb(image) if isinstance(image, np.ndarray) else read_rgb(image)
+
+
+def model_input(rgb: np.ndarray, size: int | tuple[int, int], intensity: Intensity = "none") -> np.ndarray:
+    """(H, W, 3) RGB in [0, 1] -> the (3, h, w) array the detectors take: resized, adjusted, normalised."""
     return normalise(adjust_intensity(resize(rgb, size), intensity))
 
 
@@ -147,10 +168,7 @@ def load_mask(path: str | Path | None, size: int | tuple[int, int], image: str |
     if arr.ndim == 3:
         arr = arr.max(axis=2)
     if image is not None:
-        from PIL import Image
-
-        with Image.open(image) as im:
-            iw, ih = im.size  # the header only
+        ih, iw = image_shape(image)
         if arr.shape != (ih, iw):
             raise DatasetError(
                 f"{path}: the mask is {arr.shape[1]}x{arr.shape[0]} but its image {image} is {iw}x{ih}; "

@@ -8,6 +8,7 @@ import pytest
 from detectors import make_detector
 from features import KMeansConfig, KMeansSegments
 from segad.classifier import SegadClassifier
+from segad.data.shapes import SourceShape
 from segad.pipeline import SegadPipeline
 from tests.conftest import TinySet
 
@@ -61,7 +62,8 @@ def saved_two_detector_model(tiny: TinySet, tmp_path_factory: pytest.TempPathFac
         make_detector("patchcore", progress=False, device="cpu", coreset_ratio=0.1).fit(tiny.train),
     ]
     seg = KMeansSegments(KMeansConfig(k=2, device="cpu", input_size=96)).fit(tiny.train)
-    pipe = SegadPipeline(dets, seg, SegadClassifier("rf"), (96, 96), threshold=0.5)
+    source = SourceShape.of([(96, 96), (96, 128)])
+    pipe = SegadPipeline(dets, seg, SegadClassifier("rf"), (96, 96), threshold=0.5, source=source)
     X, _, _ = pipe.features(np.concatenate([tiny.train, tiny.test]))
     pipe.classifier.fit(X, np.r_[np.zeros(len(tiny.train)), tiny.labels])
     return pipe.save(tmp_path_factory.mktemp("tamper") / "model")
@@ -83,8 +85,22 @@ def _reorder(m: dict) -> None:
         (lambda m: m.update(format=99), "format 99; this segad reads format 1"),
         (lambda m: m.update(surprise=1), "'surprise' is not a manifest key"),
         (lambda m: m["classifier"].update(preset="magic"), "'classifier.preset' must be one of"),
+        (lambda m: m["source_shape"].update(height=[0, 96]), "'source_shape' must hold height, width and aspect"),
+        (lambda m: m.update(source_shape="96x96"), "'source_shape' must hold"),
     ],
-    ids=["reordered", "size", "intensity", "no-threshold", "null-threshold", "config", "format", "extra", "preset"],
+    ids=[
+        "reordered",
+        "size",
+        "intensity",
+        "no-threshold",
+        "null-threshold",
+        "config",
+        "format",
+        "extra",
+        "preset",
+        "source-zero",
+        "source-string",
+    ],
 )
 def test_a_tampered_manifest_is_an_error_naming_the_file(
     saved_two_detector_model: Path, tmp_path: Path, edit, message: str
@@ -96,7 +112,7 @@ def test_a_tampered_manifest_is_an_error_naming_the_file(
     from segad.pipeline import MANIFEST
 
     model = shutil.copytree(saved_two_detector_model, tmp_path / "model")
-    SegadPipeline.load(model, device="cpu")  # untouched, it loads
+    assert SegadPipeline.load(model, device="cpu").source == SourceShape((96, 96), (96, 128), (1.0, 4 / 3))  # untouched
     manifest = model / MANIFEST
     m = json.loads(manifest.read_text())
     edit(m)

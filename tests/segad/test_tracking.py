@@ -133,6 +133,58 @@ def test_predict_cli_writes_scores_and_overlays_and_skips_unreadable(store, tmp_
         assert len(list((out / "overlays").rglob("*.png"))) == 3
 
 
+@pytest.mark.parametrize(
+    ("uri", "message"),
+    [
+        ("models:/segad-data-widget/99", "MLflow cannot find it"),
+        ("models:/no-such-model/1", "MLflow cannot find it"),
+        ("runs:/0123456789abcdef/model", "MLflow cannot find it"),
+        ("http://127.0.0.1:9/model", "not a model URI .* give --tracking-uri URL with --model models:/NAME/VERSION"),
+        ("ftp://host/model", "not a model URI"),
+    ],
+)
+def test_predict_names_a_model_uri_it_cannot_load(store, tmp_path: Path, capsys, uri: str, message: str) -> None:
+    import re
+
+    from segad.predict import main as predict
+
+    root, tracking, _ = store
+    images = root / "data" / "widget" / "test" / "scratch"
+    assert predict(["--model", uri, "--images", str(images), "--out", str(tmp_path), "--tracking-uri", tracking]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --model " + uri) and re.search(message, err) and "Traceback" not in err, err
+
+
+def test_images_unlike_the_training_images_are_scored_with_a_warning(store, tmp_path: Path, capsys) -> None:
+    """The model keeps its training images' native sizes (96x96 here) and notes images of another aspect or scale."""
+    import cv2
+    import mlflow
+
+    from segad.predict import main as predict
+
+    root, uri, _ = store
+    assert json.loads((root / "model" / "segad_pipeline.json").read_text())["source_shape"] == {
+        "height": [96, 96],
+        "width": [96, 96],
+        "aspect": [1.0, 1.0],
+    }
+    picture = cv2.imread(str(sorted((root / "data" / "widget" / "test" / "good").glob("*.png"))[0]))
+    images = tmp_path / "in"
+    images.mkdir()
+    cv2.imwrite(str(images / "same.png"), picture)
+    cv2.imwrite(str(images / "wide.png"), cv2.resize(picture, (192, 96)))
+    cv2.imwrite(str(images / "large.png"), cv2.resize(picture, (384, 384)))
+    assert predict(["--model", str(root / "model"), "--images", str(images), "--out", str(tmp_path / "out")]) == 0
+    rows = {Path(r["file"]).name: r for r in csv.DictReader((tmp_path / "out" / "scores.csv").open())}
+    assert rows["same.png"]["warning"] == "" and all(rows[n]["score"] for n in rows)
+    assert "aspect 2.00 (training 1.00)" in rows["wide.png"]["warning"]
+    assert "height 384 px (training 96)" in rows["large.png"]["warning"]
+    assert "warning: 2 of 3 images are unlike the training images" in capsys.readouterr().err
+    mlflow.set_tracking_uri(uri)
+    out = mlflow.pyfunc.load_model("models:/segad-data-widget/1").predict([str(images / n) for n in sorted(rows)])
+    assert [bool(w) for w in out["warning"]] == [True, False, True]  # large, same, wide
+
+
 def test_a_failing_run_is_marked_failed_with_the_error(store, tmp_path: Path) -> None:
     root, uri, client = store
     data = tmp_path / "data"

@@ -120,6 +120,24 @@ def test_unusable_outputs_and_devices_fail_before_any_fit(
     assert not (cache / "maps").exists()  # no detector was fitted
 
 
+def test_missing_backbone_weights_fail_before_the_dataset_is_read(tmp_path: Path, capsys, monkeypatch) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))  # no torchvision weights there
+    for extra in (["--backbone", "resnet18"], ["--set", "padim.backbone=resnet18"]):
+        args = ["--data", str(tmp_path / "no-such-data"), "--detectors", "patchcore,padim", "--no-mlflow"]
+        assert main([*args, *extra]) == 2
+        err = capsys.readouterr().err
+        assert "backbone 'resnet18' needs torchvision's ImageNet weights" in err and "not a folder" not in err
+
+
+def test_tiny_training_images_are_named_in_a_warning(tiny_mvtec: Path) -> None:
+    import cv2
+
+    tiny = sorted((tiny_mvtec / "widget" / "train" / "good").glob("*.png"))[0]
+    cv2.imwrite(str(tiny), np.zeros((8, 8, 3), np.uint8))
+    with pytest.warns(RuntimeWarning, match=rf"1 of 8 training images are smaller than 32 px.*{tiny.name} \(8x8\)"):
+        assert main(["--data", str(tiny_mvtec), "--shots", "99", "--no-mlflow"]) == 2  # the warning comes first
+
+
 @pytest.mark.parametrize(
     ("preset", "intensity", "segments", "start"),
     [
