@@ -198,8 +198,21 @@ def _open_study(args, sampler_seed: int):
             load_if_exists=True,
         )
     except Exception as e:  # optuna wraps driver errors in many types
-        message = scrub(str(e), args.storage)
+        message = scrub(_root_cause(e), args.storage)
+        if "readonly database" in message or "read-only" in message:
+            message += "; make the database writable or give another --storage"
         raise InputError(f"--storage {redact(args.storage)}: cannot open the study: {message}") from None
+
+
+def _root_cause(e: BaseException) -> str:
+    """The driver's own words: optuna wraps them in a generic "exception during the commit" message."""
+    inner = e
+    while inner.__cause__ is not None or (inner.__context__ is not None and not inner.__suppress_context__):
+        inner = inner.__cause__ or inner.__context__
+    if inner is e:
+        return str(e)
+    text = str(inner).strip()
+    return f"{text.splitlines()[0]} ({type(inner).__name__})" if text else type(inner).__name__
 
 
 def run_study(args, cfg: TrainConfig) -> dict:

@@ -117,6 +117,19 @@ def test_bad_input(workspace: Path, capsys, extra: list[str], message: str) -> N
     assert message in err and "s3cret" not in err  # a database password is never echoed
 
 
+def test_a_read_only_study_database_is_named_as_such(workspace: Path, capsys) -> None:
+    """Optuna's own message blamed "invalid data in the commit, e.g. exceeding max length"."""
+    import optuna
+
+    db = workspace / "read_only.db"
+    optuna.create_study(study_name="ro", storage=f"sqlite:///{db}")
+    read_only = f"sqlite:///file:{db}?mode=ro&uri=true"  # SQLite's own read-only mode: root cannot write either
+    assert main([*_args(workspace, "ro", 1), "--storage", read_only]) == 2
+    err = capsys.readouterr().err
+    assert "attempt to write a readonly database" in err and "make the database writable" in err
+    assert "exceeding max length" not in err
+
+
 def test_zero_trials_is_an_error(workspace: Path, capsys) -> None:
     assert main(_args(workspace, "zero", 0)) == 2
     assert "--trials must be at least 1" in capsys.readouterr().err
