@@ -10,6 +10,7 @@ import json
 import platform
 import resource
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -18,6 +19,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from segad.runstate import close_stale_runs, owner_tags
 
 if TYPE_CHECKING:
     from segad.train import TrainConfig, TrainResult
@@ -74,8 +77,9 @@ def parent_run(cfg: TrainConfig) -> Iterator[Any]:
 
     if cfg.tracking_uri:
         mlflow.set_tracking_uri(cfg.tracking_uri)
-    mlflow.set_experiment(experiment_name(cfg))
-    run = mlflow.start_run(run_name=cfg.run_name, tags=_tags(cfg))
+    exp = mlflow.set_experiment(experiment_name(cfg))
+    report_stale_runs(mlflow.MlflowClient(), exp.experiment_id)
+    run = mlflow.start_run(run_name=cfg.run_name, tags={**_tags(cfg), **owner_tags()})
     try:
         yield run
     except KeyboardInterrupt:
@@ -88,6 +92,14 @@ def parent_run(cfg: TrainConfig) -> Iterator[Any]:
         raise
     else:
         mlflow.end_run(status="FINISHED")
+
+
+def report_stale_runs(client: Any, experiment_id: str) -> None:
+    """Close the runs that killed processes left RUNNING, and say so (segad.runstate)."""
+    if closed := close_stale_runs(client, experiment_id):
+        print(
+            f"marked {len(closed)} MLflow run(s) KILLED whose process had died: {', '.join(closed)}", file=sys.stderr
+        )
 
 
 def _params(cfg: TrainConfig, result: TrainResult) -> dict[str, Any]:
@@ -167,7 +179,7 @@ def _log_detector_run(result: TrainResult, name: str, tmp: Path) -> None:
     ds = result.dataset_table
     n_hold = len(dm.scores) - len(ds.test)
     labels = np.array([s.label for s in ds.test])
-    with mlflow.start_run(run_name=name, nested=True):
+    with mlflow.start_run(run_name=name, nested=True, tags=owner_tags()):
         mlflow.log_params({"detector": name, **dm.detector.config.identity()})
         for i, row in enumerate(method.per_seed):
             mlflow.log_metrics({"auroc": row.auroc, "fpr95": row.fpr95}, step=i)

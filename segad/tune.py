@@ -33,6 +33,7 @@ from segad.classifier import PRESETS, SegadClassifier
 from segad.metrics import image_auroc
 from segad.paths import redact, scrub
 from segad.protocol import tuning_defects
+from segad.runstate import owner_tags
 from segad.train import TrainConfig, _fit_segmenter, build_parser, config_from, features, prepare, segment
 
 GENERATED_CHOICES = (0, 50, 100, 200)
@@ -232,8 +233,11 @@ def run_study(args, cfg: TrainConfig) -> dict:
         mlflow.set_tracking_uri(cfg.tracking_uri)
     client = mlflow.MlflowClient()
     exp = mlflow.set_experiment(cfg.experiment)
+    tracking.report_stale_runs(client, exp.experiment_id)
     bench = Workbench(cfg, max_gen)
-    parent = client.create_run(exp.experiment_id, run_name=f"study {args.study}", tags={"segad.study": args.study})
+    parent = client.create_run(
+        exp.experiment_id, run_name=f"study {args.study}", tags={"segad.study": args.study, **owner_tags()}
+    )
     client.log_param(parent.info.run_id, "storage", redact(args.storage))
     client.log_param(parent.info.run_id, "sampler", args.sampler)
 
@@ -243,7 +247,7 @@ def run_study(args, cfg: TrainConfig) -> dict:
         child = client.create_run(
             exp.experiment_id,
             run_name=f"trial {trial.number}",
-            tags={"mlflow.parentRunId": parent.info.run_id, "segad.study": args.study},
+            tags={"mlflow.parentRunId": parent.info.run_id, "segad.study": args.study, **owner_tags()},
         )
         rid = child.info.run_id
         for k, v in params.items():
@@ -262,9 +266,10 @@ def run_study(args, cfg: TrainConfig) -> dict:
             client.set_tag(rid, "state", "PRUNED")
             client.set_terminated(rid, "KILLED")
             raise
-        except Exception as e:
-            client.set_tag(rid, "error", str(e)[:5000])
-            client.set_terminated(rid, "FAILED")
+        except BaseException as e:  # Ctrl-C too: a trial's run must not stay RUNNING
+            interrupted = isinstance(e, KeyboardInterrupt)
+            client.set_tag(rid, "error", "interrupted (Ctrl-C)" if interrupted else str(e)[:5000])
+            client.set_terminated(rid, "KILLED" if interrupted else "FAILED")
             raise
         client.log_metric(rid, "cv_auroc", score)
         client.log_metric(rid, "duration_s", time.perf_counter() - t0)
@@ -277,7 +282,8 @@ def run_study(args, cfg: TrainConfig) -> dict:
     try:
         study.optimize(objective, n_trials=args.trials, timeout=args.timeout, n_jobs=args.n_jobs)
     except BaseException as e:
-        client.set_tag(parent.info.run_id, "error", f"{type(e).__name__}: {e}"[:5000])
+        error = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
+        client.set_tag(parent.info.run_id, "error", error[:5000])
         client.set_terminated(parent.info.run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
         raise
     minutes = (time.perf_counter() - t0) / 60

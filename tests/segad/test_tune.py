@@ -130,6 +130,35 @@ def test_a_read_only_study_database_is_named_as_such(workspace: Path, capsys) ->
     assert "exceeding max length" not in err
 
 
+def test_ctrl_c_in_a_trial_leaves_no_run_running(workspace: Path) -> None:
+    """SIGINT mid-trial: the trial's run and the study's run end KILLED (the trial's used to stay RUNNING)."""
+    import signal
+    import time
+
+    import mlflow
+
+    cmd = [sys.executable, "-m", "segad.tune", *_args(workspace, "interrupted", 50)]
+    proc = subprocess.Popen(cmd, cwd=workspace, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+
+    def runs() -> dict:
+        exp = client.get_experiment_by_name("interrupted")
+        return {} if exp is None else {r.info.run_name: r for r in client.search_runs([exp.experiment_id])}
+
+    try:
+        deadline = time.monotonic() + 300
+        while "trial 0" not in runs() and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.5)
+        assert "trial 0" in runs(), "the study never started a trial"
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        proc.kill()
+    status = {name: r.info.status for name, r in runs().items()}
+    assert status["study interrupted"] == "KILLED" and "RUNNING" not in status.values(), status
+    assert runs()["trial 0"].data.tags["error"] == "interrupted (Ctrl-C)" or status["trial 0"] == "FINISHED"
+
+
 def test_zero_trials_is_an_error(workspace: Path, capsys) -> None:
     assert main(_args(workspace, "zero", 0)) == 2
     assert "--trials must be at least 1" in capsys.readouterr().err
