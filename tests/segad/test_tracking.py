@@ -277,3 +277,31 @@ def test_experiment_name_uses_a_builtin_sets_default_category(data: str, categor
     from segad.train import TrainConfig
 
     assert experiment_name(TrainConfig(data=data, category=category)) == expected
+
+
+def test_predict_never_runs_the_code_stored_in_the_registry(store, tmp_path: Path) -> None:
+    """A registry is a trust boundary: mlflow.pyfunc.load_model runs the model's stored code file, so
+    segad.predict reads only data (JSON, safetensors, XGBoost JSON) from it, whatever the code file says."""
+    import mlflow
+
+    from segad.predict import main as predict
+
+    root, uri, _ = store
+    marker = tmp_path / "stored code ran"
+    code_files = [p for p in (root / "mlruns").rglob("*.py") if "class SegadPyfunc" in p.read_text()]
+    assert code_files, "the logged model's code file was not found in the artifact store"
+    saved = {p: p.read_text() for p in code_files}
+    try:
+        for p in code_files:
+            p.write_text(f"open({str(marker)!r}, 'w').close()\nraise SystemExit('tampered')\n")
+        images = root / "data" / "widget" / "test" / "scratch"
+        args = ["--model", "models:/segad-data-widget/1", "--images", str(images), "--out", str(tmp_path / "out")]
+        assert predict([*args, "--tracking-uri", uri]) == 0
+        assert not marker.exists()
+        mlflow.set_tracking_uri(uri)
+        with pytest.raises(SystemExit, match="tampered"):  # what the pyfunc loader does with the same registry
+            mlflow.pyfunc.load_model("models:/segad-data-widget/1")
+        assert marker.exists()
+    finally:
+        for p, text in saved.items():
+            p.write_text(text)
