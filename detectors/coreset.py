@@ -69,8 +69,9 @@ def _greedy_torch(x: torch.Tensor, n_select: int, start: int) -> torch.Tensor:
     return chosen
 
 
-def greedy_coreset(features: torch.Tensor, ratio: float, projection_dim: int = 128, seed: int = 0) -> torch.Tensor:
-    """Indices of ``ceil(ratio * N)`` rows chosen by greedy k-center on a Gaussian random projection."""
+def greedy_coreset(features: torch.Tensor, ratio: float, projection_dim: int = 256, seed: int = 0) -> torch.Tensor:
+    """Indices of ``ceil(ratio * N)`` rows chosen by greedy k-center: on exact distances when the rows have
+    at most ``projection_dim`` columns (or it is 0), else on a Gaussian random projection to that many."""
     if not 0.0 < ratio <= 1.0:
         raise InputError(f"coreset_ratio must be in (0, 1], got {ratio}")
     n = features.shape[0]
