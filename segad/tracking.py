@@ -97,9 +97,7 @@ def parent_run(cfg: TrainConfig) -> Iterator[Any]:
 def report_stale_runs(client: Any, experiment_id: str) -> None:
     """Close the runs that killed processes left RUNNING, and say so (segad.runstate)."""
     if closed := close_stale_runs(client, experiment_id):
-        print(
-            f"marked {len(closed)} MLflow run(s) KILLED whose process had died: {', '.join(closed)}", file=sys.stderr
-        )
+        print(f"marked {len(closed)} MLflow run(s) KILLED whose process had died: {', '.join(closed)}", file=sys.stderr)
 
 
 def _params(cfg: TrainConfig, result: TrainResult) -> dict[str, Any]:
