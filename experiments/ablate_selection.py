@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
     X, X_gen = features(prep, names, *segment(prep, segmenter), segmenter.n_segments_, cfg.feature_set == "full")
     n_hold, labels = prep.n_hold, prep.labels
     moments = {n: good_moments(prep.maps[n].scores[:n_hold]) for n in names}
-    rules = ["argmax", "1se", "ens-blend argmax", "ens-blend 1se", "segad (shipped)", "oracle"]
+    rules = ["argmax", "1se", "ens-blend argmax", "ens-blend 1se", "segad (shipped)", "paired lead", "oracle"]
     from_ens = MethodResult("classifier from ensemble")
     results = {r: MethodResult(r) for r in [*names, ENSEMBLE, "classifier", *rules]}
     for sp in prep.splits:
@@ -78,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             "ens-blend argmax": choose(ens_cands, inner, n_defects, n_good, False),
             "ens-blend 1se": choose(ens_cands, inner, n_defects, n_good, True),
             "segad (shipped)": shipped.blend,
+            "paired lead": select(oof, train_scores, y_train, real, moments, lead="paired").blend,
             "oracle": max(cands, key=lambda c: test_auroc[c.label]),
         }
         for n in names:

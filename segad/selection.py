@@ -122,6 +122,27 @@ def auroc_standard_error(auroc: float, n_defects: int, n_good: int) -> float:
     return float(np.sqrt(max(var, 0.0)))
 
 
+def paired_difference_se(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """DeLong et al. (1988): the standard error of AUROC(a) - AUROC(b) on the same rows.
+
+    Two scores that share most of their signal (one detector and an ensemble holding it) move
+    together from sample to sample, so their difference is far less noisy than either AUROC alone;
+    Hanley & McNeil's single-AUROC error ignores that and asks a lead to clear the whole noise."""
+    y = np.asarray(y).astype(bool)
+
+    def components(s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos, neg = np.asarray(s, np.float64)[y], np.asarray(s, np.float64)[~y]
+        psi = (pos[:, None] > neg[None, :]) + 0.5 * (pos[:, None] == neg[None, :])
+        return psi.mean(axis=1), psi.mean(axis=0)  # per defect, per good image
+
+    (va_pos, va_neg), (vb_pos, vb_neg) = components(a), components(b)
+    m, n = len(va_pos), len(va_neg)
+    if m < 2 or n < 2:
+        return float("inf")
+    var = np.var(va_pos - vb_pos, ddof=1) / m + np.var(va_neg - vb_neg, ddof=1) / n
+    return float(np.sqrt(max(var, 0.0)))
+
+
 def candidates(
     detectors: Sequence[str], detector_moments: dict[str, tuple[float, float]], margin_moments: tuple[float, float]
 ) -> list[ScoreBlend]:
@@ -139,6 +160,7 @@ def select(
     real: np.ndarray,
     detector_moments: dict[str, tuple[float, float]],
     prefer_classifier: bool = False,
+    lead: str = "hanley",
 ) -> Selection:
     """The final score for one seed, decided on the classifier's training rows (see the module's rule).
 
@@ -157,10 +179,10 @@ def select(
     margin_moments = good_moments(oof[(y == 0) & np.isfinite(oof)])
     cands = candidates(list(detector_scores), detector_moments, margin_moments)
     yj = y[judged]
-    inner = {
-        c.label: image_auroc(yj, c.score(oof[judged], {d: np.asarray(v)[judged] for d, v in detector_scores.items()}))
-        for c in cands
+    judged_scores = {
+        c.label: c.score(oof[judged], {d: np.asarray(v)[judged] for d, v in detector_scores.items()}) for c in cands
     }
+    inner = {label: image_auroc(yj, s) for label, s in judged_scores.items()}
     n_good, n_defects = int((yj == 0).sum()), int((yj == 1).sum())
     classifier = cands[-1]
     families: dict[str, list[ScoreBlend]] = {}
@@ -171,11 +193,13 @@ def select(
     bases = list(best)
     chosen = classifier if prefer_classifier else best[bases[0]]  # else the ensemble's (or the one detector's)
     others = bases if prefer_classifier else bases[1:]
-    challengers = [
-        best[b]
-        for b in others
-        if inner[best[b].label] - auroc_standard_error(inner[best[b].label], n_defects, n_good) > inner[chosen.label]
-    ]
+
+    def error(c: ScoreBlend) -> float:
+        if lead == "paired":
+            return paired_difference_se(yj, judged_scores[c.label], judged_scores[chosen.label])
+        return auroc_standard_error(inner[c.label], n_defects, n_good)
+
+    challengers = [best[b] for b in others if inner[best[b].label] - error(best[b]) > inner[chosen.label]]
     if challengers:
         chosen = max(challengers, key=lambda c: inner[c.label])
     return Selection(chosen, inner, n_good, n_defects)

@@ -3,7 +3,15 @@ import pytest
 
 from segad.evaluate import good_moments
 from segad.metrics import image_auroc
-from segad.selection import CLASSIFIER, ENSEMBLE, ScoreBlend, auroc_standard_error, candidates, select
+from segad.selection import (
+    CLASSIFIER,
+    ENSEMBLE,
+    ScoreBlend,
+    auroc_standard_error,
+    candidates,
+    paired_difference_se,
+    select,
+)
 
 
 def _rows(n_good: int = 40, n_bad: int = 10, n_gen: int = 0, seed: int = 0):
@@ -26,6 +34,23 @@ def test_standard_error_matches_a_bootstrap() -> None:
     # Hanley & McNeil's formula is a little conservative against the bootstrap, never optimistic.
     assert np.std(boot) <= auroc_standard_error(a, n_bad, n_good) <= 1.5 * np.std(boot)
     assert auroc_standard_error(0.5, 1000, 1000) == pytest.approx(np.sqrt(1 / 6000), rel=0.01)
+
+
+def test_paired_difference_error_matches_a_bootstrap_and_is_far_below_one_auroc_s() -> None:
+    """DeLong's error of AUROC(a) - AUROC(b): two scores sharing their signal differ far less than either varies."""
+    rng = np.random.default_rng(1)
+    n_bad, n_good = 10, 40
+    y = np.r_[np.zeros(n_good), np.ones(n_bad)].astype(int)
+    a = rng.normal(0, 1, n_good + n_bad) + 1.5 * y
+    b = a + rng.normal(0, 0.5, len(y))
+    boot = []
+    for _ in range(2000):
+        i = np.r_[rng.choice(n_good, n_good), n_good + rng.choice(n_bad, n_bad)]
+        boot.append(image_auroc(y[i], a[i]) - image_auroc(y[i], b[i]))
+    se = paired_difference_se(y, a, b)
+    assert 0.9 * np.std(boot) <= se <= 1.1 * np.std(boot)
+    assert se < 0.6 * auroc_standard_error(image_auroc(y, a), n_bad, n_good)
+    assert paired_difference_se(y, a, a) == 0.0
 
 
 def test_candidates_run_from_simplest_to_the_classifier() -> None:
