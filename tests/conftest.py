@@ -22,6 +22,18 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.chdir(work)  # MLflow's artifacts (./mlruns) and segad's outputs/ go here
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """One torch thread for tiny trainable networks: they are latency-bound, and on a busy 2-core machine
+    two OpenMP threads contend and a step gets 10-30x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture
 def tiny_mvtec(tmp_path: Path) -> Path:
     """A tiny synthetic set in the MVTec layout; returns the dataset root (category ``widget``)."""

@@ -17,13 +17,7 @@ FAST = {"steps": 100, "base_width": 8, "disc_width": 8, "batch_size": 4, "learni
 RUN = {"device": "cpu", "progress": False}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny networks are latency-bound: one thread is as fast, and not slowed by a busy machine's OpenMP."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

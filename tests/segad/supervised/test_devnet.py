@@ -24,13 +24,7 @@ SPEC = SyntheticSpec(image_size=96, seed=11)  # 96 px: a 6x6 layer3 map, 3x3 at 
 SHORT = {"epochs": 3, "steps_per_epoch": 5, "batch_size": 8, "device": "cpu"}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One torch thread: on a shared 2-core machine two threads contend and a step gets 10-30x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @dataclass(frozen=True)
