@@ -30,6 +30,7 @@ import numpy as np
 from detectors.errors import InputError
 from features import SegmentSpec, make_segmenter
 from segad.classifier import PRESETS, SegadClassifier
+from segad.data import load_dataset
 from segad.metrics import image_auroc
 from segad.paths import redact, scrub
 from segad.protocol import tuning_defects
@@ -47,14 +48,15 @@ class Workbench:
 
     def __init__(self, cfg: TrainConfig, max_generated: int) -> None:
         self.cfg = cfg
-        # segments="auto": only the dataset's own maps count for "folder"; the search picks the rest.
-        self.prep = prepare(replace(cfg, generated=max_generated, segments="auto"))
-        self.pool = tuning_defects(self.prep.ds, cfg.tuning_share)  # indices into the dataset's test images
+        # Checked on the dataset's listing, before prepare fits every detector.
+        self.pool = tuning_defects(load_dataset(cfg.data, cfg.category), cfg.tuning_share)  # test-image indices
         if len(self.pool) < cfg.shots + 2:
             raise InputError(
                 f"--tuning-share {cfg.tuning_share} reserves {len(self.pool)} defects; tuning needs --shots "
                 f"{cfg.shots} of them to train and at least 2 to validate: raise --tuning-share or lower --shots"
             )
+        # segments="auto": only the dataset's own maps count for "folder"; the search picks the rest.
+        self.prep = prepare(replace(cfg, generated=max_generated, segments="auto"))
         self._segments: dict[str, tuple] = {}
         self._features: dict[tuple, tuple] = {}
 

@@ -159,6 +159,14 @@ def test_ctrl_c_in_a_trial_leaves_no_run_running(workspace: Path) -> None:
     assert runs()["trial 0"].data.tags["error"] == "interrupted (Ctrl-C)" or status["trial 0"] == "FINISHED"
 
 
+def test_too_few_reserved_defects_fail_before_any_detector_is_fit(workspace: Path, capsys, monkeypatch) -> None:
+    cache = workspace / "own-cache"
+    monkeypatch.setenv("SEGAD_CACHE_DIR", str(cache))
+    assert main([*_args(workspace, "few", 1), "--shots", "10"]) == 2  # 6 reserved defects: 10 shots cannot train
+    assert "--tuning-share 0.4 reserves 6 defects; tuning needs --shots 10" in capsys.readouterr().err
+    assert not (cache / "maps").exists()
+
+
 def test_zero_trials_is_an_error(workspace: Path, capsys) -> None:
     assert main(_args(workspace, "zero", 0)) == 2
     assert "--trials must be at least 1" in capsys.readouterr().err
