@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from functools import partial
 from pathlib import Path
 from typing import ClassVar
 
@@ -260,15 +261,14 @@ def _build_torchvision(name: str) -> Backbone:
     return _TorchvisionResNet(name, net)
 
 
+_TORCHVISION = ("resnet18", "wide_resnet50_2")
 BACKBONES: dict[str, Callable[[], Backbone]] = {
     "efficientnet_lite0": _build_lite0,
-    "resnet18": lambda: _build_torchvision("resnet18"),
-    "wide_resnet50_2": lambda: _build_torchvision("wide_resnet50_2"),
+    **{name: partial(_build_torchvision, name) for name in _TORCHVISION},
 }
 _WEIGHTS: dict[str, Callable[[], Path]] = {
     "efficientnet_lite0": _lite0_weights,
-    "resnet18": lambda: _torchvision_weights("resnet18"),
-    "wide_resnet50_2": lambda: _torchvision_weights("wide_resnet50_2"),
+    **{name: partial(_torchvision_weights, name) for name in _TORCHVISION},
 }
 DEFAULT_BACKBONE = "efficientnet_lite0"
 

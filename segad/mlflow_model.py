@@ -38,11 +38,12 @@ class SegadPyfunc(mlflow.pyfunc.PythonModel):
         arrays, ok, errors, warnings = [], [], [""] * len(images), [""] * len(images)
         for i, image in enumerate(images):
             try:
-                array, warnings[i] = self.pipeline.read(image)
+                read = self.pipeline.read(image)
             except (InputError, OSError) as e:
                 errors[i] = str(e)
                 continue
-            arrays.append(array)
+            arrays.append(read.array)
+            warnings[i] = read.note
             ok.append(i)
         scores = np.full(len(images), np.nan)
         # Nullable: an image that could not be read is neither good nor defective (<NA>), never "good".

@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 from safetensors.torch import load_file, save_file
@@ -61,6 +62,14 @@ def image_list(images: Sequence[ImageInput] | np.ndarray) -> list[ImageInput]:
     return list(images)
 
 
+class ReadImage(NamedTuple):
+    """One image as the pipeline read it: once decoded, it serves the model, the overlays and the note."""
+
+    array: np.ndarray  # (3, H, W) model-ready
+    rgb: np.ndarray  # (h, w, 3) in [0, 1], native size, before any adjustment
+    note: str  # why its size or aspect is unlike the training images'; "" when it is not
+
+
 class SegadPipeline:
     def __init__(
         self,
@@ -97,13 +106,14 @@ class SegadPipeline:
 
     def prepare(self, image: ImageInput) -> np.ndarray:
         """One file or raw image -> the (3, H, W) model-ready array the run scored (size, intensity, normalisation)."""
-        return self.read(image)[0]
+        return self.read(image).array
 
-    def read(self, image: ImageInput) -> tuple[np.ndarray, str]:
-        """``prepare``'s array, and a note when the image's native size is unlike the training images' ("")."""
+    def read(self, image: ImageInput) -> ReadImage:
+        """``prepare``'s array, the image as decoded, and a note when its native size is unlike the training
+        images' ("")."""
         rgb = as_rgb(image)
         note = self.source.note(rgb.shape[:2]) if self.source is not None else ""
-        return model_input(rgb, self.image_size, self.intensity), note
+        return ReadImage(model_input(rgb, self.image_size, self.intensity), rgb, note)
 
     def preprocess(self, images: Sequence[ImageInput] | np.ndarray) -> np.ndarray:
         """Files or raw images -> an (N, 3, H, W) model-ready batch. An (N, H, W, C) array is N raw images."""

@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 
 from detectors.errors import InputError
-from segad.data.images import read_rgb, resize
+from segad.data.images import resize
 from segad.data.samples import IMAGE_SUFFIXES
 from segad.pipeline import SegadPipeline
 
@@ -70,24 +70,22 @@ def predict_folder(model: SegadPipeline, images: Path, out: Path, batch: int = 1
     rows: list[dict] = []
     # Maps of the held-out good images would be the ideal scale; the model's threshold is on scores.
     for s in range(0, len(files), batch):
-        chunk, arrays, notes = [], [], []
+        chunk, read = [], []
         for p in files[s : s + batch]:
             try:
-                array, note = model.read(p)
+                read.append(model.read(p))
             except (InputError, OSError) as e:
                 print(f"skipped {p}: {e}", file=sys.stderr)
                 rows.append({"file": str(p), "score": "", "decision": "", "error": str(e), "warning": ""})
                 continue
-            arrays.append(array)
             chunk.append(p)
-            notes.append(note)
         if not chunk:
             continue
-        result = model.predict_batch(np.stack(arrays), names=[str(p) for p in chunk])
+        result = model.predict_batch(np.stack([r.array for r in read]), names=[str(p) for p in chunk])
         for j, p in enumerate(chunk):
             score, decision = float(result.scores[j]), bool(result.decisions[j])
-            rows.append({"file": str(p), "score": score, "decision": decision, "error": "", "warning": notes[j]})
-            img = resize(read_rgb(p), model.image_size)
+            rows.append({"file": str(p), "score": score, "decision": decision, "error": "", "warning": read[j].note})
+            img = resize(read[j].rgb, model.image_size)
             panels = [img] + [overlay(img, m[j], float(np.percentile(m, 99.9))) for m in result.maps.values()]
             rel = p.relative_to(images).with_suffix(".png")
             target = out / "overlays" / rel

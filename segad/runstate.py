@@ -25,6 +25,13 @@ def _started(pid: int) -> str:
         return ""
 
 
+def ended_by(error: BaseException) -> tuple[str, str]:
+    """The status and ``error`` tag of a run its own process ends on ``error``: Ctrl-C is KILLED, the rest FAILED."""
+    if isinstance(error, KeyboardInterrupt):
+        return "KILLED", "interrupted (Ctrl-C)"
+    return "FAILED", f"{type(error).__name__}: {error}"[:5000]
+
+
 def owner_tags() -> dict[str, str]:
     """Tags naming this process as a run's owner."""
     pid = os.getpid()

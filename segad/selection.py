@@ -27,6 +27,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 
@@ -34,6 +35,9 @@ from segad.evaluate import good_moments
 from segad.metrics import image_auroc
 
 BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# How a challenger's lead is judged: Hanley-McNeil error of its AUROC (shipped), or DeLong's paired error
+# of the difference (measured in experiments/ablate_selection.py: no gain).
+Lead = Literal["hanley", "paired"]
 ENSEMBLE = "ensemble"
 CLASSIFIER = "classifier"
 
@@ -160,7 +164,7 @@ def select(
     real: np.ndarray,
     detector_moments: dict[str, tuple[float, float]],
     prefer_classifier: bool = False,
-    lead: str = "hanley",
+    lead: Lead = "hanley",
 ) -> Selection:
     """The final score for one seed, decided on the classifier's training rows (see the module's rule).
 

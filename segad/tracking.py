@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from segad.runstate import close_stale_runs, owner_tags
+from segad.runstate import close_stale_runs, ended_by, owner_tags
 
 if TYPE_CHECKING:
     from segad.train import TrainConfig, TrainResult
@@ -82,13 +82,10 @@ def parent_run(cfg: TrainConfig) -> Iterator[Any]:
     run = mlflow.start_run(run_name=cfg.run_name, tags={**_tags(cfg), **owner_tags()})
     try:
         yield run
-    except KeyboardInterrupt:
-        mlflow.set_tag("error", "interrupted (Ctrl-C)")
-        mlflow.end_run(status="KILLED")
-        raise
     except BaseException as e:
-        mlflow.set_tag("error", f"{type(e).__name__}: {e}"[:5000])
-        mlflow.end_run(status="FAILED")
+        status, error = ended_by(e)
+        mlflow.set_tag("error", error)
+        mlflow.end_run(status=status)
         raise
     else:
         mlflow.end_run(status="FINISHED")

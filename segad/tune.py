@@ -34,7 +34,7 @@ from segad.data import load_dataset
 from segad.metrics import image_auroc
 from segad.paths import redact, scrub
 from segad.protocol import tuning_defects
-from segad.runstate import owner_tags
+from segad.runstate import ended_by, owner_tags
 from segad.train import TrainConfig, _fit_segmenter, build_parser, config_from, features, prepare, segment
 
 GENERATED_CHOICES = (0, 50, 100, 200)
@@ -218,6 +218,12 @@ def _root_cause(e: BaseException) -> str:
     return f"{text.splitlines()[0]} ({type(inner).__name__})" if text else type(inner).__name__
 
 
+def _end(client, run_id: str, error: BaseException) -> None:
+    status, text = ended_by(error)
+    client.set_tag(run_id, "error", text)
+    client.set_terminated(run_id, status)
+
+
 def run_study(args, cfg: TrainConfig) -> dict:
     import mlflow
     import optuna
@@ -269,9 +275,7 @@ def run_study(args, cfg: TrainConfig) -> dict:
             client.set_terminated(rid, "KILLED")
             raise
         except BaseException as e:  # Ctrl-C too: a trial's run must not stay RUNNING
-            interrupted = isinstance(e, KeyboardInterrupt)
-            client.set_tag(rid, "error", "interrupted (Ctrl-C)" if interrupted else str(e)[:5000])
-            client.set_terminated(rid, "KILLED" if interrupted else "FAILED")
+            _end(client, rid, e)
             raise
         client.log_metric(rid, "cv_auroc", score)
         client.log_metric(rid, "duration_s", time.perf_counter() - t0)
@@ -284,9 +288,7 @@ def run_study(args, cfg: TrainConfig) -> dict:
     try:
         study.optimize(objective, n_trials=args.trials, timeout=args.timeout, n_jobs=args.n_jobs)
     except BaseException as e:
-        error = "interrupted (Ctrl-C)" if isinstance(e, KeyboardInterrupt) else f"{type(e).__name__}: {e}"
-        client.set_tag(parent.info.run_id, "error", error[:5000])
-        client.set_terminated(parent.info.run_id, "KILLED" if isinstance(e, KeyboardInterrupt) else "FAILED")
+        _end(client, parent.info.run_id, e)
         raise
     minutes = (time.perf_counter() - t0) / 60
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]

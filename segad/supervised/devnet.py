@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Self
 
@@ -46,7 +46,7 @@ from torch import nn
 
 from detectors.atomic import atomic_write
 from detectors.backbones import BACKBONES, LAYERS, STRIDES, Backbone, check_backbone
-from detectors.base import ImageBatch, as_image_tensor
+from detectors.base import DetectorConfig, ImageBatch, as_image_tensor
 from detectors.device import resolve_device
 from detectors.errors import InputError
 from detectors.training import PhaseReport, autocast, sample_batch, train_phase
@@ -60,10 +60,12 @@ class NotFittedError(InputError, RuntimeError):
 
 
 @dataclass(frozen=True)
-class DevNetConfig:
-    """Flat primitives only, so the config logs to MLflow as params and round-trips through JSON."""
+class DevNetConfig(DetectorConfig):
+    """The detectors' config conventions (flat params, string coercion from a CLI or MLflow, the
+    result-neutral fields a later cache key leaves out), with DevNet's options and defaults."""
 
-    backbone: str = "efficientnet_lite0"
+    batch_size: int = 48  # training: half normal, half defects; scoring: images per forward pass
+    progress: bool = False
     layer: str = "layer4"  # the scored feature map; "layer3" gives a map twice as fine
     topk_ratio: float = 0.1  # image score = mean of this share of the patch scores (at least one)
     margin: float = 5.0  # defects are pushed at least this many reference std devs above the mean
@@ -71,16 +73,12 @@ class DevNetConfig:
     n_scales: int = 1  # 2: also score the image at half size and average the two, as DRA's code
     epochs: int = 50
     steps_per_epoch: int = 20
-    batch_size: int = 48  # training: half normal, half defects; scoring: images per forward pass
     lr: float = 2e-4
     weight_decay: float = 1e-5
     lr_step_epochs: int = 10  # StepLR period in epochs; 0 keeps the learning rate constant
     lr_gamma: float = 0.1
     grad_clip: float = 1.0  # max gradient norm before each step; 0 turns clipping off
     freeze_bn: bool = False  # True: batch norm keeps its ImageNet statistics while the weights train
-    seed: int = 0
-    device: str = "auto"
-    progress: bool = False
 
     def __post_init__(self) -> None:
         checks = [
@@ -101,16 +99,6 @@ class DevNetConfig:
         for ok, name, rule in checks:
             if not ok:
                 raise InputError(f"DevNetConfig.{name} must {rule}, got {getattr(self, name)!r}")
-
-    def to_params(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_params(cls, params: dict[str, Any]) -> DevNetConfig:
-        unknown = sorted(set(params) - {f.name for f in fields(cls)})
-        if unknown:
-            raise InputError(f"DevNetConfig has no option(s) {unknown}; options: {[f.name for f in fields(cls)]}")
-        return cls(**params)
 
 
 def deviation_loss(
@@ -211,11 +199,7 @@ class DevNet:
         config = config or DevNetConfig()
         if not isinstance(config, DevNetConfig):
             raise TypeError(f"DevNet takes a DevNetConfig, got {type(config).__name__}")
-        known = {f.name for f in fields(DevNetConfig)}
-        unknown = sorted(set(overrides) - known)
-        if unknown:
-            raise InputError(f"DevNet has no option(s) {unknown}; options: {sorted(known)}")
-        self.config = replace(config, **overrides)
+        self.config = DevNetConfig.from_params({**config.to_params(), **overrides})  # unknown options fail here
         check_backbone(self.config.backbone)  # an unknown name or missing weights fail before any work
         self.model_: DevNetModule | None = None
         self.image_size_: tuple[int, int] | None = None
