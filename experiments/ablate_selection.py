@@ -5,12 +5,16 @@ options; every row is scored on each seed's test set, and every rule decides on 
 only (held-out good images and shots; the classifier's part out of fold). Rows:
 
 - each detector, ``ensemble``, ``classifier`` (the classifier's margin alone): the inputs;
+- ``weighted ensemble``: the weighted ensemble of ``segad.selection`` alone (no classifier);
 - ``argmax``: the candidate with the best inner AUROC, over every candidate of ``segad.selection``;
 - ``1se``: the simplest candidate within one standard error of the best;
-- ``ens-blend argmax`` / ``ens-blend 1se``: the same two rules over the ensemble-classifier blends
-  only (no single detectors);
+- ``default-base argmax`` / ``default-base 1se``: the same two rules over the weighted ensemble's
+  blends with the classifier only (no other base);
 - ``segad (shipped)``: ``segad.selection.select``, what ``segad.train`` reports as ``segad``: the best
-  weight within each base, a single detector's base only when it beats the ensemble's by a standard error;
+  weight within each base, another base than the weighted ensemble only when it leads by a standard error;
+- ``equal base``: the shipped rule with the naive ensemble as the default base (the rule before the
+  weighted ensemble);
+- ``paired lead``: the shipped rule, a lead judged by DeLong's paired error of the difference;
 - ``classifier from ensemble``: the same forest boosted from the ensemble (``--classifier-start
   ensemble``: XGBoost's ``base_margin`` = a logistic fit of the ensemble z-score on the training rows),
   alone, so its trees learn a correction to the ensemble rather than everything;
@@ -31,7 +35,14 @@ from segad.calibration import out_of_fold_scores
 from segad.classifier import SegadClassifier
 from segad.evaluate import MethodResult, format_table, good_moments
 from segad.metrics import image_auroc
-from segad.selection import ENSEMBLE, auroc_standard_error, candidates, ensemble_score, select
+from segad.selection import (
+    ENSEMBLE,
+    auroc_standard_error,
+    candidates,
+    detector_weights,
+    ensemble_score,
+    select,
+)
 from segad.train import _fit_segmenter, build_parser, config_from, features, prepare, segment
 
 
@@ -51,7 +62,17 @@ def main(argv: list[str] | None = None) -> None:
     X, X_gen = features(prep, names, *segment(prep, segmenter), segmenter.n_segments_, cfg.feature_set == "full")
     n_hold, labels = prep.n_hold, prep.labels
     moments = {n: good_moments(prep.maps[n].scores[:n_hold]) for n in names}
-    rules = ["argmax", "1se", "ens-blend argmax", "ens-blend 1se", "segad (shipped)", "paired lead", "oracle"]
+    rules = [
+        "weighted ensemble",
+        "argmax",
+        "1se",
+        "default-base argmax",
+        "default-base 1se",
+        "segad (shipped)",
+        "equal base",
+        "paired lead",
+        "oracle",
+    ]
     from_ens = MethodResult("classifier from ensemble")
     results = {r: MethodResult(r) for r in [*names, ENSEMBLE, "classifier", *rules]}
     for sp in prep.splits:
@@ -69,15 +90,20 @@ def main(argv: list[str] | None = None) -> None:
         shipped = select(oof, train_scores, y_train, real, moments)
         # Every rule decides on the shipped rule's evidence: the same candidates and inner AUROCs.
         inner, n_defects, n_good = shipped.inner_auroc, shipped.n_defects, shipped.n_good
-        cands = candidates(names, moments, shipped.blend.margin_moments)
-        ens_cands = [c for c in cands if c.base == cands[0].base]  # the ensemble (or the one detector) blends
+        z_shots = {
+            n: (train_scores[n][y_train == 1][real[y_train == 1]] - moments[n][0]) / moments[n][1] for n in names
+        }
+        cands = candidates(names, moments, shipped.blend.margin_moments, detector_weights(z_shots))
+        base_cands = [c for c in cands if c.base == cands[0].base]  # the default base's blends
         test_auroc = {c.label: image_auroc(y, c.score(margins, test_scores)) for c in cands}
         picks = {
+            "weighted ensemble": cands[0],
             "argmax": choose(cands, inner, n_defects, n_good, False),
             "1se": choose(cands, inner, n_defects, n_good, True),
-            "ens-blend argmax": choose(ens_cands, inner, n_defects, n_good, False),
-            "ens-blend 1se": choose(ens_cands, inner, n_defects, n_good, True),
+            "default-base argmax": choose(base_cands, inner, n_defects, n_good, False),
+            "default-base 1se": choose(base_cands, inner, n_defects, n_good, True),
             "segad (shipped)": shipped.blend,
+            "equal base": select(oof, train_scores, y_train, real, moments, base="equal").blend,
             "paired lead": select(oof, train_scores, y_train, real, moments, lead="paired").blend,
             "oracle": max(cands, key=lambda c: test_auroc[c.label]),
         }

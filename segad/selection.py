@@ -7,20 +7,29 @@ So every seed decides on its own training rows: each candidate score is computed
 images and the shots (the classifier's part out of fold, from models that never saw the row), and
 their AUROC there (the inner AUROC) decides.
 
-Every candidate is one formula, ``w * z(classifier margin) + (1 - w) * mean_d z_d(detector score)``:
+Every candidate is one formula, ``w * z(classifier margin) + (1 - w) * sum_d a_d z_d(detector score)``:
 z-scores against good images (detectors: the held-out good images; the classifier: its out-of-fold
-margins on them), ``w`` in ``BLEND_WEIGHTS``, the base either the naive ensemble (every detector) or one
-detector. ``w = 0`` is the ensemble or that detector alone, ``w = 1`` the classifier alone.
+margins on them), ``w`` in ``BLEND_WEIGHTS``, and a base ``a``: the weighted ensemble (below), the naive
+ensemble (equal ``a_d``) or one detector. ``w = 0`` is the base alone, ``w = 1`` the classifier alone.
 
 The rule (measured against others by ``experiments/ablate_selection.py``):
 
-- within each base, the weight with the best inner AUROC (ties: the smaller weight). One parameter
-  along one line is little to over-fit, and it is where the lift is: on the complex product the
-  classifier is worth 10 points, on ELPV mono nothing, and the weight follows;
-- the base is the ensemble unless a single detector's best beats the ensemble's best by more than one
-  standard error (Hanley & McNeil, 1982): the argmax over a dozen noisy candidates is biased up, and
-  picking single detectors on leads of 1-3 inner points lost 1.7 test points on two ELPV mono seeds.
-  A detector that is clearly better than the ensemble (the others being useless on a set) still wins.
+- the default base is the **weighted ensemble**: each detector's weight is how far the weaker
+  defects among the judged ones (their 0.3 quantile) sit above good images, in that detector's
+  good-image standard deviations, clipped at zero. The weak defects are the ones that decide AUROC
+  and FPR@95TPR, and their distance is measurable where ranks are not: with 20 good rows and 10 shots
+  every detector's inner AUROC is 0.96-1.00, but PatchCore's weak texture defects sit 3-4 standard
+  deviations out where PaDiM's sit at 1, and an equal mean gave away 1-1.5 test points to PatchCore
+  alone. Equal-strength detectors keep about equal weights, so the averaging that made the naive
+  ensemble beat both on ELPV stays. Judged out of sample: each judged defect's base score uses the
+  weights of the other defects;
+- within each base, the blend weight ``w`` with the best inner AUROC (ties: the smaller weight). One
+  parameter along one line is little to over-fit, and it is where the lift is: on the complex product
+  the classifier is worth 10 points, on ELPV mono nothing, and the weight follows;
+- another base (the naive ensemble, a single detector) replaces the default only when its best beats
+  the default's best by more than one standard error (Hanley & McNeil, 1982): the argmax over a dozen
+  noisy candidates is biased up, and picking single detectors on leads of 1-3 inner points lost 1.7
+  test points on two ELPV mono seeds. A detector that is clearly better still wins.
 """
 
 from __future__ import annotations
@@ -35,10 +44,18 @@ from segad.evaluate import good_moments
 from segad.metrics import image_auroc
 
 BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
+# Which defects a detector's weight is read from: the 0.3 quantile of the judged defects' z-scores
+# (the third-weakest of ten shots). Measured with ablate_selection.py: 0.2 lets one weak shot zero a
+# detector that the ensemble needed (grass at 128 px -1.2 points), 0.5 follows the gross defects that
+# every detector finds (grass at 256 px -0.8 against PatchCore alone).
+WEIGHT_QUANTILE = 0.3
+# The default base: the weighted ensemble (shipped) or the naive one (the rule before it, for the ablation).
+Base = Literal["weighted", "equal"]
 # How a challenger's lead is judged: Hanley-McNeil error of its AUROC (shipped), or DeLong's paired error
 # of the difference (measured in experiments/ablate_selection.py: no gain).
 Lead = Literal["hanley", "paired"]
 ENSEMBLE = "ensemble"
+WEIGHTED = "weighted ensemble"
 CLASSIFIER = "classifier"
 
 
@@ -51,6 +68,26 @@ def ensemble_score(detector_scores: Mapping[str, np.ndarray], moments: Mapping[s
     return np.mean([_z(detector_scores[d], *m) for d, m in moments.items()], axis=0)
 
 
+def weighted_score(
+    detector_scores: Mapping[str, np.ndarray],
+    moments: Mapping[str, tuple[float, float]],
+    weights: Mapping[str, float],
+) -> np.ndarray:
+    """``sum_d weights[d] * z_d``; detectors with no weight are not read (they need not be computed)."""
+    used = [(d, a) for d, a in weights.items() if a > 0]
+    return np.sum([a * _z(detector_scores[d], *moments[d]) for d, a in used], axis=0)
+
+
+def detector_weights(defect_z: Mapping[str, np.ndarray], quantile: float = WEIGHT_QUANTILE) -> dict[str, float]:
+    """The weighted ensemble's weights: each detector's ``quantile`` of its defects' z-scores, clipped at
+    zero, normalised to sum 1 (equal weights when no detector puts its weaker defects above good images)."""
+    raw = {d: max(0.0, float(np.quantile(z, quantile))) if len(z) else 0.0 for d, z in defect_z.items()}
+    total = sum(raw.values())
+    if not total > 0:
+        return {d: 1.0 / len(raw) for d in raw}
+    return {d: v / total for d, v in raw.items()}
+
+
 @dataclass(frozen=True)
 class ScoreBlend:
     """The deployed score: ``weight * z(margin) + (1 - weight) * mean over base detectors of z(score)``."""
@@ -59,10 +96,22 @@ class ScoreBlend:
     base: str  # "ensemble" (every detector) or one detector's name
     detector_moments: dict[str, tuple[float, float]]  # detector -> (mean, std) of its scores on good images
     margin_moments: tuple[float, float]  # (mean, std) of the classifier's out-of-fold margins on good images
+    detector_weights: dict[str, float] | None = None  # the weighted ensemble's weights (base WEIGHTED only)
+
+    @property
+    def base_weights(self) -> dict[str, float]:
+        """Each detector's share of the base: equal for the ensemble, one-hot for a detector."""
+        if self.base == WEIGHTED:
+            if not self.detector_weights:
+                raise ValueError("a weighted-ensemble blend needs its detector_weights")
+            return dict(self.detector_weights)
+        if self.base == ENSEMBLE:
+            return {d: 1.0 / len(self.detector_moments) for d in self.detector_moments}
+        return {self.base: 1.0}
 
     @property
     def base_detectors(self) -> list[str]:
-        return list(self.detector_moments) if self.base == ENSEMBLE else [self.base]
+        return [d for d, a in self.base_weights.items() if a > 0]
 
     @property
     def label(self) -> str:
@@ -77,8 +126,7 @@ class ScoreBlend:
         return ensemble_score(detector_scores, self.detector_moments)
 
     def base_score(self, detector_scores: Mapping[str, np.ndarray]) -> np.ndarray:
-        moments = {d: self.detector_moments[d] for d in self.base_detectors}
-        return ensemble_score(detector_scores, moments)
+        return weighted_score(detector_scores, self.detector_moments, self.base_weights)
 
     def score(self, margins: np.ndarray, detector_scores: Mapping[str, np.ndarray]) -> np.ndarray:
         out = np.zeros(len(margins), np.float64)
@@ -89,18 +137,23 @@ class ScoreBlend:
         return out
 
     def to_dict(self) -> dict:
-        return {
+        out = {
             "weight": self.weight,
             "base": self.base,
             "detector_moments": {k: list(v) for k, v in self.detector_moments.items()},
             "margin_moments": list(self.margin_moments),
         }
+        if self.detector_weights is not None:
+            out["detector_weights"] = dict(self.detector_weights)
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping) -> ScoreBlend:
         moments = {k: (float(v[0]), float(v[1])) for k, v in d["detector_moments"].items()}
         mm = d["margin_moments"]
-        return cls(float(d["weight"]), str(d["base"]), moments, (float(mm[0]), float(mm[1])))
+        weights = d.get("detector_weights")  # absent in models saved before the weighted ensemble
+        weights = None if weights is None else {k: float(v) for k, v in weights.items()}
+        return cls(float(d["weight"]), str(d["base"]), moments, (float(mm[0]), float(mm[1])), weights)
 
     @classmethod
     def classifier_only(cls, detectors: Sequence[str]) -> ScoreBlend:
@@ -148,13 +201,41 @@ def paired_difference_se(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
 
 
 def candidates(
-    detectors: Sequence[str], detector_moments: dict[str, tuple[float, float]], margin_moments: tuple[float, float]
+    detectors: Sequence[str],
+    detector_moments: dict[str, tuple[float, float]],
+    margin_moments: tuple[float, float],
+    weights: dict[str, float] | None = None,
 ) -> list[ScoreBlend]:
-    """Every candidate, simplest first: the ensemble, each detector, blends, the classifier alone."""
+    """Every candidate, the default base first: the weighted ensemble (when ``weights`` are given), the
+    naive ensemble, each detector, then their blends, and the classifier alone."""
     bases = [ENSEMBLE, *detectors] if len(detectors) > 1 else list(detectors)
-    out = [ScoreBlend(0.0, b, detector_moments, margin_moments) for b in bases]
-    out += [ScoreBlend(w, b, detector_moments, margin_moments) for w in BLEND_WEIGHTS[1:-1] for b in bases]
-    return [*out, ScoreBlend(1.0, bases[0], detector_moments, margin_moments)]
+    if weights is not None and len(detectors) > 1:
+        bases = [WEIGHTED, *bases]
+
+    def blend(w: float, b: str) -> ScoreBlend:
+        return ScoreBlend(w, b, detector_moments, margin_moments, weights if b == WEIGHTED else None)
+
+    out = [blend(0.0, b) for b in bases]
+    out += [blend(w, b) for w in BLEND_WEIGHTS[1:-1] for b in bases]
+    return [*out, blend(1.0, bases[0])]
+
+
+def _base_scores(z: Mapping[str, np.ndarray], defects: np.ndarray, weights: dict[str, float], base: str) -> np.ndarray:
+    """A base's scores on the judged rows; the weighted ensemble's defects each with weights read from
+    the other defects (leave one out), as the classifier's margins are out of fold."""
+    names = list(z)
+    if base == ENSEMBLE:
+        return np.mean([z[d] for d in names], axis=0)
+    if base != WEIGHTED:
+        return z[base]
+    out = np.sum([weights[d] * z[d] for d in names], axis=0)
+    for i in np.flatnonzero(defects):
+        others = defects.copy()
+        others[i] = False
+        if others.any():
+            w = detector_weights({d: z[d][others] for d in names})
+            out[i] = sum(w[d] * z[d][i] for d in names)
+    return out
 
 
 def select(
@@ -165,11 +246,13 @@ def select(
     detector_moments: dict[str, tuple[float, float]],
     prefer_classifier: bool = False,
     lead: Lead = "hanley",
+    base: Base = "weighted",
 ) -> Selection:
     """The final score for one seed, decided on the classifier's training rows (see the module's rule).
 
     ``prefer_classifier``: the classifier already starts from the ensemble (``--classifier-start
     ensemble``), so it is the default and any other candidate needs a lead of a standard error.
+    ``base="equal"``: the naive ensemble is the default base (the rule before the weighted ensemble).
 
     ``oof_margins`` are the classifier's out-of-fold margins on those rows, ``detector_scores`` each
     detector's image scores on the same rows, ``real`` marks rows that are real images (held-out good
@@ -181,11 +264,13 @@ def select(
     oof = np.asarray(oof_margins, np.float64)
     judged = np.isfinite(oof) & (real | (y == 0)) if (real & (y == 1)).any() else np.isfinite(oof)
     margin_moments = good_moments(oof[(y == 0) & np.isfinite(oof)])
-    cands = candidates(list(detector_scores), detector_moments, margin_moments)
     yj = y[judged]
-    judged_scores = {
-        c.label: c.score(oof[judged], {d: np.asarray(v)[judged] for d, v in detector_scores.items()}) for c in cands
-    }
+    z = {d: _z(np.asarray(v)[judged], *detector_moments[d]) for d, v in detector_scores.items()}
+    weights = detector_weights({d: v[yj == 1] for d, v in z.items()}) if base == "weighted" else None
+    cands = candidates(list(detector_scores), detector_moments, margin_moments, weights)
+    zm = _z(oof[judged], *margin_moments)
+    bases = {c.base: _base_scores(z, yj == 1, weights or {}, c.base) for c in cands}
+    judged_scores = {c.label: c.weight * zm + (1 - c.weight) * bases[c.base] for c in cands}
     inner = {label: image_auroc(yj, s) for label, s in judged_scores.items()}
     n_good, n_defects = int((yj == 0).sum()), int((yj == 1).sum())
     classifier = cands[-1]
@@ -194,9 +279,9 @@ def select(
         families.setdefault(c.base, []).append(c)
     # Within a base: the best weight, ties to the smaller one.
     best = {b: max([*f, classifier], key=lambda c: (inner[c.label], -c.weight)) for b, f in families.items()}
-    bases = list(best)
-    chosen = classifier if prefer_classifier else best[bases[0]]  # else the ensemble's (or the one detector's)
-    others = bases if prefer_classifier else bases[1:]
+    order = list(best)
+    chosen = classifier if prefer_classifier else best[order[0]]  # else the default base's
+    others = order if prefer_classifier else order[1:]
 
     def error(c: ScoreBlend) -> float:
         if lead == "paired":

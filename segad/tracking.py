@@ -135,8 +135,13 @@ def log_result(result: TrainResult, register: bool = True) -> None:
     from segad.selection import choice_summary
 
     # Which final score each seed chose on its training rows (segad.selection), and the saved model's.
+    saved = result.selections[0].blend
     mlflow.set_tags(
-        {"segad.final_score": result.selections[0].blend.label, "segad.final_scores": choice_summary(result.selections)}
+        {
+            "segad.final_score": saved.label,
+            "segad.final_scores": choice_summary(result.selections),
+            "segad.base_weights": ", ".join(f"{d} {a:.2f}" for d, a in saved.base_weights.items()),
+        }
     )
     # What the saved model's threshold does on the first seed's test set (its classifier never saw it).
     dep = result.deployment

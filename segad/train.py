@@ -165,7 +165,12 @@ class TrainResult:
                 {"fpr": d.fpr, "tpr": d.tpr, "threshold": d.calibration.threshold} for d in self.deployments
             ],
             "selection": [
-                {"seed": sp_seed, "chosen": sel.blend.label, "inner_auroc": sel.inner_auroc}
+                {
+                    "seed": sp_seed,
+                    "chosen": sel.blend.label,
+                    "base_weights": sel.blend.base_weights,
+                    "inner_auroc": sel.inner_auroc,
+                }
                 for sp_seed, sel in zip(self.seeds, self.selections, strict=True)
             ],
             "detectors": {

@@ -6,9 +6,12 @@ from segad.metrics import image_auroc
 from segad.selection import (
     CLASSIFIER,
     ENSEMBLE,
+    WEIGHTED,
     ScoreBlend,
+    _base_scores,
     auroc_standard_error,
     candidates,
+    detector_weights,
     paired_difference_se,
     select,
 )
@@ -53,12 +56,14 @@ def test_paired_difference_error_matches_a_bootstrap_and_is_far_below_one_auroc_
     assert paired_difference_se(y, a, a) == 0.0
 
 
-def test_candidates_run_from_simplest_to_the_classifier() -> None:
+def test_candidates_run_from_the_default_base_to_the_classifier() -> None:
     moments = {"a": (0.0, 1.0), "b": (0.0, 1.0)}
-    labels = [c.label for c in candidates(["a", "b"], moments, (0.0, 1.0))]
-    assert labels[:3] == [ENSEMBLE, "a", "b"]
+    labels = [c.label for c in candidates(["a", "b"], moments, (0.0, 1.0), {"a": 0.7, "b": 0.3})]
+    assert labels[:4] == [WEIGHTED, ENSEMBLE, "a", "b"]
     assert labels[-1] == CLASSIFIER
-    assert len(labels) == 3 + 3 * 3 + 1
+    assert len(labels) == 4 + 3 * 4 + 1
+    # Without weights (the previous rule), the naive ensemble leads.
+    assert [c.label for c in candidates(["a", "b"], moments, (0.0, 1.0))][:3] == [ENSEMBLE, "a", "b"]
     # One detector: no separate ensemble.
     assert next(c.label for c in candidates(["a"], {"a": (0.0, 1.0)}, (0.0, 1.0))) == "a"
 
@@ -68,8 +73,13 @@ def test_noise_in_the_classifier_keeps_the_ensemble() -> None:
     det = {"a": rng.normal(0, 1, len(y)) + 2.0 * y, "b": rng.normal(0, 1, len(y)) + 2.0 * y}
     oof = rng.normal(0, 1, len(y))  # the classifier learned nothing that holds out of fold
     sel = select(oof, det, y, real, {k: good_moments(v[y == 0]) for k, v in det.items()})
-    assert sel.blend.label == ENSEMBLE
-    assert sel.inner_auroc[CLASSIFIER] < sel.inner_auroc[ENSEMBLE]
+    assert sel.blend.label == WEIGHTED
+    assert sel.inner_auroc[CLASSIFIER] < sel.inner_auroc[WEIGHTED]
+    # Two equally strong detectors get about equal weights (ten shots make them noisy; fifty do not).
+    rng, y, real = _rows(n_bad=50)
+    det = {"a": rng.normal(0, 1, len(y)) + 2.0 * y, "b": rng.normal(0, 1, len(y)) + 2.0 * y}
+    sel = select(rng.normal(0, 1, len(y)), det, y, real, {k: good_moments(v[y == 0]) for k, v in det.items()})
+    assert sel.blend.base_weights == pytest.approx({"a": 0.5, "b": 0.5}, abs=0.1)
 
 
 def test_a_classifier_that_clearly_wins_out_of_fold_is_used() -> None:
@@ -78,24 +88,84 @@ def test_a_classifier_that_clearly_wins_out_of_fold_is_used() -> None:
     oof = rng.normal(0, 1, len(y)) + 4.0 * y
     sel = select(oof, det, y, real, {k: good_moments(v[y == 0]) for k, v in det.items()})
     assert sel.blend.weight > 0
-    assert sel.inner_auroc[sel.blend.label] > sel.inner_auroc[ENSEMBLE] + 0.2
+    assert sel.inner_auroc[sel.blend.label] > sel.inner_auroc[WEIGHTED] + 0.2
 
 
-def test_a_single_detector_needs_a_clear_lead_over_the_ensemble() -> None:
+def test_another_base_needs_a_clear_lead_over_the_default() -> None:
     rng, y, real = _rows()
     signal = rng.normal(0, 1, len(y)) + 1.5 * y
     oof = rng.normal(0, 1, len(y))  # a classifier with nothing to add
-    # "b" leads the ensemble on the training rows, by less than the noise: the ensemble stays.
+    # "b" leads the weighted ensemble on the training rows, by less than the noise: the default stays.
     det = {"a": signal + rng.normal(0, 1.5, len(y)), "b": signal + rng.normal(0, 0.3, len(y))}
-    sel = select(oof, det, y, real, {k: good_moments(v[y == 0]) for k, v in det.items()})
-    assert sel.inner_auroc["b"] > sel.inner_auroc[ENSEMBLE]
-    assert sel.blend.base == ENSEMBLE
-    # "a" is useless: "b" alone is clearly better than averaging it with noise, and is chosen.
+    ref = {k: good_moments(v[y == 0]) for k, v in det.items()}
+    sel = select(oof, det, y, real, ref)
+    assert sel.inner_auroc["b"] > sel.inner_auroc[WEIGHTED]
+    assert sel.blend.base == WEIGHTED
+    # The previous rule: the naive ensemble is the default and a single detector the challenger.
+    old = select(oof, det, y, real, ref, base="equal")
+    assert WEIGHTED not in old.inner_auroc and old.blend.base == ENSEMBLE
+    # A base that is clearly better wins: here the classifier-free ensemble of a useless and a good
+    # detector loses to the good one alone, whatever the default base.
     rng, y, real = _rows(n_good=100, n_bad=30, seed=1)
     det = {"a": rng.normal(0, 1, len(y)), "b": rng.normal(0, 1, len(y)) + 1.5 * y}
-    sel = select(rng.normal(0, 1, len(y)), det, y, real, {k: good_moments(v[y == 0]) for k, v in det.items()})
-    assert sel.inner_auroc["b"] > sel.inner_auroc[ENSEMBLE] + 0.05
-    assert sel.blend.base == "b"
+    ref = {k: good_moments(v[y == 0]) for k, v in det.items()}
+    old = select(rng.normal(0, 1, len(y)), det, y, real, ref, base="equal")
+    assert old.inner_auroc["b"] > old.inner_auroc[ENSEMBLE] + 0.05
+    assert old.blend.base == "b"
+    # The weighted ensemble gives the useless detector no weight, and so needs no challenger.
+    sel = select(rng.normal(0, 1, len(y)), det, y, real, ref)
+    assert sel.blend.base in (WEIGHTED, "b") and sel.blend.base_weights.get("a", 0.0) < 0.1
+
+
+def test_the_weighted_ensemble_follows_the_weak_defects() -> None:
+    """A detector whose weaker defects sit far above good images outweighs one whose sit inside them:
+    on fresh images the weighted ensemble beats the naive one (what lost 1-1.5 points on textures)."""
+    rng = np.random.default_rng(3)
+
+    def draw(n_good: int, n_bad: int):
+        y = np.r_[np.zeros(n_good), np.ones(n_bad)].astype(int)
+        return y, {"strong": rng.normal(0, 1, len(y)) + 3.0 * y, "weak": rng.normal(0, 1, len(y)) + 0.8 * y}
+
+    y, det = draw(20, 10)
+    ref = {k: good_moments(v[y == 0]) for k, v in det.items()}
+    weights = detector_weights({k: (v[y == 1] - ref[k][0]) / ref[k][1] for k, v in det.items()})
+    assert weights["strong"] > 0.7
+    sel = select(rng.normal(0, 1, len(y)), det, y, np.ones(len(y), bool), ref)
+    if sel.blend.base == WEIGHTED:  # else a single detector led clearly; either way the weights are these
+        assert sel.blend.base_weights == pytest.approx(weights)
+    y_test, test = draw(500, 500)
+    margins = np.zeros(len(y_test))
+    weighted = ScoreBlend(0.0, WEIGHTED, ref, (0.0, 1.0), weights).score(margins, test)
+    naive = ScoreBlend(0.0, ENSEMBLE, ref, (0.0, 1.0)).score(margins, test)
+    assert image_auroc(y_test, weighted) > image_auroc(y_test, naive) + 0.01
+
+
+def test_detector_weights() -> None:
+    z = {"a": np.array([3.0, 4.0, 5.0, 6.0]), "b": np.array([-1.0, 0.0, 1.0, 9.0])}
+    w = detector_weights(z)
+    q = {k: max(0.0, float(np.quantile(v, 0.3))) for k, v in z.items()}
+    assert w == pytest.approx({k: v / sum(q.values()) for k, v in q.items()})
+    assert sum(w.values()) == pytest.approx(1.0)
+    # No detector puts its weaker defects above good images: equal weights, not a division by zero.
+    assert detector_weights({"a": np.array([-1.0, 0.0]), "b": np.array([-2.0])}) == {"a": 0.5, "b": 0.5}
+
+
+def test_the_weighted_ensemble_is_judged_out_of_sample() -> None:
+    """Each judged defect's weighted score uses weights read from the other defects only, as the
+    classifier's margins come from fold models that never saw the row."""
+    rng = np.random.default_rng(4)
+    y = np.r_[np.zeros(20), np.ones(5)].astype(int)
+    z = {"a": rng.normal(0, 1, len(y)) + 3.0 * y, "b": rng.normal(0, 1, len(y)) + 1.0 * y}
+    full = detector_weights({k: v[y == 1] for k, v in z.items()})
+    scores = _base_scores(z, y == 1, full, WEIGHTED)
+    bad = np.flatnonzero(y == 1)
+    assert scores[y == 0] == pytest.approx(sum(full[k] * z[k][y == 0] for k in z))
+    for i in bad:
+        w = detector_weights({k: v[np.setdiff1d(bad, i)] for k, v in z.items()})
+        assert w != pytest.approx(full)  # leaving a shot out moves the weights ...
+        assert scores[i] == pytest.approx(sum(w[k] * z[k][i] for k in z))  # ... and its own score uses them
+    sel = select(rng.normal(0, 1, len(y)), z, y, np.ones(len(y), bool), {k: (0.0, 1.0) for k in z})
+    assert sel.inner_auroc[WEIGHTED] == pytest.approx(image_auroc(y, scores))
 
 
 def test_the_blend_weight_follows_the_inner_auroc() -> None:
@@ -103,8 +173,8 @@ def test_the_blend_weight_follows_the_inner_auroc() -> None:
     det = {"a": rng.normal(0, 1, len(y)) + 1.0 * y, "b": rng.normal(0, 1, len(y)) + 1.0 * y}
     oof = rng.normal(0, 1, len(y)) + 1.0 * y  # as good as a detector, independent of them: blending helps
     sel = select(oof, det, y, real, {k: good_moments(v[y == 0]) for k, v in det.items()})
-    assert 0 < sel.blend.weight < 1 and sel.blend.base == ENSEMBLE
-    family = [c for c in sel.inner_auroc if ENSEMBLE in c or c == CLASSIFIER]
+    assert 0 < sel.blend.weight < 1 and sel.blend.base == WEIGHTED
+    family = [c for c in sel.inner_auroc if WEIGHTED in c or c == CLASSIFIER]
     assert sel.inner_auroc[sel.blend.label] == max(sel.inner_auroc[c] for c in family)
 
 
@@ -129,6 +199,11 @@ def test_blend_scores_and_round_trips() -> None:
     ens = ScoreBlend(0.0, ENSEMBLE, {"a": (1.0, 2.0), "b": (3.0, 4.0)}, (5.0, 10.0))
     assert ens.score(margins, det) == pytest.approx([(-0.5 + 0.0) / 2, (-0.5 + 2.0) / 2])
     assert ScoreBlend.classifier_only(["a"]).score(margins, {"a": det["a"]}) == pytest.approx(margins)
+    weighted = ScoreBlend(0.0, WEIGHTED, {"a": (1.0, 2.0), "b": (3.0, 4.0)}, (5.0, 10.0), {"a": 0.0, "b": 1.0})
+    assert weighted.score(margins, {"b": det["b"]}) == pytest.approx([0.0, 2.0])  # "a" has no weight: unread
+    assert ScoreBlend.from_dict(weighted.to_dict()) == weighted
+    legacy = ens.to_dict()  # a model saved before the weighted ensemble has no detector_weights
+    assert "detector_weights" not in legacy and ScoreBlend.from_dict(legacy) == ens
 
 
 def test_a_classifier_started_from_the_ensemble_is_the_default() -> None:

@@ -90,6 +90,9 @@ def test_artifacts_and_summary(store) -> None:
     summary = json.loads(Path(local).read_text())
     assert set(summary["methods"]) == {"patchcore", "padim", "fastflow", "ensemble", "segad", "classifier"}
     assert parent.data.tags["segad.final_score"] == summary["selection"][0]["chosen"]
+    weights = summary["selection"][0]["base_weights"]  # the saved score's share of each detector
+    assert sum(weights.values()) == pytest.approx(1.0) and set(weights) <= {"patchcore", "padim", "fastflow"}
+    assert parent.data.tags["segad.base_weights"] == ", ".join(f"{d} {a:.2f}" for d, a in weights.items())
     assert "classifier.auroc_mean" in parent.data.metrics
 
 
