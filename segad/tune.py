@@ -284,51 +284,52 @@ def run_study(args, cfg: TrainConfig) -> dict:
         trial.set_user_attr("train_config", params)
         return score
 
-    t0 = time.perf_counter()
+    # Whatever ends the study early (Ctrl-C during a trial, the charts or the best run; an error) ends its
+    # run with that status: the study's run must never stay RUNNING.
     try:
+        t0 = time.perf_counter()
         study.optimize(objective, n_trials=args.trials, timeout=args.timeout, n_jobs=args.n_jobs)
+        minutes = (time.perf_counter() - t0) / 60
+        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+        if not complete:
+            raise RuntimeError("no trial completed; see the trials' errors in MLflow")
+        best = study.best_trial
+        best_params = best.user_attrs["train_config"]
+        client.log_metric(parent.info.run_id, "best_cv_auroc", best.value)
+        client.log_metric(parent.info.run_id, "trials_per_minute", len(study.trials) / max(minutes, 1e-9))
+        with tempfile.TemporaryDirectory() as tmp:
+            tmp = Path(tmp)
+            (tmp / "best_params.json").write_text(json.dumps({"cv_auroc": best.value, **best_params}, indent=2))
+            client.log_artifact(parent.info.run_id, str(tmp / "best_params.json"))
+            for path in _study_charts(study, tmp):
+                client.log_artifact(parent.info.run_id, str(path), artifact_path="charts")
+
+        summary = {
+            "study": args.study,
+            "trials": len(study.trials),
+            "best_cv_auroc": best.value,
+            "best_params": best_params,
+            "trials_per_minute": len(study.trials) / max(minutes, 1e-9),
+        }
+        if args.skip_best_run:
+            client.set_terminated(parent.info.run_id, "FINISHED")
+            return summary
+
+        # The best configuration, once, exactly like segad.train, linked to the study.
+        best_cfg = replace(cfg, **best_params, run_name=f"best of study {args.study}")
+        with tracking.parent_run(best_cfg) as run:
+            mlflow.set_tags({"segad.study": args.study, "segad.study_run_id": parent.info.run_id})
+            from segad.train import run as train_run
+
+            result = train_run(best_cfg)
+            tracking.log_result(result)
+        client.set_tag(parent.info.run_id, "best_train_run_id", run.info.run_id)
+        client.set_terminated(parent.info.run_id, "FINISHED")
+        segad_row = next(m for m in result.methods if m.name == "segad")
+        return {**summary, "test_auroc_mean": segad_row.auroc_mean, "test_fpr95_mean": segad_row.fpr95_mean}
     except BaseException as e:
         _end(client, parent.info.run_id, e)
         raise
-    minutes = (time.perf_counter() - t0) / 60
-    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-    if not complete:
-        client.set_terminated(parent.info.run_id, "FAILED")
-        raise RuntimeError("no trial completed; see the trials' errors in MLflow")
-    best = study.best_trial
-    best_params = best.user_attrs["train_config"]
-    client.log_metric(parent.info.run_id, "best_cv_auroc", best.value)
-    client.log_metric(parent.info.run_id, "trials_per_minute", len(study.trials) / max(minutes, 1e-9))
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        (tmp / "best_params.json").write_text(json.dumps({"cv_auroc": best.value, **best_params}, indent=2))
-        client.log_artifact(parent.info.run_id, str(tmp / "best_params.json"))
-        for path in _study_charts(study, tmp):
-            client.log_artifact(parent.info.run_id, str(path), artifact_path="charts")
-
-    summary = {
-        "study": args.study,
-        "trials": len(study.trials),
-        "best_cv_auroc": best.value,
-        "best_params": best_params,
-        "trials_per_minute": len(study.trials) / max(minutes, 1e-9),
-    }
-    if args.skip_best_run:
-        client.set_terminated(parent.info.run_id, "FINISHED")
-        return summary
-
-    # The best configuration, once, exactly like segad.train, linked to the study.
-    best_cfg = replace(cfg, **best_params, run_name=f"best of study {args.study}")
-    with tracking.parent_run(best_cfg) as run:
-        mlflow.set_tags({"segad.study": args.study, "segad.study_run_id": parent.info.run_id})
-        from segad.train import run as train_run
-
-        result = train_run(best_cfg)
-        tracking.log_result(result)
-    client.set_tag(parent.info.run_id, "best_train_run_id", run.info.run_id)
-    client.set_terminated(parent.info.run_id, "FINISHED")
-    segad_row = next(m for m in result.methods if m.name == "segad")
-    return {**summary, "test_auroc_mean": segad_row.auroc_mean, "test_fpr95_mean": segad_row.fpr95_mean}
 
 
 def _study_charts(study, out: Path) -> list[Path]:

@@ -137,7 +137,8 @@ def test_ctrl_c_in_a_trial_leaves_no_run_running(workspace: Path) -> None:
 
     import mlflow
 
-    cmd = [sys.executable, "-m", "segad.tune", *_args(workspace, "interrupted", 50)]
+    # Enough trials that the signal lands while the study runs, however fast trials are on cached maps.
+    cmd = [sys.executable, "-m", "segad.tune", *_args(workspace, "interrupted", 100_000)]
     proc = subprocess.Popen(cmd, cwd=workspace, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
 
