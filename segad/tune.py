@@ -35,7 +35,16 @@ from segad.metrics import image_auroc
 from segad.paths import redact, scrub
 from segad.protocol import tuning_defects
 from segad.runstate import ended_by, owner_tags
-from segad.train import TrainConfig, _fit_segmenter, build_parser, config_from, features, prepare, segment
+from segad.train import (
+    TrainConfig,
+    _fit_segmenter,
+    build_parser,
+    config_from,
+    features,
+    parse_assignments,
+    prepare,
+    segment,
+)
 
 GENERATED_CHOICES = (0, 50, 100, 200)
 CV_FOLDS = 3
@@ -218,6 +227,17 @@ def _root_cause(e: BaseException) -> str:
     return f"{text.splitlines()[0]} ({type(inner).__name__})" if text else type(inner).__name__
 
 
+def best_run_config(cfg: TrainConfig, best_params: dict, study: str) -> TrainConfig:
+    """The study's best configuration as a ``segad.train`` config. ``--set`` options of detectors that
+    the best trial left out are dropped: segad.train rejects an option for a detector it does not run,
+    and the best run failed whenever the study's winner dropped a detector the user had tuned."""
+    best = replace(cfg, **best_params, run_name=f"best of study {study}")
+    chosen = set(best.detector_names)
+    kept = [f"{k}={v}" for k, v in parse_assignments(best.detector_options, "--set", "patchcore.coreset_ratio=0.1")]
+    kept = [o for o in kept if o.partition(".")[0] in chosen]
+    return replace(best, detector_options=",".join(kept))
+
+
 def _end(client, run_id: str, error: BaseException) -> None:
     status, text = ended_by(error)
     client.set_tag(run_id, "error", text)
@@ -316,7 +336,7 @@ def run_study(args, cfg: TrainConfig) -> dict:
             return summary
 
         # The best configuration, once, exactly like segad.train, linked to the study.
-        best_cfg = replace(cfg, **best_params, run_name=f"best of study {args.study}")
+        best_cfg = best_run_config(cfg, best_params, args.study)
         with tracking.parent_run(best_cfg) as run:
             mlflow.set_tags({"segad.study": args.study, "segad.study_run_id": parent.info.run_id})
             from segad.train import run as train_run

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,8 @@ import optuna
 import pytest
 
 from segad.data.synthetic import SyntheticSpec, write_mvtec
-from segad.tune import main, tuning_folds
+from segad.train import TrainConfig
+from segad.tune import best_run_config, main, tuning_folds
 
 SPEC = SyntheticSpec(image_size=96, n_train=80, n_test_good=8, n_defects_per_type=3, seed=5)
 COMMON = ["--image-size", "96", "--shots", "4", "--seeds", "2", "--device", "cpu", "--max-generated", "50"]
@@ -139,7 +141,15 @@ def test_ctrl_c_in_a_trial_leaves_no_run_running(workspace: Path) -> None:
 
     # Enough trials that the signal lands while the study runs, however fast trials are on cached maps.
     cmd = [sys.executable, "-m", "segad.tune", *_args(workspace, "interrupted", 100_000)]
-    proc = subprocess.Popen(cmd, cwd=workspace, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    # A runner started in the background (``cmd &``, nohup) ignores SIGINT, and Python then installs no
+    # KeyboardInterrupt handler in its children: give the study the Ctrl-C that a terminal would.
+    proc = subprocess.Popen(
+        cmd,
+        cwd=workspace,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
 
     def runs() -> dict:
@@ -171,3 +181,15 @@ def test_too_few_reserved_defects_fail_before_any_detector_is_fit(workspace: Pat
 def test_zero_trials_is_an_error(workspace: Path, capsys) -> None:
     assert main(_args(workspace, "zero", 0)) == 2
     assert "--trials must be at least 1" in capsys.readouterr().err
+
+
+def test_the_best_run_drops_options_of_detectors_the_best_trial_left_out() -> None:
+    """A study tuned with --set patchcore.* whose winner was PaDiM alone used to fail its best run."""
+    cfg = TrainConfig(detectors="patchcore,padim", detector_options="patchcore.coreset_ratio=0.25,padim.n_features=50")
+    best = best_run_config(cfg, {"detectors": "padim", "classifier": "logreg"}, "s")
+    assert best.detector_options == "padim.n_features=50" and best.run_name == "best of study s"
+    assert [c.n_features for c in best.detector_configs().values()] == [50]  # segad.train accepts it
+    with pytest.raises(Exception, match="not among --detectors"):  # what the best run hit before
+        replace(best, detector_options=cfg.detector_options).detector_configs()
+    both = best_run_config(cfg, {"detectors": "patchcore,padim"}, "s")
+    assert both.detector_options == cfg.detector_options
