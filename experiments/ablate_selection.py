@@ -39,7 +39,6 @@ from segad.selection import (
     ENSEMBLE,
     auroc_standard_error,
     candidates,
-    detector_weights,
     ensemble_score,
     select,
 )
@@ -90,10 +89,7 @@ def main(argv: list[str] | None = None) -> None:
         shipped = select(oof, train_scores, y_train, real, moments)
         # Every rule decides on the shipped rule's evidence: the same candidates and inner AUROCs.
         inner, n_defects, n_good = shipped.inner_auroc, shipped.n_defects, shipped.n_good
-        z_shots = {
-            n: (train_scores[n][y_train == 1][real[y_train == 1]] - moments[n][0]) / moments[n][1] for n in names
-        }
-        cands = candidates(names, moments, shipped.blend.margin_moments, detector_weights(z_shots))
+        cands = candidates(names, moments, shipped.blend.margin_moments, shipped.weights)
         base_cands = [c for c in cands if c.base == cands[0].base]  # the default base's blends
         test_auroc = {c.label: image_auroc(y, c.score(margins, test_scores)) for c in cands}
         picks = {

@@ -45,7 +45,7 @@ from segad.metrics import image_auroc
 
 BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # Which defects a detector's weight is read from: the 0.3 quantile of the judged defects' z-scores
-# (the third-weakest of ten shots). Measured with ablate_selection.py: 0.2 lets one weak shot zero a
+# (the third-weakest of ten shots). Measured with experiments/ablate_weights.py: 0.2 lets one weak shot zero a
 # detector that the ensemble needed (grass at 128 px -1.2 points), 0.5 follows the gross defects that
 # every detector finds (grass at 256 px -0.8 against PatchCore alone).
 WEIGHT_QUANTILE = 0.3
@@ -90,10 +90,10 @@ def detector_weights(defect_z: Mapping[str, np.ndarray], quantile: float = WEIGH
 
 @dataclass(frozen=True)
 class ScoreBlend:
-    """The deployed score: ``weight * z(margin) + (1 - weight) * mean over base detectors of z(score)``."""
+    """The deployed score: ``weight * z(margin) + (1 - weight) * sum_d base_weights[d] * z_d(score)``."""
 
     weight: float  # the classifier's share: 1 = SegAD's classifier alone, 0 = the base alone
-    base: str  # "ensemble" (every detector) or one detector's name
+    base: str  # WEIGHTED, ENSEMBLE (every detector, equal weights) or one detector's name
     detector_moments: dict[str, tuple[float, float]]  # detector -> (mean, std) of its scores on good images
     margin_moments: tuple[float, float]  # (mean, std) of the classifier's out-of-fold margins on good images
     detector_weights: dict[str, float] | None = None  # the weighted ensemble's weights (base WEIGHTED only)
@@ -169,6 +169,7 @@ class Selection:
     inner_auroc: dict[str, float]  # candidate label -> AUROC on the held-out good rows and the judged defects
     n_good: int
     n_defects: int  # defects the choice was judged on (the real shots; generated ones only without shots)
+    weights: dict[str, float] | None = None  # the weighted ensemble's weights, whichever base was chosen
 
 
 def auroc_standard_error(auroc: float, n_defects: int, n_good: int) -> float:
@@ -220,15 +221,14 @@ def candidates(
     return [*out, blend(1.0, bases[0])]
 
 
-def _base_scores(z: Mapping[str, np.ndarray], defects: np.ndarray, weights: dict[str, float], base: str) -> np.ndarray:
-    """A base's scores on the judged rows; the weighted ensemble's defects each with weights read from
-    the other defects (leave one out), as the classifier's margins are out of fold."""
+def _base_scores(z: Mapping[str, np.ndarray], defects: np.ndarray, blend: ScoreBlend) -> np.ndarray:
+    """A blend's base on the judged rows (``z``: each detector's z-scores there); the weighted ensemble's
+    defects each with weights read from the other defects (leave one out), as the classifier's margins
+    are out of fold."""
+    out = np.sum([a * z[d] for d, a in blend.base_weights.items()], axis=0)
+    if blend.base != WEIGHTED:
+        return out
     names = list(z)
-    if base == ENSEMBLE:
-        return np.mean([z[d] for d in names], axis=0)
-    if base != WEIGHTED:
-        return z[base]
-    out = np.sum([weights[d] * z[d] for d in names], axis=0)
     for i in np.flatnonzero(defects):
         others = defects.copy()
         others[i] = False
@@ -269,7 +269,7 @@ def select(
     weights = detector_weights({d: v[yj == 1] for d, v in z.items()}) if base == "weighted" else None
     cands = candidates(list(detector_scores), detector_moments, margin_moments, weights)
     zm = _z(oof[judged], *margin_moments)
-    bases = {c.base: _base_scores(z, yj == 1, weights or {}, c.base) for c in cands}
+    bases = {c.base: _base_scores(z, yj == 1, c) for c in cands}
     judged_scores = {c.label: c.weight * zm + (1 - c.weight) * bases[c.base] for c in cands}
     inner = {label: image_auroc(yj, s) for label, s in judged_scores.items()}
     n_good, n_defects = int((yj == 0).sum()), int((yj == 1).sum())
@@ -291,7 +291,7 @@ def select(
     challengers = [best[b] for b in others if inner[best[b].label] - error(best[b]) > inner[chosen.label]]
     if challengers:
         chosen = max(challengers, key=lambda c: inner[c.label])
-    return Selection(chosen, inner, n_good, n_defects)
+    return Selection(chosen, inner, n_good, n_defects, weights)
 
 
 def choice_summary(selections: Sequence[Selection]) -> str:

@@ -309,47 +309,56 @@ def run_study(args, cfg: TrainConfig) -> dict:
     try:
         t0 = time.perf_counter()
         study.optimize(objective, n_trials=args.trials, timeout=args.timeout, n_jobs=args.n_jobs)
-        minutes = (time.perf_counter() - t0) / 60
-        complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
-        if not complete:
-            raise RuntimeError("no trial completed; see the trials' errors in MLflow")
-        best = study.best_trial
-        best_params = best.user_attrs["train_config"]
-        client.log_metric(parent.info.run_id, "best_cv_auroc", best.value)
-        client.log_metric(parent.info.run_id, "trials_per_minute", len(study.trials) / max(minutes, 1e-9))
-        with tempfile.TemporaryDirectory() as tmp:
-            tmp = Path(tmp)
-            (tmp / "best_params.json").write_text(json.dumps({"cv_auroc": best.value, **best_params}, indent=2))
-            client.log_artifact(parent.info.run_id, str(tmp / "best_params.json"))
-            for path in _study_charts(study, tmp):
-                client.log_artifact(parent.info.run_id, str(path), artifact_path="charts")
-
-        summary = {
-            "study": args.study,
-            "trials": len(study.trials),
-            "best_cv_auroc": best.value,
-            "best_params": best_params,
-            "trials_per_minute": len(study.trials) / max(minutes, 1e-9),
-        }
-        if args.skip_best_run:
-            client.set_terminated(parent.info.run_id, "FINISHED")
-            return summary
-
-        # The best configuration, once, exactly like segad.train, linked to the study.
-        best_cfg = best_run_config(cfg, best_params, args.study)
-        with tracking.parent_run(best_cfg) as run:
-            mlflow.set_tags({"segad.study": args.study, "segad.study_run_id": parent.info.run_id})
-            from segad.train import run as train_run
-
-            result = train_run(best_cfg)
-            tracking.log_result(result)
-        client.set_tag(parent.info.run_id, "best_train_run_id", run.info.run_id)
-        client.set_terminated(parent.info.run_id, "FINISHED")
-        segad_row = next(m for m in result.methods if m.name == "segad")
-        return {**summary, "test_auroc_mean": segad_row.auroc_mean, "test_fpr95_mean": segad_row.fpr95_mean}
+        summary = _log_study(client, parent.info.run_id, study, args.study, (time.perf_counter() - t0) / 60)
+        if not args.skip_best_run:
+            summary.update(_best_run(cfg, summary["best_params"], args.study, client, parent.info.run_id))
     except BaseException as e:
         _end(client, parent.info.run_id, e)
         raise
+    client.set_terminated(parent.info.run_id, "FINISHED")
+    return summary
+
+
+def _log_study(client, run_id: str, study, name: str, minutes: float) -> dict:
+    """The study's outcome on its run (best value, pace, best_params.json, charts), and as a summary."""
+    import optuna
+
+    if not any(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials):
+        raise RuntimeError("no trial completed; see the trials' errors in MLflow")
+    best = study.best_trial
+    summary = {
+        "study": name,
+        "trials": len(study.trials),
+        "best_cv_auroc": best.value,
+        "best_params": best.user_attrs["train_config"],
+        "trials_per_minute": len(study.trials) / max(minutes, 1e-9),
+    }
+    client.log_metric(run_id, "best_cv_auroc", best.value)
+    client.log_metric(run_id, "trials_per_minute", summary["trials_per_minute"])
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        (tmp / "best_params.json").write_text(json.dumps({"cv_auroc": best.value, **summary["best_params"]}, indent=2))
+        client.log_artifact(run_id, str(tmp / "best_params.json"))
+        for path in _study_charts(study, tmp):
+            client.log_artifact(run_id, str(path), artifact_path="charts")
+    return summary
+
+
+def _best_run(cfg: TrainConfig, best_params: dict, study: str, client, study_run_id: str) -> dict:
+    """The best configuration, once, exactly like segad.train, linked to the study; its test figures."""
+    import mlflow
+
+    from segad import tracking
+    from segad.train import run as train_run
+
+    best_cfg = best_run_config(cfg, best_params, study)
+    with tracking.parent_run(best_cfg) as run:
+        mlflow.set_tags({"segad.study": study, "segad.study_run_id": study_run_id})
+        result = train_run(best_cfg)
+        tracking.log_result(result)
+    client.set_tag(study_run_id, "best_train_run_id", run.info.run_id)
+    segad_row = next(m for m in result.methods if m.name == "segad")
+    return {"test_auroc_mean": segad_row.auroc_mean, "test_fpr95_mean": segad_row.fpr95_mean}
 
 
 def _study_charts(study, out: Path) -> list[Path]:
