@@ -15,6 +15,8 @@ only (held-out good images and shots; the classifier's part out of fold). Rows:
 - ``equal base``: the shipped rule with the naive ensemble as the default base (the rule before the
   weighted ensemble);
 - ``paired lead``: the shipped rule, a lead judged by DeLong's paired error of the difference;
+- ``paired 1se weight``: the shipped rule, but within each base the smallest classifier weight whose
+  inner AUROC is within one paired (DeLong) standard error of the base's best weight;
 - ``classifier from ensemble``: the same forest boosted from the ensemble (``--classifier-start
   ensemble``: XGBoost's ``base_margin`` = a logistic fit of the ensemble z-score on the training rows),
   alone, so its trees learn a correction to the ensemble rather than everything;
@@ -70,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
         "segad (shipped)",
         "equal base",
         "paired lead",
+        "paired 1se weight",
         "oracle",
     ]
     from_ens = MethodResult("classifier from ensemble")
@@ -101,6 +104,7 @@ def main(argv: list[str] | None = None) -> None:
             "segad (shipped)": shipped.blend,
             "equal base": select(oof, train_scores, y_train, real, moments, base="equal").blend,
             "paired lead": select(oof, train_scores, y_train, real, moments, lead="paired").blend,
+            "paired 1se weight": select(oof, train_scores, y_train, real, moments, weight_rule="paired-1se").blend,
             "oracle": max(cands, key=lambda c: test_auroc[c.label]),
         }
         for n in names:

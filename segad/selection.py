@@ -54,6 +54,10 @@ Base = Literal["weighted", "equal"]
 # How a challenger's lead is judged: Hanley-McNeil error of its AUROC (shipped), or DeLong's paired error
 # of the difference (measured in experiments/ablate_selection.py: no gain).
 Lead = Literal["hanley", "paired"]
+# How the blend weight is chosen within a base: the best inner AUROC, ties to the smaller weight (shipped),
+# or the smallest weight within one paired standard error of that best (Breiman's one-SE rule, measured in
+# experiments/ablate_selection.py).
+WeightRule = Literal["argmax", "paired-1se"]
 ENSEMBLE = "ensemble"
 WEIGHTED = "weighted ensemble"
 CLASSIFIER = "classifier"
@@ -247,6 +251,7 @@ def select(
     prefer_classifier: bool = False,
     lead: Lead = "hanley",
     base: Base = "weighted",
+    weight_rule: WeightRule = "argmax",
 ) -> Selection:
     """The final score for one seed, decided on the classifier's training rows (see the module's rule).
 
@@ -279,6 +284,16 @@ def select(
         families.setdefault(c.base, []).append(c)
     # Within a base: the best weight, ties to the smaller one.
     best = {b: max([*f, classifier], key=lambda c: (inner[c.label], -c.weight)) for b, f in families.items()}
+    if weight_rule == "paired-1se":
+        for b, f in families.items():
+            top = best[b]
+            best[b] = next(
+                c
+                for c in [*f, classifier]
+                if c is top
+                or inner[top.label] - inner[c.label]
+                <= paired_difference_se(yj, judged_scores[top.label], judged_scores[c.label])
+            )
     order = list(best)
     chosen = classifier if prefer_classifier else best[order[0]]  # else the default base's
     others = order if prefer_classifier else order[1:]

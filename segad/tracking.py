@@ -23,6 +23,7 @@ import numpy as np
 from segad.runstate import close_stale_runs, ended_by, owner_tags
 
 if TYPE_CHECKING:
+    from segad.baselines import BaselineRun
     from segad.train import TrainConfig, TrainResult
 
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
@@ -118,8 +119,9 @@ def log_result(result: TrainResult, register: bool = True) -> None:
 
     cfg = result.config
     mlflow.log_params(_params(cfg, result))
+    baselines = {b.name: b for b in result.baselines}
     for m in result.methods:
-        if m.name not in ("segad", "ensemble", "classifier"):
+        if m.name not in ("segad", "ensemble", "classifier", *baselines):
             continue
         for i, row in enumerate(m.per_seed):
             mlflow.log_metrics({f"{m.name}.auroc": row.auroc, f"{m.name}.fpr95": row.fpr95}, step=i)
@@ -159,6 +161,8 @@ def log_result(result: TrainResult, register: bool = True) -> None:
         tmp = Path(tmp)
         for det_name in result.detector_maps:
             _log_detector_run(result, det_name, tmp)
+        for b in result.baselines:
+            _log_baseline_run(result, b, tmp)
         (tmp / "summary.json").write_text(json.dumps(result.summary(), indent=2))
         mlflow.log_artifact(str(tmp / "summary.json"))
         from segad import report
@@ -217,6 +221,39 @@ def _log_detector_run(result: TrainResult, name: str, tmp: Path) -> None:
         else:
             mlflow.set_tag("pixel_metrics", "skipped: the dataset has no masks")
         mlflow.log_metrics(metrics)
+
+
+def _log_baseline_run(result: TrainResult, baseline: BaselineRun, tmp: Path) -> None:
+    """A supervised baseline's nested run: per-seed AUROC / FPR@95TPR and fit time, every seed's loss
+    curve (``loss_seed_<seed>``) and the first seed's model (the one saved with the pipeline)."""
+    import mlflow
+    from mlflow.entities import Metric
+
+    method = next(m for m in result.methods if m.name == baseline.name)
+    with mlflow.start_run(run_name=baseline.name, nested=True, tags=owner_tags()):
+        mlflow.log_params({"method": baseline.name, "good_images": baseline.good_images, **baseline.config.identity()})
+        for i, (row, fit) in enumerate(zip(method.per_seed, baseline.fits, strict=True)):
+            mlflow.log_metrics({"auroc": row.auroc, "fpr95": row.fpr95, "fit_seconds": fit.seconds}, step=i)
+        mlflow.log_metrics(
+            {
+                "auroc_mean": method.auroc_mean,
+                "auroc_std": method.auroc_std,
+                "fpr95_mean": method.fpr95_mean,
+                "fpr95_std": method.fpr95_std,
+                "fit_seconds_mean": float(np.mean([f.seconds for f in baseline.fits])),
+                "n_good": baseline.fits[0].n_good,
+            }
+        )
+        now = int(time.time() * 1000)
+        points = [
+            Metric(f"loss_seed_{fit.seed}", float(v), now, step)
+            for fit in baseline.fits
+            for step, v in enumerate(fit.losses)
+        ]
+        client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
+        for s in range(0, len(points), 1000):  # MLflow takes at most 1000 metrics per batch
+            client.log_batch(run_id, metrics=points[s : s + 1000])
+        mlflow.log_artifact(str(baseline.model.save(tmp / f"{baseline.name}.safetensors")))
 
 
 def _log_training(det: object, metrics: dict[str, float]) -> None:

@@ -27,6 +27,14 @@ from detectors.errors import InputError
 from detectors.registry import detector_class
 from features import FolderSegments, KMeansSegments, SegmentSpec, make_segmenter
 from features.vector import feature_matrix
+from segad.baselines import (
+    BaselineRun,
+    check_good_images,
+    fit_seed,
+    good_training_images,
+    parse_supervised,
+    seed_configs,
+)
 from segad.calibration import Calibration, calibrate, check_target_fpr, out_of_fold_scores
 from segad.classifier import PRESETS, SegadClassifier
 from segad.data import Dataset, DatasetError, Sample, load_dataset
@@ -39,6 +47,7 @@ from segad.paths import cache_root, check_writable_dir
 from segad.pipeline import SegadPipeline
 from segad.protocol import FitSplit, SeedSplit, check_evaluable, fit_split, seed_split, seeds, tuning_defects
 from segad.selection import CLASSIFIER, Selection, choice_summary, ensemble_score, select
+from segad.supervised import SUPERVISED, DevNetConfig
 
 GENERATED_SEED = 0
 KMEANS_FIT_IMAGES = 64
@@ -74,7 +83,13 @@ class TrainConfig:
     tracking_uri: str | None = None  # default: MLflow's own (MLFLOW_TRACKING_URI, else ./mlflow.db)
     run_name: str | None = None
     no_mlflow: bool = False
-    detector_options: str = ""  # "patchcore.coreset_ratio=0.1,padim.n_features=50"
+    detector_options: str = ""  # "patchcore.coreset_ratio=0.1,padim.n_features=50,devnet.epochs=5"
+    supervised: str = ""  # supervised baselines fit per seed next to SegAD: "devnet"
+    supervised_good: str = "all"  # their good images: all (the papers') or holdout (SegAD's classifier's)
+
+    @property
+    def supervised_names(self) -> list[str]:
+        return parse_supervised(self.supervised)
 
     @property
     def detector_names(self) -> list[str]:
@@ -94,26 +109,36 @@ class TrainConfig:
                 raise InputError(f"--classifier-params {key}={value}: {value} is not a number") from None
         return out
 
-    def detector_configs(self) -> dict[str, DetectorConfig]:
-        """Each chosen detector's config: backbone and device from the run, then its ``--set`` options."""
-        options: dict[str, dict[str, str]] = {n: {} for n in self.detector_names}
+    def _options(self) -> dict[str, dict[str, str]]:
+        """``--set`` options by method: every chosen detector and supervised baseline, checked."""
+        options: dict[str, dict[str, str]] = {n: {} for n in [*self.detector_names, *self.supervised_names]}
         for key, value in parse_assignments(self.detector_options, "--set", "patchcore.coreset_ratio=0.1"):
             det, dot, option = key.partition(".")
             if not dot:
                 raise InputError(f"--set {key}={value}: use DETECTOR.OPTION=VALUE, e.g. patchcore.coreset_ratio=0.1")
-            known = {f.name for f in fields(detector_class(det).config_class)}
+            model = SUPERVISED[det] if det in SUPERVISED else detector_class(det)
+            known = {f.name for f in fields(model.config_class)}
             if option not in known:
                 listing = ", ".join(sorted(known))
                 raise InputError(f"--set {key}={value}: {det} has no option {option!r}; options: {listing}")
             if det not in options:
-                raise InputError(
-                    f"--set {key}={value}: {det} is not among --detectors {self.detectors}; add it or drop the option"
-                )
+                chosen = f"--supervised {self.supervised!r}" if det in SUPERVISED else f"--detectors {self.detectors}"
+                raise InputError(f"--set {key}={value}: {det} is not among {chosen}; add it or drop the option")
             options[det][option] = value
-        return {
-            n: detector_class(n).config_class.from_params({"backbone": self.backbone, "device": self.device, **o})
-            for n, o in options.items()
-        }
+        return options
+
+    def _configs(self, names: Sequence[str], model_class) -> dict:
+        options = self._options()
+        run = {"backbone": self.backbone, "device": self.device}
+        return {n: model_class(n).config_class.from_params({**run, **options[n]}) for n in names}
+
+    def detector_configs(self) -> dict[str, DetectorConfig]:
+        """Each chosen detector's config: backbone and device from the run, then its ``--set`` options."""
+        return self._configs(self.detector_names, detector_class)
+
+    def supervised_configs(self) -> dict[str, DevNetConfig]:
+        """Each supervised baseline's config, as the detectors'; its training seed is each split's seed."""
+        return self._configs(self.supervised_names, SUPERVISED.__getitem__)
 
 
 def parse_assignments(text: str, flag: str, example: str) -> list[tuple[str, str]]:
@@ -140,6 +165,7 @@ class TrainResult:
     feature_importances: np.ndarray  # mean over seeds, in pipeline.feature_names order
     deployments: list[Deployment]  # per seed: its model's calibrated threshold on its test set; [0] is saved
     selections: list[Selection]  # per seed: the final score chosen on the training rows, and why
+    baselines: tuple[BaselineRun, ...] = ()  # supervised baselines (--supervised), fit per seed
 
     @property
     def seeds(self) -> list[int]:
@@ -173,6 +199,7 @@ class TrainResult:
                 }
                 for sp_seed, sel in zip(self.seeds, self.selections, strict=True)
             ],
+            "supervised": {b.name: b.summary() for b in self.baselines},
             "detectors": {
                 name: {
                     "fit_seconds": round(dm.fit_seconds, 2),
@@ -301,6 +328,8 @@ class Prepared:
 def prepare(cfg: TrainConfig) -> Prepared:
     """Validate everything that can fail before long work, then fit detectors and compute (or load) maps."""
     configs = cfg.detector_configs()  # unknown detectors or options fail here
+    supervised = cfg.supervised_configs()  # and unknown baselines or their options
+    check_good_images(cfg.supervised_good)
     SegadClassifier(cfg.classifier, **cfg.classifier_overrides())  # a bad preset fails here
     if cfg.classifier_start not in ("zero", "ensemble"):
         raise InputError(f"--classifier-start must be zero or ensemble, got {cfg.classifier_start!r}")
@@ -321,7 +350,7 @@ def prepare(cfg: TrainConfig) -> Prepared:
             "(SegAD holds out 0.1)"
         )
     resolve_device(cfg.device)  # --device cuda without a GPU fails here, not at the first fit
-    for backbone in sorted({cfg.backbone, *(c.backbone for c in configs.values())}):
+    for backbone in sorted({cfg.backbone, *(c.backbone for c in [*configs.values(), *supervised.values()])}):
         check_backbone(backbone)  # missing torchvision weights fail here, not after the dataset is read
     check_writable_dir(cfg.model_dir or Path("outputs") / "models", "--model-dir")
     if cfg.summary_json:
@@ -420,7 +449,11 @@ def run(cfg: TrainConfig) -> TrainResult:
     n_hold, labels = prep.n_hold, prep.labels
     X_test = X[n_hold:]
     maps = prep.maps
-    results = {n: MethodResult(n) for n in [*names, "ensemble", "segad", CLASSIFIER]}
+    results = {n: MethodResult(n) for n in [*names, "ensemble", "segad", CLASSIFIER, *cfg.supervised_names]}
+    # Supervised baselines: fit per seed on the good images and that seed's shots (segad.baselines).
+    sup_configs = cfg.supervised_configs()
+    baselines = {n: BaselineRun(n, c, check_good_images(cfg.supervised_good), []) for n, c in sup_configs.items()}
+    normal = good_training_images(prep, cfg.supervised_good) if baselines else None
     # z-scores against the held-out good images: the naive ensemble, and every blend's reference
     moments = {n: good_moments(maps[n].scores[:n_hold]) for n in names}
     ensemble = ensemble_score({n: maps[n].scores[n_hold:] for n in names}, moments)
@@ -450,6 +483,14 @@ def run(cfg: TrainConfig) -> TrainResult:
         margins = clf.decision_function(X_test[sp.test], test_prior)
         scores["segad"] = sel.blend.score(margins, scores)
         scores[CLASSIFIER] = margins
+        for name, config in seed_configs(sup_configs, sp.seed).items():
+            _log(f"{name}: seed {sp.seed}: fitting on {len(normal)} good images and the seed's defects ...")
+            fit, model = fit_seed(name, config, prep, sp, normal)
+            _log(f"{name}: seed {sp.seed}: fit {fit.seconds:.1f}s, final loss {fit.losses[-1]:.3f}")
+            baselines[name].fits.append(fit)
+            if baselines[name].model is None:  # the first seed's is saved, as SegAD's classifier is
+                baselines[name].model = model
+            scores[name] = fit.scores
         for method, s in scores.items():
             results[method].add(sp.seed, y, s)
         if np.ptp(clf.decision_function(X_train, prior)) == 0:
@@ -508,6 +549,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         np.mean(importances, axis=0),
         deployments,
         selections,
+        tuple(baselines.values()),
     )
 
 
@@ -605,6 +647,17 @@ def build_parser(prog: str = "python -m segad.train", description: str | None = 
         choices=("zero", "ensemble"),
         help="ensemble: boost the forest from the ensemble's score (it learns a correction); zero: SegAD's",
     )
+    ap.add_argument(
+        "--supervised",
+        default=d.supervised,
+        help=f"supervised few-shot baselines fit per seed next to SegAD, from: {', '.join(SUPERVISED)}",
+    )
+    ap.add_argument(
+        "--supervised-good",
+        default=d.supervised_good,
+        choices=("all", "holdout"),
+        help="the baselines' good images: all good training images (the papers') or SegAD's held-out ones",
+    )
     ap.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
     ap.add_argument("--model-dir", default=d.model_dir, help="save the fitted pipeline here (default: outputs/...)")
     ap.add_argument("--summary-json", default=d.summary_json, help="write the results as JSON here")
@@ -619,7 +672,7 @@ def build_parser(prog: str = "python -m segad.train", description: str | None = 
         action="append",
         default=[],
         metavar="DETECTOR.OPTION=VALUE",
-        help="a detector option, e.g. --set patchcore.coreset_ratio=0.1 (repeatable)",
+        help="a detector's or baseline's option, e.g. --set patchcore.coreset_ratio=0.1 (repeatable)",
     )
     return ap
 
@@ -662,6 +715,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         write_json(cfg.summary_json, result.summary())
     model_dir = Path(cfg.model_dir or Path("outputs") / "models" / result.dataset.replace("/", "_"))
     result.pipeline.save(model_dir)
+    for b in result.baselines:  # after the pipeline: its save replaces the whole folder
+        b.model.save(model_dir / "baselines" / f"{b.name}.safetensors")
     print(f"model saved to {model_dir}")
     return 0
 

@@ -35,7 +35,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Self
+from typing import Any, ClassVar, Self
 
 import numpy as np
 import torch
@@ -194,6 +194,9 @@ class DevNet:
     Higher scores mean more anomalous. Fitted state ends in ``_``: ``model_`` (the network),
     ``losses_`` (the loss curve), ``report_`` (the training ``PhaseReport``), ``image_size_``.
     """
+
+    name: ClassVar[str] = "devnet"
+    config_class: ClassVar[type[DevNetConfig]] = DevNetConfig
 
     def __init__(self, config: DevNetConfig | None = None, **overrides: Any) -> None:
         config = config or DevNetConfig()

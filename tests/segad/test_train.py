@@ -87,6 +87,11 @@ def test_runs_the_protocol_and_writes_the_summary(small_mvtec: Path, tmp_path: P
         (["--holdout", "0"], r"--holdout must be in \(0, 1\)"),
         (["--classifier-params", "foo=3"], "--classifier-params foo: not an XGBoost parameter"),
         (["--set", "fastflow.epochs=2"], "fastflow is not among --detectors patchcore,padim"),
+        (["--supervised", "devnett"], "--supervised: unknown method 'devnett'; known: devnet"),
+        (["--supervised", "devnet,devnet"], "a method is named twice"),
+        (["--set", "devnet.epochs=2"], "devnet is not among --supervised ''; add it or drop the option"),
+        (["--supervised", "devnet", "--set", "devnet.epoch=2"], "devnet has no option 'epoch'"),
+        (["--supervised", "devnet", "--set", "devnet.margin=-1"], "DevNetConfig.margin must be positive"),
     ],
 )
 def test_bad_options_fail_before_any_work(tiny_mvtec: Path, capsys, extra: list[str], message: str) -> None:

@@ -1,0 +1,83 @@
+"""Supervised baselines in segad.train: fit per seed on the seed's shots, scored on its test set, logged and saved."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pytest
+
+from segad.data import load_dataset
+from segad.data.synthetic import SyntheticSpec, write_mvtec
+from segad.metrics import image_auroc
+from segad.protocol import seed_split, seeds
+from segad.supervised import DevNet
+from segad.train import main
+
+SMALL = SyntheticSpec(image_size=96, n_train=40, n_test_good=8, n_defects_per_type=3, seed=5)
+# A CPU-sized DevNet: 2 epochs x 3 steps of 8 images at 96 px.
+SHORT = ["--set", "devnet.epochs=2", "--set", "devnet.steps_per_epoch=3", "--set", "devnet.batch_size=8"]
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+@pytest.fixture(scope="module")
+def small_mvtec(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("small")
+    write_mvtec(SMALL, root)
+    return root
+
+
+def _args(data: Path, tmp: Path, *extra: str) -> list[str]:
+    args = ["--data", str(data), "--image-size", "96", "--shots", "4", "--seeds", "2", "--device", "cpu"]
+    args += ["--set", "patchcore.coreset_ratio=0.25", "--model-dir", str(tmp / "model"), "--supervised", "devnet"]
+    return [*args, *SHORT, "--summary-json", str(tmp / "summary.json"), *extra]
+
+
+def test_devnet_is_a_row_fit_per_seed_logged_and_saved(small_mvtec: Path, tmp_path: Path, capsys) -> None:
+    assert main(_args(small_mvtec, tmp_path)) == 0
+    assert "devnet" in capsys.readouterr().out  # a row of the printed table
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    row = summary["methods"]["devnet"]
+    assert [r["seed"] for r in row["per_seed"]] == [333, 576]
+    sup = summary["supervised"]["devnet"]
+    # Every good training image (the default), and each seed's 4 shots.
+    assert sup["good_images"] == "all" and sup["n_good"] == 40 and sup["n_defects"] == [4, 4]
+    assert sup["config"]["epochs"] == 2 and all(s > 0 for s in sup["fit_seconds"])
+
+    # The saved model is the first seed's: reloaded, it scores that seed's test set to the AUROC reported.
+    ds = load_dataset(small_mvtec)
+    sp = seed_split(ds, 4, seeds(1)[0])
+    from segad.data.images import load_images
+
+    test = [ds.test[i] for i in sp.test]
+    model = DevNet.load(tmp_path / "model" / "baselines" / "devnet.safetensors", device="cpu")
+    scores = model.decision_function(load_images([s.image_path for s in test], (96, 96)))
+    labels = np.array([s.label for s in test])
+    assert image_auroc(labels, scores) == pytest.approx(row["per_seed"][0]["auroc"], abs=1e-9)
+    assert model.config.seed == 333  # trained with its split's seed
+
+    # MLflow: a nested run with per-seed metrics, every seed's loss curve and the model file.
+    client = mlflow.MlflowClient()
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.mlflow.runName = 'devnet'")
+    assert len(runs) == 1
+    run = client.get_run(runs.run_id[0])
+    assert run.data.params["good_images"] == "all" and run.data.params["epochs"] == "2"
+    assert run.data.metrics["auroc_mean"] == pytest.approx(row["auroc_mean"])
+    for seed in (333, 576):
+        assert len(client.get_metric_history(run.info.run_id, f"loss_seed_{seed}")) == 6  # 2 epochs x 3 steps
+    assert "devnet.safetensors" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    parent = client.get_run(run.data.tags["mlflow.parentRunId"])
+    assert parent.data.metrics["devnet.auroc_mean"] == pytest.approx(row["auroc_mean"])
+
+
+def test_seeded_fits_repeat_and_holdout_trains_on_the_held_out_good_only(small_mvtec: Path, tmp_path: Path) -> None:
+    first, again = tmp_path / "a", tmp_path / "b"
+    assert main(_args(small_mvtec, first, "--no-mlflow", "--supervised-good", "holdout", "--seeds", "1")) == 0
+    assert main(_args(small_mvtec, again, "--no-mlflow", "--supervised-good", "holdout", "--seeds", "1")) == 0
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (first, again))
+    assert a["supervised"]["devnet"]["n_good"] == 4  # 10% of 40 held out
+    assert a["methods"]["devnet"]["per_seed"] == b["methods"]["devnet"]["per_seed"]
+    assert a["supervised"]["devnet"]["final_loss"] == b["supervised"]["devnet"]["final_loss"]
