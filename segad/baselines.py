@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Literal, get_args
 import numpy as np
 
 from detectors.errors import InputError
-from segad.supervised import SUPERVISED, DevNetConfig
+from segad.supervised import SUPERVISED, SupervisedConfig
 
 if TYPE_CHECKING:
     from segad.protocol import SeedSplit
@@ -58,7 +58,7 @@ class BaselineRun:
     """Every seed's fit of one baseline, and the first seed's model (the one saved)."""
 
     name: str
-    config: DevNetConfig
+    config: SupervisedConfig
     good_images: GoodImages
     fits: list[BaselineFit]
     model: object | None = None
@@ -91,7 +91,7 @@ def defect_training_images(prep: Prepared, sp: SeedSplit) -> np.ndarray:
 
 
 def fit_seed(
-    name: str, config: DevNetConfig, prep: Prepared, sp: SeedSplit, normal: np.ndarray
+    name: str, config: SupervisedConfig, prep: Prepared, sp: SeedSplit, normal: np.ndarray
 ) -> tuple[BaselineFit, object]:
     """Fit ``name`` on the good images ``normal`` and the seed's defects; score the seed's test images."""
     model_class = SUPERVISED[name]
@@ -118,7 +118,7 @@ def parse_supervised(text: str) -> list[str]:
     return names
 
 
-def seed_configs(configs: dict[str, DevNetConfig], seed: int) -> dict[str, DevNetConfig]:
+def seed_configs(configs: dict[str, SupervisedConfig], seed: int) -> dict[str, SupervisedConfig]:
     """Each baseline's config with the seed's own training seed (its batches and head init)."""
     return {n: type(c).from_params({**c.to_params(), "seed": seed}) for n, c in configs.items()}
 

@@ -47,7 +47,7 @@ from segad.paths import cache_root, check_writable_dir
 from segad.pipeline import SegadPipeline
 from segad.protocol import FitSplit, SeedSplit, check_evaluable, fit_split, seed_split, seeds, tuning_defects
 from segad.selection import CLASSIFIER, Selection, choice_summary, ensemble_score, select
-from segad.supervised import SUPERVISED, DevNetConfig
+from segad.supervised import SUPERVISED, SupervisedConfig
 
 GENERATED_SEED = 0
 KMEANS_FIT_IMAGES = 64
@@ -136,7 +136,7 @@ class TrainConfig:
         """Each chosen detector's config: backbone and device from the run, then its ``--set`` options."""
         return self._configs(self.detector_names, detector_class)
 
-    def supervised_configs(self) -> dict[str, DevNetConfig]:
+    def supervised_configs(self) -> dict[str, SupervisedConfig]:
         """Each supervised baseline's config, as the detectors'; its training seed is each split's seed."""
         return self._configs(self.supervised_names, SUPERVISED.__getitem__)
 

@@ -13,12 +13,12 @@ from segad.data import load_dataset
 from segad.data.synthetic import SyntheticSpec, write_mvtec
 from segad.metrics import image_auroc
 from segad.protocol import seed_split, seeds
-from segad.supervised import DevNet
+from segad.supervised import DRA, DevNet
 from segad.train import main
 
 SMALL = SyntheticSpec(image_size=96, n_train=40, n_test_good=8, n_defects_per_type=3, seed=5)
-# A CPU-sized DevNet: 2 epochs x 3 steps of 8 images at 96 px.
-SHORT = ["--set", "devnet.epochs=2", "--set", "devnet.steps_per_epoch=3", "--set", "devnet.batch_size=8"]
+# CPU-sized baselines: 2 epochs x 3 steps of 8 images at 96 px.
+SHORT = [f"--set={m}.{o}" for m in ("devnet", "dra") for o in ("epochs=2", "steps_per_epoch=3", "batch_size=8")]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -32,17 +32,23 @@ def small_mvtec(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _args(data: Path, tmp: Path, *extra: str) -> list[str]:
     args = ["--data", str(data), "--image-size", "96", "--shots", "4", "--seeds", "2", "--device", "cpu"]
-    args += ["--set", "patchcore.coreset_ratio=0.25", "--model-dir", str(tmp / "model"), "--supervised", "devnet"]
+    args += ["--set", "patchcore.coreset_ratio=0.25", "--model-dir", str(tmp / "model"), "--supervised", "devnet,dra"]
     return [*args, *SHORT, "--summary-json", str(tmp / "summary.json"), *extra]
 
 
-def test_devnet_is_a_row_fit_per_seed_logged_and_saved(small_mvtec: Path, tmp_path: Path, capsys) -> None:
+def test_each_baseline_is_a_row_fit_per_seed_logged_and_saved(small_mvtec: Path, tmp_path: Path, capsys) -> None:
     assert main(_args(small_mvtec, tmp_path)) == 0
-    assert "devnet" in capsys.readouterr().out  # a row of the printed table
+    printed = capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
-    row = summary["methods"]["devnet"]
+    for name, model_class in (("devnet", DevNet), ("dra", DRA)):
+        assert name in printed  # a row of the printed table
+        _check_baseline(small_mvtec, tmp_path, summary, name, model_class)
+
+
+def _check_baseline(small_mvtec: Path, tmp_path: Path, summary: dict, name: str, model_class) -> None:
+    row = summary["methods"][name]
     assert [r["seed"] for r in row["per_seed"]] == [333, 576]
-    sup = summary["supervised"]["devnet"]
+    sup = summary["supervised"][name]
     # Every good training image (the default), and each seed's 4 shots.
     assert sup["good_images"] == "all" and sup["n_good"] == 40 and sup["n_defects"] == [4, 4]
     assert sup["config"]["epochs"] == 2 and all(s > 0 for s in sup["fit_seconds"])
@@ -53,7 +59,7 @@ def test_devnet_is_a_row_fit_per_seed_logged_and_saved(small_mvtec: Path, tmp_pa
     from segad.data.images import load_images
 
     test = [ds.test[i] for i in sp.test]
-    model = DevNet.load(tmp_path / "model" / "baselines" / "devnet.safetensors", device="cpu")
+    model = model_class.load(tmp_path / "model" / "baselines" / f"{name}.safetensors", device="cpu")
     scores = model.decision_function(load_images([s.image_path for s in test], (96, 96)))
     labels = np.array([s.label for s in test])
     assert image_auroc(labels, scores) == pytest.approx(row["per_seed"][0]["auroc"], abs=1e-9)
@@ -61,16 +67,16 @@ def test_devnet_is_a_row_fit_per_seed_logged_and_saved(small_mvtec: Path, tmp_pa
 
     # MLflow: a nested run with per-seed metrics, every seed's loss curve and the model file.
     client = mlflow.MlflowClient()
-    runs = mlflow.search_runs(search_all_experiments=True, filter_string="tags.mlflow.runName = 'devnet'")
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.runName = '{name}'")
     assert len(runs) == 1
     run = client.get_run(runs.run_id[0])
     assert run.data.params["good_images"] == "all" and run.data.params["epochs"] == "2"
     assert run.data.metrics["auroc_mean"] == pytest.approx(row["auroc_mean"])
     for seed in (333, 576):
         assert len(client.get_metric_history(run.info.run_id, f"loss_seed_{seed}")) == 6  # 2 epochs x 3 steps
-    assert "devnet.safetensors" in [a.path for a in client.list_artifacts(run.info.run_id)]
+    assert f"{name}.safetensors" in [a.path for a in client.list_artifacts(run.info.run_id)]
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
-    assert parent.data.metrics["devnet.auroc_mean"] == pytest.approx(row["auroc_mean"])
+    assert parent.data.metrics[f"{name}.auroc_mean"] == pytest.approx(row["auroc_mean"])
 
 
 def test_seeded_fits_repeat_and_holdout_trains_on_the_held_out_good_only(small_mvtec: Path, tmp_path: Path) -> None:

@@ -17,7 +17,8 @@ from segad.data.images import normalise
 from segad.data.samples import GOOD, Split
 from segad.data.synthetic import SyntheticSpec, render
 from segad.supervised import DevNet, DevNetConfig, deviation_loss, devnet
-from segad.supervised.devnet import _draw, topk_mean
+from segad.supervised.base import draw as _draw
+from segad.supervised.base import topk_mean
 
 SPEC = SyntheticSpec(image_size=96, seed=11)  # 96 px: a 6x6 layer3 map, 3x3 at layer4
 # CPU-sized schedule: 3 epochs x 5 steps of 8 images (the default is 50 x 20 of 48).
