@@ -63,8 +63,14 @@ class BaselineRun:
     fits: list[BaselineFit]
     model: object | None = None
 
+    @property
+    def row(self) -> str:
+        """Its row in the table and its MLflow run: ``classifier`` is SegAD's own classifier's row."""
+        return SUPERVISED[self.name].row
+
     def summary(self) -> dict:
         return {
+            "row": self.row,
             "config": self.config.to_params(),
             "good_images": self.good_images,
             "fit_seconds": [round(f.seconds, 2) for f in self.fits],

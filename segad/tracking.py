@@ -119,7 +119,7 @@ def log_result(result: TrainResult, register: bool = True) -> None:
 
     cfg = result.config
     mlflow.log_params(_params(cfg, result))
-    baselines = {b.name: b for b in result.baselines}
+    baselines = {b.row: b for b in result.baselines}
     for m in result.methods:
         if m.name not in ("segad", "ensemble", "classifier", *baselines):
             continue
@@ -229,8 +229,8 @@ def _log_baseline_run(result: TrainResult, baseline: BaselineRun, tmp: Path) -> 
     import mlflow
     from mlflow.entities import Metric
 
-    method = next(m for m in result.methods if m.name == baseline.name)
-    with mlflow.start_run(run_name=baseline.name, nested=True, tags=owner_tags()):
+    method = next(m for m in result.methods if m.name == baseline.row)
+    with mlflow.start_run(run_name=baseline.row, nested=True, tags=owner_tags()):
         mlflow.log_params({"method": baseline.name, "good_images": baseline.good_images, **baseline.config.identity()})
         for i, (row, fit) in enumerate(zip(method.per_seed, baseline.fits, strict=True)):
             mlflow.log_metrics({"auroc": row.auroc, "fpr95": row.fpr95, "fit_seconds": fit.seconds}, step=i)

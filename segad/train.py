@@ -449,7 +449,8 @@ def run(cfg: TrainConfig) -> TrainResult:
     n_hold, labels = prep.n_hold, prep.labels
     X_test = X[n_hold:]
     maps = prep.maps
-    results = {n: MethodResult(n) for n in [*names, "ensemble", "segad", CLASSIFIER, *cfg.supervised_names]}
+    rows = [SUPERVISED[n].row for n in cfg.supervised_names]
+    results = {n: MethodResult(n) for n in [*names, "ensemble", "segad", CLASSIFIER, *rows]}
     # Supervised baselines: fit per seed on the good images and that seed's shots (segad.baselines).
     sup_configs = cfg.supervised_configs()
     baselines = {n: BaselineRun(n, c, check_good_images(cfg.supervised_good), []) for n, c in sup_configs.items()}
@@ -490,7 +491,7 @@ def run(cfg: TrainConfig) -> TrainResult:
             baselines[name].fits.append(fit)
             if baselines[name].model is None:  # the first seed's is saved, as SegAD's classifier is
                 baselines[name].model = model
-            scores[name] = fit.scores
+            scores[baselines[name].row] = fit.scores
         for method, s in scores.items():
             results[method].add(sp.seed, y, s)
         if np.ptp(clf.decision_function(X_train, prior)) == 0:

@@ -37,14 +37,11 @@ class NotFittedError(InputError, RuntimeError):
 @dataclass(frozen=True)
 class SupervisedConfig(DetectorConfig):
     """The detectors' config conventions (flat params, string coercion from a CLI or MLflow), with the
-    options DevNet's and DRA's code share, at DevNet's defaults."""
+    training options every baseline shares, at DevNet's defaults."""
 
     batch_size: int = 48  # training: half normal, half defects; scoring: images per forward pass
     progress: bool = False
     layer: str = "layer4"  # the scored feature map; "layer3" gives a map twice as fine
-    topk_ratio: float = 0.1  # image score = mean of this share of the patch scores (at least one)
-    margin: float = 5.0  # defects are pushed at least this many reference std devs above the mean
-    n_ref: int = 5000  # reference scores drawn from N(0, 1) per step
     n_scales: int = 1  # 2: also score the image at half size and average the two, as DRA's code
     epochs: int = 50
     steps_per_epoch: int = 20
@@ -55,11 +52,9 @@ class SupervisedConfig(DetectorConfig):
     grad_clip: float = 1.0  # max gradient norm before each step; 0 turns clipping off
     freeze_bn: bool = False  # True: batch norm keeps its ImageNet statistics while the weights train
 
-    def __post_init__(self) -> None:
-        checks = [
-            (0.0 < self.topk_ratio <= 1.0, "topk_ratio", "be in (0, 1]; 0.1 scores the top 10% of patches"),
-            (self.margin > 0, "margin", "be positive (the reference uses 5)"),
-            (self.n_ref >= 2, "n_ref", "be at least 2 (a standard deviation needs two draws)"),
+    def checks(self) -> list[tuple[bool, str, str]]:
+        """(holds, option, rule) for every option; a subclass adds its own."""
+        return [
             (self.n_scales >= 1, "n_scales", "be at least 1"),
             (self.epochs >= 1, "epochs", "be at least 1"),
             (self.steps_per_epoch >= 1, "steps_per_epoch", "be at least 1"),
@@ -71,9 +66,28 @@ class SupervisedConfig(DetectorConfig):
             (self.grad_clip >= 0, "grad_clip", "be >= 0 (0: no clipping)"),
             (self.layer in LAYERS, "layer", f"be one of {', '.join(LAYERS)}"),
         ]
-        for ok, name, rule in checks:
+
+    def __post_init__(self) -> None:
+        for ok, name, rule in self.checks():
             if not ok:
                 raise InputError(f"{type(self).__name__}.{name} must {rule}, got {getattr(self, name)!r}")
+
+
+@dataclass(frozen=True)
+class DeviationConfig(SupervisedConfig):
+    """The options of the deviation-loss methods (DevNet, DRA): top-k patch pooling and the loss's margin."""
+
+    topk_ratio: float = 0.1  # image score = mean of this share of the patch scores (at least one)
+    margin: float = 5.0  # defects are pushed at least this many reference std devs above the mean
+    n_ref: int = 5000  # reference scores drawn from N(0, 1) per step
+
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            *super().checks(),
+            (0.0 < self.topk_ratio <= 1.0, "topk_ratio", "be in (0, 1]; 0.1 scores the top 10% of patches"),
+            (self.margin > 0, "margin", "be positive (the reference uses 5)"),
+            (self.n_ref >= 2, "n_ref", "be at least 2 (a standard deviation needs two draws)"),
+        ]
 
 
 def deviation_loss(
@@ -149,6 +163,7 @@ class SupervisedModel:
     """
 
     name: ClassVar[str]
+    row: ClassVar[str]  # its row in segad.train's table and its MLflow run (the name, unless that is taken)
     config_class: ClassVar[type[SupervisedConfig]]
     FORMAT_VERSION: ClassVar[int] = 1
 
@@ -199,11 +214,15 @@ class SupervisedModel:
         self._check_size(size, "normal images")
         return x_norm, x_def
 
+    def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        """DevNet's and DRA's: Adam with L2 weight decay."""
+        return torch.optim.Adam(params, lr=self.config.lr, weight_decay=self.config.weight_decay)
+
     def _train(self, model: nn.Module, loss_fn: Any, generator: torch.Generator, size: tuple[int, ...]) -> Self:
-        """The references' schedule: Adam with L2 decay, gradient norm clipping, StepLR per epoch."""
+        """The references' schedule: the optimiser, gradient norm clipping, StepLR per epoch."""
         cfg = self.config
         params = [p for p in model.parameters() if p.requires_grad]
-        opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = self._optimizer(params)
         if cfg.grad_clip:
 
             def clip(*_: Any) -> None:  # a pre-step hook, since train_phase owns the step

@@ -40,9 +40,9 @@ from torch import nn
 from detectors.backbones import BACKBONES, Backbone
 from detectors.base import ImageBatch
 from segad.supervised.base import (
+    DeviationConfig,
     FrozenBatchNorm,
     NotFittedError,
-    SupervisedConfig,
     SupervisedModel,
     deviation_loss,
     draw,
@@ -51,7 +51,7 @@ from segad.supervised.base import (
 
 
 @dataclass(frozen=True)
-class DevNetConfig(SupervisedConfig):
+class DevNetConfig(DeviationConfig):
     """DevNet's options: the shared ones at DevNet's defaults (50 epochs x 20 steps of 48 images)."""
 
 
@@ -86,6 +86,7 @@ class DevNet(SupervisedModel):
     """DevNet in the scikit-learn habit: ``fit(normal, defects)``, then ``decision_function(images)``."""
 
     name: ClassVar[str] = "devnet"
+    row: ClassVar[str] = "devnet"
     config_class: ClassVar[type[DevNetConfig]] = DevNetConfig
 
     def _build(self) -> DevNetModule:

@@ -38,15 +38,14 @@ from torch import nn
 
 from detectors.backbones import BACKBONES, Backbone
 from detectors.base import ImageBatch
-from detectors.errors import InputError
-from segad.supervised.base import FrozenBatchNorm, SupervisedConfig, SupervisedModel, deviation_loss, draw, topk_mean
+from segad.supervised.base import DeviationConfig, FrozenBatchNorm, SupervisedModel, deviation_loss, draw, topk_mean
 
 HEADS = ("normal", "seen", "pseudo", "residual")
 NORMAL, SEEN, PSEUDO = 0, 1, 2  # training labels
 
 
 @dataclass(frozen=True)
-class DRAConfig(SupervisedConfig):
+class DRAConfig(DeviationConfig):
     """DRA's options and the reference's defaults."""
 
     epochs: int = 30
@@ -54,12 +53,12 @@ class DRAConfig(SupervisedConfig):
     n_reference: int = 5  # normal images whose mean feature map the residual head compares against
     pseudo_share: float = 0.5  # share of the normal draws made into pseudo defects
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.n_reference < 1:
-            raise InputError(f"DRAConfig.n_reference must be at least 1, got {self.n_reference}")
-        if not 0.0 <= self.pseudo_share < 1.0:
-            raise InputError(f"DRAConfig.pseudo_share must be in [0, 1), got {self.pseudo_share}")
+    def checks(self) -> list[tuple[bool, str, str]]:
+        return [
+            *super().checks(),
+            (self.n_reference >= 1, "n_reference", "be at least 1"),
+            (0.0 <= self.pseudo_share < 1.0, "pseudo_share", "be in [0, 1)"),
+        ]
 
 
 def paste_patch(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -180,6 +179,7 @@ class DRA(SupervisedModel):
     """DRA in the scikit-learn habit: ``fit(normal, defects)``, then ``decision_function(images)``."""
 
     name: ClassVar[str] = "dra"
+    row: ClassVar[str] = "dra"
     config_class: ClassVar[type[DRAConfig]] = DRAConfig
 
     def _build(self) -> DRAModule:

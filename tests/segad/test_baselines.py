@@ -13,12 +13,13 @@ from segad.data import load_dataset
 from segad.data.synthetic import SyntheticSpec, write_mvtec
 from segad.metrics import image_auroc
 from segad.protocol import seed_split, seeds
-from segad.supervised import DRA, DevNet
+from segad.supervised import DRA, DevNet, FineTunedClassifier
 from segad.train import main
 
 SMALL = SyntheticSpec(image_size=96, n_train=40, n_test_good=8, n_defects_per_type=3, seed=5)
 # CPU-sized baselines: 2 epochs x 3 steps of 8 images at 96 px.
-SHORT = [f"--set={m}.{o}" for m in ("devnet", "dra") for o in ("epochs=2", "steps_per_epoch=3", "batch_size=8")]
+METHODS = ("devnet", "dra", "classifier")
+SHORT = [f"--set={m}.{o}" for m in METHODS for o in ("epochs=2", "steps_per_epoch=3", "batch_size=8")]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -32,7 +33,8 @@ def small_mvtec(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def _args(data: Path, tmp: Path, *extra: str) -> list[str]:
     args = ["--data", str(data), "--image-size", "96", "--shots", "4", "--seeds", "2", "--device", "cpu"]
-    args += ["--set", "patchcore.coreset_ratio=0.25", "--model-dir", str(tmp / "model"), "--supervised", "devnet,dra"]
+    args += ["--set", "patchcore.coreset_ratio=0.25", "--model-dir", str(tmp / "model")]
+    args += ["--supervised", ",".join(METHODS)]
     return [*args, *SHORT, "--summary-json", str(tmp / "summary.json"), *extra]
 
 
@@ -40,13 +42,14 @@ def test_each_baseline_is_a_row_fit_per_seed_logged_and_saved(small_mvtec: Path,
     assert main(_args(small_mvtec, tmp_path)) == 0
     printed = capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
-    for name, model_class in (("devnet", DevNet), ("dra", DRA)):
-        assert name in printed  # a row of the printed table
+    assert summary["methods"]["classifier"] != summary["methods"]["fine-tuned classifier"]
+    for name, model_class in (("devnet", DevNet), ("dra", DRA), ("classifier", FineTunedClassifier)):
+        assert model_class.row in printed  # a row of the printed table
         _check_baseline(small_mvtec, tmp_path, summary, name, model_class)
 
 
 def _check_baseline(small_mvtec: Path, tmp_path: Path, summary: dict, name: str, model_class) -> None:
-    row = summary["methods"][name]
+    row = summary["methods"][model_class.row]  # "classifier" is SegAD's own classifier's row
     assert [r["seed"] for r in row["per_seed"]] == [333, 576]
     sup = summary["supervised"][name]
     # Every good training image (the default), and each seed's 4 shots.
@@ -67,7 +70,7 @@ def _check_baseline(small_mvtec: Path, tmp_path: Path, summary: dict, name: str,
 
     # MLflow: a nested run with per-seed metrics, every seed's loss curve and the model file.
     client = mlflow.MlflowClient()
-    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.runName = '{name}'")
+    runs = mlflow.search_runs(search_all_experiments=True, filter_string=f"tags.mlflow.runName = '{model_class.row}'")
     assert len(runs) == 1
     run = client.get_run(runs.run_id[0])
     assert run.data.params["good_images"] == "all" and run.data.params["epochs"] == "2"
@@ -76,7 +79,7 @@ def _check_baseline(small_mvtec: Path, tmp_path: Path, summary: dict, name: str,
         assert len(client.get_metric_history(run.info.run_id, f"loss_seed_{seed}")) == 6  # 2 epochs x 3 steps
     assert f"{name}.safetensors" in [a.path for a in client.list_artifacts(run.info.run_id)]
     parent = client.get_run(run.data.tags["mlflow.parentRunId"])
-    assert parent.data.metrics[f"{name}.auroc_mean"] == pytest.approx(row["auroc_mean"])
+    assert parent.data.metrics[f"{model_class.row}.auroc_mean"] == pytest.approx(row["auroc_mean"])
 
 
 def test_seeded_fits_repeat_and_holdout_trains_on_the_held_out_good_only(small_mvtec: Path, tmp_path: Path) -> None:
