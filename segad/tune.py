@@ -230,9 +230,11 @@ def _root_cause(e: BaseException) -> str:
 def best_run_config(cfg: TrainConfig, best_params: dict, study: str) -> TrainConfig:
     """The study's best configuration as a ``segad.train`` config. ``--set`` options of detectors that
     the best trial left out are dropped: segad.train rejects an option for a detector it does not run,
-    and the best run failed whenever the study's winner dropped a detector the user had tuned."""
+    and the best run failed whenever the study's winner dropped a detector the user had tuned. The
+    supervised baselines (``--supervised``) are not tuned; they train in the best run, next to the tuned
+    SegAD on its test sets, with their options."""
     best = replace(cfg, **best_params, run_name=f"best of study {study}")
-    chosen = set(best.detector_names)
+    chosen = {*best.detector_names, *best.supervised_names}
     kept = [f"{k}={v}" for k, v in parse_assignments(best.detector_options, "--set", "patchcore.coreset_ratio=0.1")]
     kept = [o for o in kept if o.partition(".")[0] in chosen]
     return replace(best, detector_options=",".join(kept))

@@ -193,3 +193,7 @@ def test_the_best_run_drops_options_of_detectors_the_best_trial_left_out() -> No
         replace(best, detector_options=cfg.detector_options).detector_configs()
     both = best_run_config(cfg, {"detectors": "patchcore,padim"}, "s")
     assert both.detector_options == cfg.detector_options
+    # The supervised baselines are not tuned: they train in the best run, with their options.
+    sup = replace(cfg, supervised="devnet", detector_options="patchcore.coreset_ratio=0.25,devnet.epochs=3")
+    best = best_run_config(sup, {"detectors": "padim"}, "s")
+    assert best.detector_options == "devnet.epochs=3" and best.supervised_configs()["devnet"].epochs == 3
