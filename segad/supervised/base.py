@@ -23,7 +23,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from detectors.atomic import atomic_write
-from detectors.backbones import LAYERS, STRIDES, check_backbone
+from detectors.backbones import BACKBONES, LAYERS, STRIDES, Backbone, check_backbone
 from detectors.base import DetectorConfig, ImageBatch, as_image_tensor
 from detectors.device import resolve_device
 from detectors.errors import InputError
@@ -190,8 +190,15 @@ class SupervisedModel:
     def is_fitted(self) -> bool:
         return self.model_ is not None
 
-    def _build(self) -> nn.Module:
+    def _network(self, backbone: Backbone) -> nn.Module:
+        """The method's network around a fresh ImageNet backbone (fine-tuned, not frozen)."""
         raise NotImplementedError
+
+    def _build(self) -> nn.Module:
+        with torch.random.fork_rng(devices=[]):  # seeded heads that leave the caller's RNG alone
+            torch.manual_seed(self.config.seed)
+            model = self._network(BACKBONES[self.config.backbone]())
+        return model.to(self.device)
 
     def _check_size(self, size: tuple[int, int], what: str) -> None:
         smallest = STRIDES[self.config.layer] << (self.config.n_scales - 1)

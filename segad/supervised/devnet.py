@@ -37,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectors.backbones import BACKBONES, Backbone
+from detectors.backbones import Backbone
 from detectors.base import ImageBatch
 from segad.supervised.base import (
     DeviationConfig,
@@ -89,13 +89,9 @@ class DevNet(SupervisedModel):
     row: ClassVar[str] = "devnet"
     config_class: ClassVar[type[DevNetConfig]] = DevNetConfig
 
-    def _build(self) -> DevNetModule:
+    def _network(self, backbone: Backbone) -> DevNetModule:
         cfg = self.config
-        with torch.random.fork_rng(devices=[]):  # a seeded head init that leaves the caller's RNG alone
-            torch.manual_seed(cfg.seed)
-            backbone = BACKBONES[cfg.backbone]()  # ImageNet weights, not frozen: DevNet fine-tunes it
-            model = DevNetModule(backbone, cfg.layer, cfg.topk_ratio, cfg.n_scales, cfg.freeze_bn)
-        return model.to(self.device)
+        return DevNetModule(backbone, cfg.layer, cfg.topk_ratio, cfg.n_scales, cfg.freeze_bn)
 
     def fit(self, normal: ImageBatch, defects: ImageBatch) -> DevNet:
         """Fine-tune on (N, 3, H, W) ImageNet-normalised normal images and labelled defects of one size."""

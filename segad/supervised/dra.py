@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectors.backbones import BACKBONES, Backbone
+from detectors.backbones import Backbone
 from detectors.base import ImageBatch
 from segad.supervised.base import DeviationConfig, FrozenBatchNorm, SupervisedModel, deviation_loss, draw, topk_mean
 
@@ -182,15 +182,11 @@ class DRA(SupervisedModel):
     row: ClassVar[str] = "dra"
     config_class: ClassVar[type[DRAConfig]] = DRAConfig
 
-    def _build(self) -> DRAModule:
+    def _network(self, backbone: Backbone) -> DRAModule:
         cfg = self.config
         if self.image_size_ is None:
             raise RuntimeError("DRA builds for a known image size")
-        with torch.random.fork_rng(devices=[]):  # seeded heads that leave the caller's RNG alone
-            torch.manual_seed(cfg.seed)
-            backbone = BACKBONES[cfg.backbone]()  # ImageNet weights, fine-tuned
-            model = DRAModule(backbone, cfg.layer, cfg.topk_ratio, cfg.n_scales, cfg.freeze_bn, self.image_size_)
-        return model.to(self.device)
+        return DRAModule(backbone, cfg.layer, cfg.topk_ratio, cfg.n_scales, cfg.freeze_bn, self.image_size_)
 
     def fit(self, normal: ImageBatch, defects: ImageBatch) -> DRA:
         """Fine-tune on (N, 3, H, W) ImageNet-normalised normal images and labelled defects of one size."""

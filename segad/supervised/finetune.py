@@ -24,7 +24,7 @@ import torch
 from torch import nn
 from torchvision.ops import sigmoid_focal_loss
 
-from detectors.backbones import BACKBONES, Backbone
+from detectors.backbones import Backbone
 from detectors.base import ImageBatch
 from segad.supervised.base import FrozenBatchNorm, SupervisedConfig, SupervisedModel, draw
 
@@ -75,12 +75,8 @@ class FineTunedClassifier(SupervisedModel):
     row: ClassVar[str] = "fine-tuned classifier"  # "classifier" is SegAD's own classifier's row
     config_class: ClassVar[type[ClassifierConfig]] = ClassifierConfig
 
-    def _build(self) -> ClassifierModule:
-        cfg = self.config
-        with torch.random.fork_rng(devices=[]):  # a seeded head that leaves the caller's RNG alone
-            torch.manual_seed(cfg.seed)
-            model = ClassifierModule(BACKBONES[cfg.backbone](), cfg.layer, cfg.freeze_bn)
-        return model.to(self.device)
+    def _network(self, backbone: Backbone) -> ClassifierModule:
+        return ClassifierModule(backbone, self.config.layer, self.config.freeze_bn)
 
     def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         cfg = self.config

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -13,42 +12,16 @@ import torch
 from safetensors.torch import save_file
 
 from detectors.errors import InputError
-from segad.data.images import normalise
-from segad.data.samples import GOOD, Split
-from segad.data.synthetic import SyntheticSpec, render
 from segad.supervised import DevNet, DevNetConfig, deviation_loss, devnet
 from segad.supervised.base import draw as _draw
 from segad.supervised.base import topk_mean
+from tests.segad.supervised.conftest import Data
 
-SPEC = SyntheticSpec(image_size=96, seed=11)  # 96 px: a 6x6 layer3 map, 3x3 at layer4
 # CPU-sized schedule: 3 epochs x 5 steps of 8 images (the default is 50 x 20 of 48).
 SHORT = {"epochs": 3, "steps_per_epoch": 5, "batch_size": 8, "device": "cpu"}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@dataclass(frozen=True)
-class Data:
-    normal: np.ndarray  # training good images
-    defects: np.ndarray  # labelled training defects
-    test_good: np.ndarray  # held out
-    test_defects: np.ndarray  # held out
-
-
-def _batch(items) -> np.ndarray:
-    return np.stack([normalise(it.image.astype(np.float32) / 255.0) for it in items])
-
-
-@pytest.fixture(scope="module")
-def data() -> Data:
-    kinds = ("contamination", "missing")
-    return Data(
-        _batch([render(SPEC, i, GOOD, Split.TRAIN) for i in range(12)]),
-        _batch([render(SPEC, i, k) for k in kinds for i in (3, 4)]),
-        _batch([render(SPEC, i, GOOD) for i in range(4)]),
-        _batch([render(SPEC, i, k) for k in kinds for i in (0, 1)]),
-    )
 
 
 @pytest.fixture(scope="module")

@@ -7,38 +7,19 @@ import pytest
 import torch
 
 from detectors.errors import InputError
-from segad.data.images import normalise
-from segad.data.samples import GOOD, Split
-from segad.data.synthetic import SyntheticSpec, render
 from segad.supervised import DRA, DRAConfig
 from segad.supervised.base import NotFittedError
 from segad.supervised.dra import NORMAL, PSEUDO, SEEN, dra_loss, paste_patch
 
-SPEC = SyntheticSpec(image_size=96, seed=11)
 # CPU-sized: 3 epochs x 5 steps of 8 images, layer3 with ImageNet batch-norm statistics (see test_devnet).
 SHORT = {"epochs": 3, "steps_per_epoch": 5, "batch_size": 8, "device": "cpu", "layer": "layer3", "freeze_bn": True}
-KINDS = ("contamination", "missing")
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
-def _batch(items) -> np.ndarray:
-    return np.stack([normalise(it.image.astype(np.float32) / 255.0) for it in items])
-
-
-@pytest.fixture(scope="module")
-def data() -> dict[str, np.ndarray]:
-    return {
-        "normal": _batch([render(SPEC, i, GOOD, Split.TRAIN) for i in range(12)]),
-        "defects": _batch([render(SPEC, i, k) for k in KINDS for i in (3, 4)]),
-        "test_good": _batch([render(SPEC, i, GOOD) for i in range(4)]),
-        "test_defects": _batch([render(SPEC, i, k) for k in KINDS for i in (0, 1)]),
-    }
-
-
 @pytest.fixture(scope="module")
 def fitted(data) -> DRA:
-    return DRA(**SHORT).fit(data["normal"], data["defects"])
+    return DRA(**SHORT).fit(data.normal, data.defects)
 
 
 def _loss(heads: torch.Tensor, labels: torch.Tensor) -> float:
@@ -78,23 +59,23 @@ def test_pseudo_defects_copy_a_patch_of_the_same_image() -> None:
 def test_a_short_fit_learns_to_rank_defects_above_good_images(fitted: DRA, data) -> None:
     losses = fitted.losses_
     assert len(losses) == 15 and np.mean(losses[-5:]) < np.mean(losses[:5])
-    good, bad = fitted.decision_function(data["test_good"]), fitted.decision_function(data["test_defects"])
+    good, bad = fitted.decision_function(data.test_good), fitted.decision_function(data.test_defects)
     assert bad.min() > good.max()
-    assert fitted.patch_scores(data["test_good"]).shape == (4, 6, 6)
+    assert fitted.patch_scores(data.test_good).shape == (4, 6, 6)
 
 
 def test_a_score_depends_on_its_image_alone(fitted: DRA, data) -> None:
-    together = fitted.decision_function(np.concatenate([data["test_good"], data["test_defects"]]))
-    alone = np.concatenate([fitted.decision_function(x[None]) for x in data["test_good"]])
+    together = fitted.decision_function(np.concatenate([data.test_good, data.test_defects]))
+    alone = np.concatenate([fitted.decision_function(x[None]) for x in data.test_good])
     np.testing.assert_allclose(together[:4], alone, rtol=1e-5, atol=1e-5)
 
 
 def test_seeded_fits_repeat_and_save_load_scores_the_same(fitted: DRA, data, tmp_path) -> None:
-    again = DRA(**SHORT).fit(data["normal"], data["defects"])
+    again = DRA(**SHORT).fit(data.normal, data.defects)
     assert again.losses_ == fitted.losses_
     path = fitted.save(tmp_path / "dra.safetensors")
     loaded = DRA.load(path, device="cpu")
-    test = data["test_defects"]
+    test = data.test_defects
     assert np.array_equal(loaded.decision_function(test), fitted.decision_function(test))
     assert loaded.config == fitted.config and loaded.losses_ == fitted.losses_
     # The residual head's reference normals are fixed at the end of the fit and travel with the weights.
@@ -105,20 +86,20 @@ def test_seeded_fits_repeat_and_save_load_scores_the_same(fitted: DRA, data, tmp
 
 def test_bad_input_errors(fitted: DRA, data, tmp_path) -> None:
     with pytest.raises(NotFittedError, match="DRA is not fitted"):
-        DRA(**SHORT).decision_function(data["test_good"])
+        DRA(**SHORT).decision_function(data.test_good)
     with pytest.raises(InputError, match="labelled defect"):
-        DRA(**SHORT).fit(data["normal"], data["defects"][:0])
+        DRA(**SHORT).fit(data.normal, data.defects[:0])
     with pytest.raises(InputError, match=r"DRAConfig\.pseudo_share must be in"):
         DRAConfig(pseudo_share=1.0)
     with pytest.raises(InputError, match=r"DRAConfig\.n_reference must be at least 1"):
         DRAConfig(n_reference=0)
     with pytest.raises(InputError, match="resize them to the fitted size"):
-        fitted.decision_function(data["test_good"][:, :, :64, :64])
+        fitted.decision_function(data.test_good[:, :, :64, :64])
     devnet_file = tmp_path / "x.safetensors"
     from segad.supervised import DevNet
 
     DevNet(epochs=1, steps_per_epoch=1, batch_size=4, device="cpu", layer="layer3").fit(
-        data["normal"][:4], data["defects"][:2]
+        data.normal[:4], data.defects[:2]
     ).save(devnet_file)
     with pytest.raises(InputError, match="is not a DRA file"):
         DRA.load(devnet_file)
