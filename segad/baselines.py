@@ -18,14 +18,13 @@ Defects: the seed's shots, plus the generated defects when ``--generated`` asks 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
 
 from detectors.errors import InputError
-from segad.supervised import SUPERVISED, SupervisedConfig
+from segad.supervised import SUPERVISED, SupervisedConfig, SupervisedModel
 
 if TYPE_CHECKING:
     from segad.protocol import SeedSplit
@@ -47,7 +46,7 @@ class BaselineFit:
 
     seed: int
     seconds: float  # fit wall time
-    losses: list[float]  # the training loss per step
+    losses: list[float]  # the training loss curve (per step, or per 1% of the steps beyond 100)
     scores: np.ndarray  # on the seed's test images, in SeedSplit.test order
     n_good: int
     n_defects: int
@@ -61,7 +60,7 @@ class BaselineRun:
     config: SupervisedConfig
     good_images: GoodImages
     fits: list[BaselineFit]
-    model: object | None = None
+    model: SupervisedModel | None = None
 
     @property
     def row(self) -> str:
@@ -98,7 +97,7 @@ def defect_training_images(prep: Prepared, sp: SeedSplit) -> np.ndarray:
 
 def fit_seed(
     name: str, config: SupervisedConfig, prep: Prepared, sp: SeedSplit, normal: np.ndarray
-) -> tuple[BaselineFit, object]:
+) -> tuple[BaselineFit, SupervisedModel]:
     """Fit ``name`` on the good images ``normal`` and the seed's defects; score the seed's test images."""
     model_class = SUPERVISED[name]
     defects = defect_training_images(prep, sp)
@@ -129,7 +128,7 @@ def seed_configs(configs: dict[str, SupervisedConfig], seed: int) -> dict[str, S
     return {n: type(c).from_params({**c.to_params(), "seed": seed}) for n, c in configs.items()}
 
 
-__all__: Sequence[str] = [
+__all__ = [
     "BaselineFit",
     "BaselineRun",
     "GoodImages",
