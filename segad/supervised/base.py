@@ -50,7 +50,9 @@ class SupervisedConfig(DetectorConfig):
     lr_step_epochs: int = 10  # StepLR period in epochs; 0 keeps the learning rate constant
     lr_gamma: float = 0.1
     grad_clip: float = 1.0  # max gradient norm before each step; 0 turns clipping off
-    freeze_bn: bool = False  # True: batch norm keeps its ImageNet statistics while the weights train
+    # True: every batch norm normalises with its running statistics while the weights train: the backbone's
+    # ImageNet ones, and for a head's new batch norm (DRA's residual head) its initial 0 / 1, a learned affine map.
+    freeze_bn: bool = False
 
     def checks(self) -> list[tuple[bool, str, str]]:
         """(holds, option, rule) for every option; a subclass adds its own."""
