@@ -13,9 +13,10 @@ deviation loss on its own labels (as in ``Choubo/DRA``'s training code):
 - **normal** (holistic): global pooling and a two-layer MLP; trained to score normal images *high*.
 
 Image score = seen + pseudo + residual - normal, each head averaged over ``n_scales`` image scales.
-Defaults are the reference's: 30 epochs x 20 steps of 48 (half normal, half labelled defects; half
-the normal draws become pseudo defects), Adam lr 2e-4 with weight decay 1e-5, StepLR x0.1 every 10
-epochs, gradient norm clipped at 1, top 10% of patches, two scales, five reference images.
+Defaults are the reference's: 30 epochs x 20 steps of 48 (half normal, half labelled defects), Adam lr
+2e-4 with weight decay 1e-5, StepLR x0.1 every 10 epochs, gradient norm clipped at 1, top 10% of
+patches, two scales, five reference images. Half the normal draws become pseudo defects
+(``pseudo_share``): the reference's share could not be checked offline.
 
 Where this differs from the reference, and why:
 
