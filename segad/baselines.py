@@ -18,6 +18,7 @@ Defects: the seed's shots, plus the generated defects when ``--generated`` asks 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -67,6 +68,12 @@ class BaselineRun:
         """Its row in the table and its MLflow run: ``classifier`` is SegAD's own classifier's row."""
         return SUPERVISED[self.name].row
 
+    def add(self, fit: BaselineFit, model: SupervisedModel) -> None:
+        """One more seed's fit; the first seed's model is kept, as SegAD's first seed's classifier is."""
+        self.fits.append(fit)
+        if self.model is None:
+            self.model = model
+
     def summary(self) -> dict:
         return {
             "row": self.row,
@@ -87,30 +94,54 @@ def good_training_images(prep: Prepared, good: GoodImages) -> np.ndarray:
     return np.concatenate([prep.fit_set.load(list(range(len(prep.fit_set)))), held_out])
 
 
-def defect_training_images(prep: Prepared, sp: SeedSplit) -> np.ndarray:
-    """The seed's shots, then every generated defect."""
-    shots = prep.score_set.load([prep.n_hold + int(i) for i in sp.train_defects])
-    if not len(prep.gen_set):
-        return shots
-    return np.concatenate([shots, prep.gen_set.load(list(range(len(prep.gen_set))))])
+def generated_images(prep: Prepared) -> np.ndarray:
+    """The generated defects, model-ready (the same for every seed: load once)."""
+    return prep.gen_set.load(list(range(len(prep.gen_set))))
+
+
+def _seeded(configs: dict[str, SupervisedConfig], seed: int) -> dict[str, SupervisedConfig]:
+    """Each baseline's config with the seed's own training seed (its batches and head init)."""
+    return {n: type(c).from_params({**c.to_params(), "seed": seed}) for n, c in configs.items()}
 
 
 def fit_seed(
-    name: str, config: SupervisedConfig, prep: Prepared, sp: SeedSplit, normal: np.ndarray
-) -> tuple[BaselineFit, SupervisedModel]:
-    """Fit ``name`` on the good images ``normal`` and the seed's defects; score the seed's test images."""
-    model_class = SUPERVISED[name]
-    defects = defect_training_images(prep, sp)
+    configs: dict[str, SupervisedConfig],
+    prep: Prepared,
+    sp: SeedSplit,
+    normal: np.ndarray,
+    generated: np.ndarray,
+    log: Callable[[str], None] = lambda _: None,
+) -> dict[str, tuple[BaselineFit, SupervisedModel]]:
+    """Fit every baseline, with the split's seed as its training seed, on the good images ``normal`` and
+    the seed's defects (its shots, then ``generated``); score the seed's test images, each decoded once
+    for all of them."""
+    if not configs:
+        return {}
+    shots = prep.score_set.load([prep.n_hold + int(i) for i in sp.train_defects])
+    defects = np.concatenate([shots, generated]) if len(generated) else shots
     if not len(defects):
-        raise InputError(f"--supervised {name} learns from labelled defects: use --shots >= 1 or --generated")
-    t0 = time.perf_counter()
-    model = model_class(config).fit(normal, defects)
-    seconds = time.perf_counter() - t0
+        names = ",".join(configs)
+        raise InputError(f"--supervised {names} learns from labelled defects: use --shots >= 1 or --generated")
+    fitted: dict[str, tuple[SupervisedModel, float]] = {}
+    for name, config in _seeded(configs, sp.seed).items():
+        log(f"{name}: seed {sp.seed}: fitting on {len(normal)} good images and {len(defects)} defects ...")
+        t0 = time.perf_counter()
+        model = SUPERVISED[name](config).fit(normal, defects)
+        fitted[name] = model, time.perf_counter() - t0
+        log(f"{name}: seed {sp.seed}: fit {fitted[name][1]:.1f}s, final loss {model.losses_[-1]:.3f}")
     test = [prep.n_hold + int(i) for i in sp.test]
-    chunks = [test[s : s + SCORE_CHUNK] for s in range(0, len(test), SCORE_CHUNK)]
-    scores = np.concatenate([model.decision_function(prep.score_set.load(c)) for c in chunks])
-    fit = BaselineFit(sp.seed, seconds, list(model.losses_), scores, len(normal), len(defects))
-    return fit, model
+    scores: dict[str, list[np.ndarray]] = {name: [] for name in fitted}
+    for s in range(0, len(test), SCORE_CHUNK):
+        batch = prep.score_set.load(test[s : s + SCORE_CHUNK])
+        for name, (model, _) in fitted.items():
+            scores[name].append(model.decision_function(batch))
+    return {
+        name: (
+            BaselineFit(sp.seed, seconds, list(model.losses_), np.concatenate(scores[name]), len(normal), len(defects)),
+            model,
+        )
+        for name, (model, seconds) in fitted.items()
+    }
 
 
 def parse_supervised(text: str) -> list[str]:
@@ -123,18 +154,13 @@ def parse_supervised(text: str) -> list[str]:
     return names
 
 
-def seed_configs(configs: dict[str, SupervisedConfig], seed: int) -> dict[str, SupervisedConfig]:
-    """Each baseline's config with the seed's own training seed (its batches and head init)."""
-    return {n: type(c).from_params({**c.to_params(), "seed": seed}) for n, c in configs.items()}
-
-
 __all__ = [
     "BaselineFit",
     "BaselineRun",
     "GoodImages",
     "check_good_images",
     "fit_seed",
+    "generated_images",
     "good_training_images",
     "parse_supervised",
-    "seed_configs",
 ]

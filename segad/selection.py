@@ -287,13 +287,13 @@ def select(
     if weight_rule == "paired-1se":
         for b, f in families.items():
             top = best[b]
-            best[b] = next(
+            within = [
                 c
-                for c in [*f, classifier]
-                if c is top
-                or inner[top.label] - inner[c.label]
+                for c in [*f, classifier]  # smallest weight first; the best itself is within (a zero difference)
+                if inner[top.label] - inner[c.label]
                 <= paired_difference_se(yj, judged_scores[top.label], judged_scores[c.label])
-            )
+            ]
+            best[b] = within[0]
     order = list(best)
     chosen = classifier if prefer_classifier else best[order[0]]  # else the default base's
     others = order if prefer_classifier else order[1:]

@@ -13,7 +13,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -24,6 +24,7 @@ from segad.runstate import close_stale_runs, ended_by, owner_tags
 
 if TYPE_CHECKING:
     from segad.baselines import BaselineRun
+    from segad.evaluate import MethodResult
     from segad.train import TrainConfig, TrainResult
 
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
@@ -119,20 +120,10 @@ def log_result(result: TrainResult, register: bool = True) -> None:
 
     cfg = result.config
     mlflow.log_params(_params(cfg, result))
-    baselines = {b.row: b for b in result.baselines}
+    on_parent = ("segad", "ensemble", "classifier", *(b.row for b in result.baselines))
     for m in result.methods:
-        if m.name not in ("segad", "ensemble", "classifier", *baselines):
-            continue
-        for i, row in enumerate(m.per_seed):
-            mlflow.log_metrics({f"{m.name}.auroc": row.auroc, f"{m.name}.fpr95": row.fpr95}, step=i)
-        mlflow.log_metrics(
-            {
-                f"{m.name}.auroc_mean": m.auroc_mean,
-                f"{m.name}.auroc_std": m.auroc_std,
-                f"{m.name}.fpr95_mean": m.fpr95_mean,
-                f"{m.name}.fpr95_std": m.fpr95_std,
-            }
-        )
+        if m.name in on_parent:
+            mlflow.log_metrics(_method_metrics(m, f"{m.name}."))
     mlflow.log_metric("seconds", result.seconds)
     from segad.selection import choice_summary
 
@@ -185,13 +176,8 @@ def _log_detector_run(result: TrainResult, name: str, tmp: Path) -> None:
     labels = np.array([s.label for s in ds.test])
     with mlflow.start_run(run_name=name, nested=True, tags=owner_tags()):
         mlflow.log_params({"detector": name, **dm.detector.config.identity()})
-        for i, row in enumerate(method.per_seed):
-            mlflow.log_metrics({"auroc": row.auroc, "fpr95": row.fpr95}, step=i)
         metrics = {
-            "auroc_mean": method.auroc_mean,
-            "auroc_std": method.auroc_std,
-            "fpr95_mean": method.fpr95_mean,
-            "fpr95_std": method.fpr95_std,
+            **_method_metrics(method),
             "ap_all_test": image_ap(labels, dm.scores[n_hold:]),
             "fit_seconds": dm.fit_seconds,
             "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
@@ -227,32 +213,15 @@ def _log_baseline_run(result: TrainResult, baseline: BaselineRun, tmp: Path) -> 
     """A supervised baseline's nested run: per-seed AUROC / FPR@95TPR and fit time, every seed's loss
     curve (``loss_seed_<seed>``) and the first seed's model (the one saved with the pipeline)."""
     import mlflow
-    from mlflow.entities import Metric
 
     method = next(m for m in result.methods if m.name == baseline.row)
     with mlflow.start_run(run_name=baseline.row, nested=True, tags=owner_tags()):
         mlflow.log_params({"method": baseline.name, "good_images": baseline.good_images, **baseline.config.identity()})
-        for i, (row, fit) in enumerate(zip(method.per_seed, baseline.fits, strict=True)):
-            mlflow.log_metrics({"auroc": row.auroc, "fpr95": row.fpr95, "fit_seconds": fit.seconds}, step=i)
-        mlflow.log_metrics(
-            {
-                "auroc_mean": method.auroc_mean,
-                "auroc_std": method.auroc_std,
-                "fpr95_mean": method.fpr95_mean,
-                "fpr95_std": method.fpr95_std,
-                "fit_seconds_mean": float(np.mean([f.seconds for f in baseline.fits])),
-                "n_good": baseline.fits[0].n_good,
-            }
-        )
-        now = int(time.time() * 1000)
-        points = [
-            Metric(f"loss_seed_{fit.seed}", float(v), now, step)
-            for fit in baseline.fits
-            for step, v in enumerate(fit.losses)
-        ]
-        client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
-        for s in range(0, len(points), 1000):  # MLflow takes at most 1000 metrics per batch
-            client.log_batch(run_id, metrics=points[s : s + 1000])
+        for i, fit in enumerate(baseline.fits):
+            mlflow.log_metric("fit_seconds", fit.seconds, step=i)
+        seconds = float(np.mean([f.seconds for f in baseline.fits]))
+        mlflow.log_metrics({**_method_metrics(method), "fit_seconds_mean": seconds, "n_good": baseline.fits[0].n_good})
+        _log_curves({f"loss_seed_{fit.seed}": fit.losses for fit in baseline.fits})
         mlflow.log_artifact(str(baseline.model.save(tmp / f"{baseline.name}.safetensors")))
 
 
@@ -269,16 +238,29 @@ def _log_training(det: object, metrics: dict[str, float]) -> None:
         metrics[f"{key}_peak_memory_mib"] = report.peak_memory_mib
         metrics[f"{key}_final_loss"] = report.final_loss
         mlflow.set_tag(f"{key}_memory_kind", report.memory_kind)
+    _log_curves({f"loss_{phase}": curve for phase, curve in getattr(det, "loss_history_", {}).items()})
+
+
+def _method_metrics(m: MethodResult, prefix: str = "") -> dict[str, float]:
+    """A method's AUROC / FPR@95TPR per seed (logged here, step = seed index) and their mean / std (returned)."""
+    import mlflow
+
+    for i, row in enumerate(m.per_seed):
+        mlflow.log_metrics({f"{prefix}auroc": row.auroc, f"{prefix}fpr95": row.fpr95}, step=i)
+    stats = {"auroc_mean": m.auroc_mean, "auroc_std": m.auroc_std, "fpr95_mean": m.fpr95_mean, "fpr95_std": m.fpr95_std}
+    return {f"{prefix}{k}": v for k, v in stats.items()}
+
+
+def _log_curves(curves: Mapping[str, Sequence[float]]) -> None:
+    """Curves as metric histories (step = point), batched: one request per 1000 points, not one per point."""
+    import mlflow
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    points = [
-        Metric(f"loss_{phase}", float(v), now, step)
-        for phase, curve in getattr(det, "loss_history_", {}).items()
-        for step, v in enumerate(curve)
-    ]
-    if points:  # one batched call per run, not one request per point
-        mlflow.MlflowClient().log_batch(mlflow.active_run().info.run_id, metrics=points)
+    points = [Metric(key, float(v), now, step) for key, curve in curves.items() for step, v in enumerate(curve)]
+    client, run_id = mlflow.MlflowClient(), mlflow.active_run().info.run_id
+    for s in range(0, len(points), 1000):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(run_id, metrics=points[s : s + 1000])
 
 
 def _log_model(result: TrainResult, tmp: Path, register: bool) -> None:

@@ -31,9 +31,9 @@ from segad.baselines import (
     BaselineRun,
     check_good_images,
     fit_seed,
+    generated_images,
     good_training_images,
     parse_supervised,
-    seed_configs,
 )
 from segad.calibration import Calibration, calibrate, check_target_fpr, out_of_fold_scores
 from segad.classifier import PRESETS, SegadClassifier
@@ -449,12 +449,13 @@ def run(cfg: TrainConfig) -> TrainResult:
     n_hold, labels = prep.n_hold, prep.labels
     X_test = X[n_hold:]
     maps = prep.maps
-    rows = [SUPERVISED[n].row for n in cfg.supervised_names]
-    results = {n: MethodResult(n) for n in [*names, "ensemble", "segad", CLASSIFIER, *rows]}
     # Supervised baselines: fit per seed on the good images and that seed's shots (segad.baselines).
     sup_configs = cfg.supervised_configs()
     baselines = {n: BaselineRun(n, c, check_good_images(cfg.supervised_good), []) for n, c in sup_configs.items()}
+    rows = [b.row for b in baselines.values()]
+    results = {n: MethodResult(n) for n in [*names, "ensemble", "segad", CLASSIFIER, *rows]}
     normal = good_training_images(prep, cfg.supervised_good) if baselines else None
+    generated = generated_images(prep) if baselines else None
     # z-scores against the held-out good images: the naive ensemble, and every blend's reference
     moments = {n: good_moments(maps[n].scores[:n_hold]) for n in names}
     ensemble = ensemble_score({n: maps[n].scores[n_hold:] for n in names}, moments)
@@ -484,13 +485,8 @@ def run(cfg: TrainConfig) -> TrainResult:
         margins = clf.decision_function(X_test[sp.test], test_prior)
         scores["segad"] = sel.blend.score(margins, scores)
         scores[CLASSIFIER] = margins
-        for name, config in seed_configs(sup_configs, sp.seed).items():
-            _log(f"{name}: seed {sp.seed}: fitting on {len(normal)} good images and the seed's defects ...")
-            fit, model = fit_seed(name, config, prep, sp, normal)
-            _log(f"{name}: seed {sp.seed}: fit {fit.seconds:.1f}s, final loss {fit.losses[-1]:.3f}")
-            baselines[name].fits.append(fit)
-            if baselines[name].model is None:  # the first seed's is saved, as SegAD's classifier is
-                baselines[name].model = model
+        for name, (fit, model) in fit_seed(sup_configs, prep, sp, normal, generated, _log).items():
+            baselines[name].add(fit, model)
             scores[baselines[name].row] = fit.scores
         for method, s in scores.items():
             results[method].add(sp.seed, y, s)

@@ -165,9 +165,14 @@ class SupervisedModel:
     """
 
     name: ClassVar[str]
-    row: ClassVar[str]  # its row in segad.train's table and its MLflow run (the name, unless that is taken)
+    row: ClassVar[str]  # its row in segad.train's table and its MLflow run: the name, unless a subclass says
     config_class: ClassVar[type[SupervisedConfig]]
     FORMAT_VERSION: ClassVar[int] = 1
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "row" not in cls.__dict__:
+            cls.row = cls.name
 
     def __init__(self, config: SupervisedConfig | None = None, **overrides: Any) -> None:
         cls = self.config_class

@@ -86,7 +86,6 @@ class DevNet(SupervisedModel):
     """DevNet in the scikit-learn habit: ``fit(normal, defects)``, then ``decision_function(images)``."""
 
     name: ClassVar[str] = "devnet"
-    row: ClassVar[str] = "devnet"
     config_class: ClassVar[type[DevNetConfig]] = DevNetConfig
 
     def _network(self, backbone: Backbone) -> DevNetModule:

@@ -180,7 +180,6 @@ class DRA(SupervisedModel):
     """DRA in the scikit-learn habit: ``fit(normal, defects)``, then ``decision_function(images)``."""
 
     name: ClassVar[str] = "dra"
-    row: ClassVar[str] = "dra"
     config_class: ClassVar[type[DRAConfig]] = DRAConfig
 
     def _network(self, backbone: Backbone) -> DRAModule:

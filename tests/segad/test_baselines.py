@@ -84,9 +84,11 @@ def _check_baseline(small_mvtec: Path, tmp_path: Path, summary: dict, name: str,
 
 def test_seeded_fits_repeat_and_holdout_trains_on_the_held_out_good_only(small_mvtec: Path, tmp_path: Path) -> None:
     first, again = tmp_path / "a", tmp_path / "b"
-    assert main(_args(small_mvtec, first, "--no-mlflow", "--supervised-good", "holdout", "--seeds", "1")) == 0
-    assert main(_args(small_mvtec, again, "--no-mlflow", "--supervised-good", "holdout", "--seeds", "1")) == 0
+    extra = ("--no-mlflow", "--supervised-good", "holdout", "--seeds", "1", "--generated", "2")
+    assert main(_args(small_mvtec, first, *extra)) == 0
+    assert main(_args(small_mvtec, again, *extra)) == 0
     a, b = (json.loads((d / "summary.json").read_text()) for d in (first, again))
     assert a["supervised"]["devnet"]["n_good"] == 4  # 10% of 40 held out
+    assert a["supervised"]["devnet"]["n_defects"] == [6]  # the seed's 4 shots and the 2 generated defects
     assert a["methods"]["devnet"]["per_seed"] == b["methods"]["devnet"]["per_seed"]
     assert a["supervised"]["devnet"]["final_loss"] == b["supervised"]["devnet"]["final_loss"]

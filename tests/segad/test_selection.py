@@ -215,3 +215,23 @@ def test_a_classifier_started_from_the_ensemble_is_the_default() -> None:
     assert sel.inner_auroc[CLASSIFIER] < max(sel.inner_auroc.values())
     assert sel.blend.label == CLASSIFIER
     assert select(oof, det, y, real, ref).blend.weight < 1  # SegAD's forest from zero: the ensemble's side
+
+
+def test_the_one_se_weight_rule_takes_the_smallest_weight_within_a_paired_error_of_the_best() -> None:
+    """A classifier that adds a little noise-level lift: argmax follows it, the one-SE rule keeps the base."""
+    rng, y, real = _rows(n_good=20, n_bad=10, seed=3)
+    signal = rng.normal(0, 1, len(y)) + 1.5 * y
+    scores = {"a": signal + rng.normal(0, 0.3, len(y)), "b": signal + rng.normal(0, 0.3, len(y))}
+    margins = signal + rng.normal(0, 0.6, len(y))
+    moments = {d: good_moments(v[y == 0]) for d, v in scores.items()}
+    argmax = select(margins, scores, y, real, moments)
+    one_se = select(margins, scores, y, real, moments, weight_rule="paired-1se")
+    assert argmax.blend.weight > 0  # the blend's inner AUROC is highest ...
+    top = argmax.inner_auroc[argmax.blend.label]
+    assert top > argmax.inner_auroc[WEIGHTED]
+    # ... by less than the paired error, so the rule takes the smallest weight within it: the base alone
+    assert one_se.blend.weight == 0.0 and one_se.blend.base == WEIGHTED
+    assert one_se.inner_auroc == argmax.inner_auroc  # same evidence, another choice
+    # A classifier that separates what the detectors mix up is a lift beyond the error: it is kept.
+    clear = 4.0 * y + rng.normal(0, 0.3, len(y))
+    assert select(clear, scores, y, real, moments, weight_rule="paired-1se").blend.weight > 0
