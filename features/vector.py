@@ -42,3 +42,14 @@ def feature_matrix(
         return stats.reshape(n, -1)
     image_scores = np.stack([np.asarray(scores[d], np.float64) for d in names], axis=1)
     return np.concatenate([stats.reshape(n, -1), image_scores], axis=1)
+
+
+def join_features(blocks: Sequence[tuple[np.ndarray, int]], with_scores: bool = True) -> np.ndarray:
+    """``feature_matrix`` blocks of disjoint detector lists, each ``(X, n_detectors)``, -> one matrix in the
+    layout of all those detectors at once (every detector's statistics, then every score)."""
+    stats, scores = [], []
+    for X, m in blocks:
+        cut = X.shape[1] - (m if with_scores else 0)
+        stats.append(X[:, :cut])
+        scores.append(X[:, cut:])
+    return np.concatenate([*stats, *scores], axis=1)

@@ -18,7 +18,7 @@ Defects: the seed's shots, plus the generated defects when ``--generated`` asks 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal, get_args
 
@@ -51,6 +51,7 @@ class BaselineFit:
     scores: np.ndarray  # on the seed's test images, in SeedSplit.test order
     n_good: int
     n_defects: int
+    fold_seconds: float = 0.0  # a stacked input's cross-fitting fits (segad.crossfit), beside ``seconds``
 
 
 @dataclass
@@ -83,6 +84,7 @@ class BaselineRun:
             "final_loss": [f.losses[-1] if f.losses else None for f in self.fits],
             "n_good": self.fits[0].n_good if self.fits else 0,
             "n_defects": [f.n_defects for f in self.fits],
+            "fold_fit_seconds": [round(f.fold_seconds, 2) for f in self.fits],
         }
 
 
@@ -111,10 +113,12 @@ def fit_seed(
     normal: np.ndarray,
     generated: np.ndarray,
     log: Callable[[str], None] = lambda _: None,
+    unscored: Collection[str] = (),
 ) -> dict[str, tuple[BaselineFit, SupervisedModel]]:
     """Fit every baseline, with the split's seed as its training seed, on the good images ``normal`` and
     the seed's defects (its shots, then ``generated``); score the seed's test images, each decoded once
-    for all of them."""
+    for all of them, except for the ``unscored`` ones (stacked inputs: ``cross_fit`` scores their test
+    images with their maps; their ``BaselineFit.scores`` are left empty for it)."""
     if not configs:
         return {}
     shots = prep.score_set.load([prep.n_hold + int(i) for i in sp.train_defects])
@@ -131,13 +135,21 @@ def fit_seed(
         log(f"{name}: seed {sp.seed}: fit {fitted[name][1]:.1f}s, final loss {model.losses_[-1]:.3f}")
     test = [prep.n_hold + int(i) for i in sp.test]
     scores: dict[str, list[np.ndarray]] = {name: [] for name in fitted}
-    for s in range(0, len(test), SCORE_CHUNK):
+    scored = [name for name in fitted if name not in unscored]
+    for s in range(0, len(test), SCORE_CHUNK) if scored else ():
         batch = prep.score_set.load(test[s : s + SCORE_CHUNK])
-        for name, (model, _) in fitted.items():
-            scores[name].append(model.decision_function(batch))
+        for name in scored:
+            scores[name].append(fitted[name][0].decision_function(batch))
     return {
         name: (
-            BaselineFit(sp.seed, seconds, list(model.losses_), np.concatenate(scores[name]), len(normal), len(defects)),
+            BaselineFit(
+                sp.seed,
+                seconds,
+                list(model.losses_),
+                np.concatenate(scores[name]) if scores[name] else np.empty(0, np.float32),
+                len(normal),
+                len(defects),
+            ),
             model,
         )
         for name, (model, seconds) in fitted.items()

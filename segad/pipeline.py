@@ -28,11 +28,13 @@ from detectors.registry import load_detector
 from features.segments import FolderSegments, KMeansConfig, KMeansSegments, Segmenter, WholeImage
 from features.vector import feature_matrix, feature_names
 from segad.classifier import SegadClassifier
+from segad.crossfit import SupervisedInput
 from segad.data.images import Intensity, as_rgb, model_input
 from segad.data.shapes import SourceShape
 from segad.manifest import read_manifest
 from segad.maps import as_stored, check_maps
 from segad.selection import ScoreBlend
+from segad.supervised import SUPERVISED
 
 ImageInput = str | Path | np.ndarray  # a file, or a raw (H, W[, C]) RGB image: uint8, uint16 or float in [0, 1]
 
@@ -73,7 +75,7 @@ class ReadImage(NamedTuple):
 class SegadPipeline:
     def __init__(
         self,
-        detectors: Sequence[Detector],
+        detectors: Sequence[Detector | SupervisedInput],
         segmenter: Segmenter,
         classifier: SegadClassifier,
         image_size: tuple[int, int],
@@ -222,6 +224,9 @@ class SegadPipeline:
             file = path / f"detector_{name}.safetensors"
             if not file.is_file():
                 raise InputError(f"{manifest_path} names detector {name!r}, but {file.name} is not beside it")
+            if name in SUPERVISED:  # a stacked supervised input (--detectors devnet): its own file format
+                detectors.append(SupervisedInput.load(file, name, device))
+                continue
             det = load_detector(file)
             if det.name != name:
                 raise InputError(f"{file} holds a {det.name} detector, not the {name} that {MANIFEST} names")

@@ -13,8 +13,8 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,7 @@ from detectors.device import resolve_device
 from detectors.errors import InputError
 from detectors.registry import detector_class
 from features import FolderSegments, KMeansSegments, SegmentSpec, make_segmenter
-from features.vector import feature_matrix
+from features.vector import feature_matrix, feature_names, join_features
 from segad.baselines import (
     BaselineRun,
     check_good_images,
@@ -37,6 +37,7 @@ from segad.baselines import (
 )
 from segad.calibration import Calibration, calibrate, check_target_fpr, out_of_fold_scores
 from segad.classifier import PRESETS, SegadClassifier
+from segad.crossfit import STACK_FOLDS, SeedMaps, SupervisedInput, check_stackable, cross_fit
 from segad.data import Dataset, DatasetError, Sample, load_dataset
 from segad.data.images import INTENSITIES, check_intensity
 from segad.data.shapes import SourceShape, source_shapes
@@ -86,6 +87,7 @@ class TrainConfig:
     detector_options: str = ""  # "patchcore.coreset_ratio=0.1,padim.n_features=50,devnet.epochs=5"
     supervised: str = ""  # supervised baselines fit per seed next to SegAD: "devnet"
     supervised_good: str = "all"  # their good images: all (the papers') or holdout (SegAD's classifier's)
+    stack_folds: int = STACK_FOLDS  # folds a stacked supervised input (--detectors devnet) is cross-fitted over
 
     @property
     def supervised_names(self) -> list[str]:
@@ -93,12 +95,28 @@ class TrainConfig:
 
     @property
     def detector_names(self) -> list[str]:
+        """SegAD's inputs in feature order: the one-class detectors, then the stacked supervised ones."""
         names = [n.strip() for n in self.detectors.split(",") if n.strip()]
         if not names:
             raise InputError("--detectors names no detector; e.g. --detectors patchcore,padim")
+        if len(set(names)) != len(names):
+            raise InputError(f"--detectors {self.detectors}: a detector is named twice")
         for n in names:
-            detector_class(n)  # raises with the list of known names
-        return names
+            if n in SUPERVISED:
+                check_stackable(n)
+            else:
+                detector_class(n)  # raises with the list of known names
+        return [n for n in names if n not in SUPERVISED] + [n for n in names if n in SUPERVISED]
+
+    @property
+    def oneclass_names(self) -> list[str]:
+        """The detectors fit once on good images, whose maps are cached and shared by every seed."""
+        return [n for n in self.detector_names if n not in SUPERVISED]
+
+    @property
+    def stacked_names(self) -> list[str]:
+        """The supervised inputs (``devnet``, ``dra``): fit per seed on its shots, cross-fitted (segad.crossfit)."""
+        return [n for n in self.detector_names if n in SUPERVISED]
 
     def classifier_overrides(self) -> dict[str, float | int]:
         out: dict[str, float | int] = {}
@@ -111,7 +129,7 @@ class TrainConfig:
 
     def _options(self) -> dict[str, dict[str, str]]:
         """``--set`` options by method: every chosen detector and supervised baseline, checked."""
-        options: dict[str, dict[str, str]] = {n: {} for n in [*self.detector_names, *self.supervised_names]}
+        options: dict[str, dict[str, str]] = {n: {} for n in [*self.supervised_names, *self.detector_names]}
         for key, value in parse_assignments(self.detector_options, "--set", "patchcore.coreset_ratio=0.1"):
             det, dot, option = key.partition(".")
             if not dot:
@@ -122,7 +140,8 @@ class TrainConfig:
                 listing = ", ".join(sorted(known))
                 raise InputError(f"--set {key}={value}: {det} has no option {option!r}; options: {listing}")
             if det not in options:
-                chosen = f"--supervised {self.supervised!r}" if det in SUPERVISED else f"--detectors {self.detectors}"
+                chosen = f"--detectors {self.detectors}"
+                chosen = f"--supervised {self.supervised!r} or {chosen}" if det in SUPERVISED else chosen
                 raise InputError(f"--set {key}={value}: {det} is not among {chosen}; add it or drop the option")
             options[det][option] = value
         return options
@@ -133,12 +152,14 @@ class TrainConfig:
         return {n: model_class(n).config_class.from_params({**run, **options[n]}) for n in names}
 
     def detector_configs(self) -> dict[str, DetectorConfig]:
-        """Each chosen detector's config: backbone and device from the run, then its ``--set`` options."""
-        return self._configs(self.detector_names, detector_class)
+        """Each one-class detector's config: backbone and device from the run, then its ``--set`` options."""
+        return self._configs(self.oneclass_names, detector_class)
 
     def supervised_configs(self) -> dict[str, SupervisedConfig]:
-        """Each supervised baseline's config, as the detectors'; its training seed is each split's seed."""
-        return self._configs(self.supervised_names, SUPERVISED.__getitem__)
+        """Each supervised model's config (a baseline's row or a stacked input), as the detectors'; its
+        training seed is each split's seed."""
+        names = [*self.supervised_names, *(n for n in self.stacked_names if n not in self.supervised_names)]
+        return self._configs(names, SUPERVISED.__getitem__)
 
 
 def parse_assignments(text: str, flag: str, example: str) -> list[tuple[str, str]]:
@@ -304,13 +325,19 @@ class Prepared:
     def labels(self) -> np.ndarray:
         return np.array([s.label for s in self.ds.test])
 
-    def training_scores(self, sp: SeedSplit, n_gen: int) -> dict[str, np.ndarray]:
-        """Each detector's image scores on the classifier's rows for one seed, in ``training_rows`` order."""
+    def training_scores(
+        self, sp: SeedSplit, n_gen: int, stacked: Mapping[str, SeedMaps] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Each input's image scores on the classifier's rows for one seed, in ``training_rows`` order:
+        the cached detectors', then the seed's ``stacked`` supervised inputs' (out of fold)."""
         n_hold = self.n_hold
+        scores = {n: (dm.scores, self.gen_maps[n].scores if n_gen else None) for n, dm in self.maps.items()}
+        for n, sm in (stacked or {}).items():
+            scores[n] = sm.scores_on(len(self.score_set)), sm.gen_scores
         out = {}
-        for name, dm in self.maps.items():
-            gen = self.gen_maps[name].scores[:n_gen] if n_gen else np.empty(0, np.float32)
-            out[name] = np.concatenate([dm.scores[:n_hold], dm.scores[n_hold:][sp.train_defects], gen])
+        for name, (s, gen) in scores.items():
+            gen = gen[:n_gen] if n_gen else np.empty(0, np.float32)
+            out[name] = np.concatenate([s[:n_hold], s[n_hold:][sp.train_defects], gen])
         return out
 
     def training_rows(
@@ -359,6 +386,8 @@ def prepare(cfg: TrainConfig) -> Prepared:
         check_writable_dir(cache_root(), "the map cache ($SEGAD_CACHE_DIR)")
     if cfg.generated < 0:
         raise InputError(f"--generated must be >= 0, got {cfg.generated}")
+    if cfg.stack_folds < 2:
+        raise InputError(f"--stack-folds must be at least 2 (a fit per fold), got {cfg.stack_folds}")
     ds: Dataset = load_dataset(cfg.data, cfg.category)
     check_evaluable(ds)
     source = SourceShape.of(source_shapes([s.image_path for s in ds.train_good], "training images"))
@@ -432,50 +461,95 @@ def features(
     return X, X_gen
 
 
+def stacked_features(
+    prep: Prepared,
+    stacked: Mapping[str, SeedMaps],
+    seg: np.ndarray,
+    gen_seg: np.ndarray | None,
+    k: int,
+    with_scores: bool,
+    shared: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """One seed's feature rows: the cached detectors' (``shared``, every seed's) joined with its stacked
+    inputs' in the pipeline's layout; NaN on the scored images this seed never reads."""
+    if not stacked:
+        return shared
+    X, X_gen = shared
+    rows = next(iter(stacked.values())).rows
+    part = feature_matrix(
+        {n: sm.maps for n, sm in stacked.items()}, {n: sm.scores for n, sm in stacked.items()}, seg[rows], k,
+        with_scores=with_scores,
+    )  # fmt: skip
+    X_stacked = np.full((len(X), part.shape[1]), np.nan)
+    X_stacked[rows] = part
+    X_gen_stacked = np.empty((0, part.shape[1]))
+    if gen_seg is not None:
+        gen = {n: sm.gen_maps for n, sm in stacked.items()}
+        X_gen_stacked = feature_matrix(
+            gen, {n: sm.gen_scores for n, sm in stacked.items()}, gen_seg, k, with_scores=with_scores
+        )
+    m_shared, m_stacked = len(prep.maps), len(stacked)
+    return (
+        join_features([(X, m_shared), (X_stacked, m_stacked)], with_scores),
+        join_features([(X_gen, m_shared), (X_gen_stacked, m_stacked)], with_scores),
+    )
+
+
 def run(cfg: TrainConfig) -> TrainResult:
     t0 = time.perf_counter()
     # 1. images -> detectors -> anomaly maps (cached)
     prep = prepare(cfg)
-    names = list(prep.maps)
+    stacked = cfg.stacked_names  # supervised inputs: fit per seed, so their maps and features are too
+    names = [*prep.maps, *stacked]
 
-    # 2. segments -> 3. per-segment features
+    # 2. segments -> 3. per-segment features (the cached detectors' once; a stacked input's per seed)
     segmenter = _fit_segmenter(make_segmenter(prep.spec, cfg.backbone, cfg.device), prep)
     k = segmenter.n_segments_
     with_scores = cfg.feature_set == "full"
-    X, X_gen = features(prep, names, *segment(prep, segmenter), k, with_scores)
-    _log(f"segments: {prep.spec} ({k}); {X.shape[1]} features per image; {len(X_gen)} generated defects")
+    seg, gen_seg = segment(prep, segmenter)
+    shared = features(prep, list(prep.maps), seg, gen_seg, k, with_scores)
+    n_features = len(feature_names(names, k, with_scores))
+    _log(f"segments: {prep.spec} ({k}); {n_features} features per image; {len(shared[1])} generated defects")
 
     # 4. classifier per seed -> scores -> metrics
     n_hold, labels = prep.n_hold, prep.labels
-    X_test = X[n_hold:]
-    maps = prep.maps
-    # Supervised baselines: fit per seed on the good images and that seed's shots (segad.baselines).
+    # Supervised models: fit per seed on the good images and that seed's shots (segad.baselines), as a
+    # row of their own (--supervised) or as SegAD's inputs, cross-fitted (--detectors devnet; segad.crossfit).
     sup_configs = cfg.supervised_configs()
     baselines = {n: BaselineRun(n, c, check_good_images(cfg.supervised_good), []) for n, c in sup_configs.items()}
-    rows = [b.row for b in baselines.values()]
+    rows = [b.row for b in baselines.values() if b.row not in names]
     results = {n: MethodResult(n) for n in [*names, "ensemble", "segad", CLASSIFIER, *rows]}
     normal = good_training_images(prep, cfg.supervised_good) if baselines else None
     generated = generated_images(prep) if baselines else None
-    # z-scores against the held-out good images: the naive ensemble, and every blend's reference
-    moments = {n: good_moments(maps[n].scores[:n_hold]) for n in names}
-    ensemble = ensemble_score({n: maps[n].scores[n_hold:] for n in names}, moments)
     from_ensemble = cfg.classifier_start == "ensemble"
-    first_clf, first_scores, importances, blend = None, {}, [], None
+    first_clf, first_scores, importances, blend, first_inputs = None, {}, [], None, {}
     selections: list[Selection] = []
     deployments: list[Deployment] = []
     for sp in prep.splits:
         y = labels[sp.test]
-        scores = {n: maps[n].scores[n_hold:][sp.test] for n in names}
-        scores["ensemble"] = ensemble[sp.test]
+        fits = fit_seed(sup_configs, prep, sp, normal, generated, _log, unscored=stacked)
+        seed_maps = {n: cross_fit(fits[n][1], prep, sp, normal, generated, cfg.stack_folds, _log) for n in stacked}
+        all_scores = {n: prep.maps[n].scores for n in prep.maps}
+        all_scores |= {n: sm.scores_on(len(prep.score_set)) for n, sm in seed_maps.items()}
+        for n, sm in seed_maps.items():
+            fit, model = fits[n]
+            fits[n] = replace(fit, scores=all_scores[n][n_hold:][sp.test], fold_seconds=sm.fold_seconds), model
+        X, X_gen = stacked_features(prep, seed_maps, seg, gen_seg, k, with_scores, shared)
+        X_test = X[n_hold:]
+        # z-scores against the held-out good images: the naive ensemble, and every blend's reference
+        moments = {n: good_moments(all_scores[n][:n_hold]) for n in names}
+        ensemble = ensemble_score({n: all_scores[n][n_hold:][sp.test] for n in names}, moments)
+        scores = {n: all_scores[n][n_hold:][sp.test] for n in names}
+        scores["ensemble"] = ensemble
         X_train, y_train, groups = prep.training_rows(X, X_gen, sp)
-        train_scores = prep.training_scores(sp, len(X_gen))
+        train_scores = prep.training_scores(sp, len(X_gen), seed_maps)
 
         def make_classifier(seed: int = sp.seed) -> SegadClassifier:
             return SegadClassifier(cfg.classifier, seed=seed, **cfg.classifier_overrides())
 
         # The forest may start from the ensemble score, as the table computes it.
         prior = ensemble_score(train_scores, moments) if from_ensemble else None
-        test_prior = ensemble[sp.test] if from_ensemble else None
+        test_prior = ensemble if from_ensemble else None
         clf = make_classifier().fit(X_train, y_train, prior)
         # 5. the final score, chosen on the training rows: the classifier's margins out of fold
         oof = out_of_fold_scores(make_classifier, X_train, y_train, groups, seed=sp.seed, prior=prior)
@@ -485,7 +559,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         margins = clf.decision_function(X_test[sp.test], test_prior)
         scores["segad"] = sel.blend.score(margins, scores)
         scores[CLASSIFIER] = margins
-        for name, (fit, model) in fit_seed(sup_configs, prep, sp, normal, generated, _log).items():
+        for name, (fit, model) in fits.items():
             baselines[name].add(fit, model)
             scores[baselines[name].row] = fit.scores
         for method, s in scores.items():
@@ -502,6 +576,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         deployments.append(Deployment.measure(calibration, y, scores["segad"]))
         if first_clf is None:  # the saved model
             first_clf, first_scores, blend = clf, scores, sel.blend
+            first_inputs = {n: SupervisedInput(fits[n][1]) for n in stacked}
             if np.ptp(blend.score(clf.decision_function(X_train, prior), train_scores)) == 0:
                 # A constant score flags every image or none: saving or registering it would ship a model
                 # that cannot tell a defect from a good image, with a threshold that looks valid.
@@ -519,7 +594,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     _log("final score per seed (chosen on training rows): " + choice_summary(selections))
 
     pipeline = SegadPipeline(
-        [maps[n].detector for n in names],
+        [*(prep.maps[n].detector for n in prep.maps), *first_inputs.values()],
         segmenter,
         first_clf,
         prep.size,
@@ -538,7 +613,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         cfg,
         prep.ds,
         list(results.values()),
-        maps,
+        prep.maps,
         time.perf_counter() - t0,
         pipeline,
         prep.splits[0].test,
@@ -606,7 +681,10 @@ def build_parser(prog: str = "python -m segad.train", description: str | None = 
     from detectors.registry import DETECTORS
 
     ap.add_argument(
-        "--detectors", default=d.detectors, help=f"comma-separated base detectors, from: {', '.join(DETECTORS)}"
+        "--detectors",
+        default=d.detectors,
+        help=f"comma-separated base detectors, from: {', '.join(DETECTORS)}; or a supervised model with a map "
+        "(devnet, dra), fit per seed on its shots and cross-fitted",
     )
     ap.add_argument("--backbone", default=d.backbone)
     ap.add_argument("--image-size", type=int, default=d.image_size)
@@ -654,6 +732,12 @@ def build_parser(prog: str = "python -m segad.train", description: str | None = 
         default=d.supervised_good,
         choices=("all", "holdout"),
         help="the baselines' good images: all good training images (the papers') or SegAD's held-out ones",
+    )
+    ap.add_argument(
+        "--stack-folds",
+        type=int,
+        default=d.stack_folds,
+        help="folds a supervised input in --detectors (devnet, dra) is cross-fitted over: K extra fits per seed",
     )
     ap.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
     ap.add_argument("--model-dir", default=d.model_dir, help="save the fitted pipeline here (default: outputs/...)")

@@ -166,6 +166,8 @@ class SupervisedModel:
 
     name: ClassVar[str]
     row: ClassVar[str]  # its row in segad.train's table and its MLflow run: the name, unless a subclass says
+    # Its patch scores are an anomaly map SegAD can pool (``--detectors devnet``): the method scores patches.
+    stackable: ClassVar[bool] = True
     config_class: ClassVar[type[SupervisedConfig]]
     FORMAT_VERSION: ClassVar[int] = 1
 

@@ -73,6 +73,7 @@ class FineTunedClassifier(SupervisedModel):
 
     name: ClassVar[str] = "classifier"
     row: ClassVar[str] = "fine-tuned classifier"  # "classifier" is SegAD's own classifier's row
+    stackable: ClassVar[bool] = False  # one logit per image: its class map is no anomaly map to pool
     config_class: ClassVar[type[ClassifierConfig]] = ClassifierConfig
 
     def _network(self, backbone: Backbone) -> ClassifierModule:

@@ -42,3 +42,21 @@ def test_without_image_scores() -> None:
         np.array_equal(full[:, :-1], bare, equal_nan=True)
         and feature_names(["a"], 1, with_scores=False)[-1] == "a/seg0/mean"
     )
+
+
+@pytest.mark.parametrize("with_scores", [True, False])
+def test_joined_blocks_are_the_layout_of_all_detectors_at_once(with_scores: bool) -> None:
+    """A seed's stacked inputs' features join the cached detectors' in the pipeline's one layout."""
+    from features.vector import join_features
+
+    rng = np.random.default_rng(2)
+    maps = {n: rng.random((3, 8, 8)) for n in ("a", "b", "c")}
+    scores = {n: rng.random(3) for n in maps}
+    segs = rng.integers(0, 2, (3, 8, 8)).astype(np.int32)
+
+    def block(names: list[str]) -> np.ndarray:
+        picked = {n: maps[n] for n in names}
+        return feature_matrix(picked, {n: scores[n] for n in names}, segs, 2, with_scores=with_scores)
+
+    joined = join_features([(block(["a", "b"]), 2), (block(["c"]), 1)], with_scores)
+    np.testing.assert_array_equal(joined, block(["a", "b", "c"]))

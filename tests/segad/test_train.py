@@ -89,7 +89,7 @@ def test_runs_the_protocol_and_writes_the_summary(small_mvtec: Path, tmp_path: P
         (["--set", "fastflow.epochs=2"], "fastflow is not among --detectors patchcore,padim"),
         (["--supervised", "devnett"], "--supervised: unknown method 'devnett'; known: devnet"),
         (["--supervised", "devnet,devnet"], "a method is named twice"),
-        (["--set", "devnet.epochs=2"], "devnet is not among --supervised ''; add it or drop the option"),
+        (["--set", "devnet.epochs=2"], "devnet is not among --supervised '' or --detectors patchcore,padim; add it"),
         (["--supervised", "devnet", "--set", "devnet.epoch=2"], "devnet has no option 'epoch'"),
         (["--supervised", "devnet", "--set", "devnet.margin=-1"], "DevNetConfig.margin must be positive"),
     ],
