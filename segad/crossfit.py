@@ -119,6 +119,39 @@ class SeedMaps:
         return out
 
 
+def fold_fits(
+    model: type[SupervisedModel],
+    config: SupervisedConfig,
+    fixed: np.ndarray,
+    good: np.ndarray,
+    good_fold: np.ndarray,
+    defects: np.ndarray,
+    defect_fold: np.ndarray,
+    k: int,
+    log: Callable[[str], None] = lambda _: None,
+    label: str = "",
+) -> list[SupervisedInput]:
+    """K fits, fold ``f``'s on the ``fixed`` good images and every good image and defect not in fold ``f``."""
+    models = []
+    for f in range(k):
+        normal, bad = np.concatenate([fixed, good[good_fold != f]]), defects[defect_fold != f]
+        log(f"{model.name}: {label}fold {f + 1}/{k}: fitting on {len(normal)} good images and {len(bad)} defects")
+        models.append(SupervisedInput(model(config).fit(normal, bad)))
+    return models
+
+
+def own_fold(
+    models: Sequence[SupervisedInput], images: np.ndarray, fold: np.ndarray, names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Each image's map and score from the model of its fold (the one fit without it)."""
+    size = models[0].model.image_size_
+    maps, scores = np.empty((len(images), *size), np.float16), np.empty(len(images), np.float32)
+    for f, det in enumerate(models):
+        if len(held := np.flatnonzero(fold == f)):
+            maps[held], scores[held] = predict_images(det, images[held], [names[i] for i in held])
+    return maps, scores
+
+
 def cross_fit(
     full: SupervisedModel,
     prep: Prepared,
@@ -132,55 +165,54 @@ def cross_fit(
     ``full``'s config and seed), the test images' from ``full`` (fit on every row). ``normal`` ends with
     the held-out good images (``good_training_images``): what comes before them (the detectors' fit
     images, with ``--supervised-good all``) trains every fold."""
-    name, config = full.name, full.config
     n_hold = prep.n_hold
     shot_rows = n_hold + np.asarray(sp.train_defects, np.int64)
-    shots = prep.score_set.load(shot_rows.tolist())
-    n_fixed, n_gen = len(normal) - n_hold, len(generated)
-    y = np.r_[np.zeros(n_hold), np.ones(len(shots) + n_gen)].astype(int)
-    groups = np.r_[np.arange(n_hold), n_hold + np.arange(len(shots)), prep.gen_sources[:n_gen]]
+    defects = np.concatenate([prep.score_set.load(shot_rows.tolist()), generated])
+    n_shots = len(shot_rows)
+    y = np.r_[np.zeros(n_hold), np.ones(len(defects))].astype(int)
+    groups = np.r_[np.arange(n_hold), n_hold + np.arange(n_shots), prep.gen_sources[: len(generated)]]
     n_defect_groups = len(np.unique(groups[y == 1]))
     k = min(folds, n_hold, n_defect_groups)
     if k < 2:
         raise InputError(
-            f"--detectors {name}: its maps are cross-fitted over the classifier's rows, which needs at least 2 "
+            f"--detectors {full.name}: its maps are cross-fitted over the classifier's rows, which needs at least 2 "
             f"held-out good images and 2 labelled or generated defects (got {n_hold} and {n_defect_groups}); "
             "raise --shots, --generated or --holdout, or drop it from --detectors"
         )
     fold = fold_ids(y, groups, k, seed=sp.seed)
-    good_rows, shot_part, gen_part = fold[:n_hold], fold[n_hold : n_hold + len(shots)], fold[n_hold + len(shots) :]
-    held_out = normal[n_fixed:]
-    maps = np.empty((n_hold + len(shots), *full.image_size_), np.float16)
-    scores = np.empty(n_hold + len(shots), np.float32)
-    gen_maps = np.empty((n_gen, *full.image_size_), np.float16)
-    gen_scores = np.empty(n_gen, np.float32)
-    names = [prep.score_set.name(i) for i in range(n_hold)] + [prep.score_set.name(int(i)) for i in shot_rows]
+    held_out = normal[len(normal) - n_hold :]
     t0 = time.perf_counter()
-    for f in range(k):
-        defects = np.concatenate([shots[shot_part != f], generated[gen_part != f]])
-        train_normal = np.concatenate([normal[:n_fixed], held_out[good_rows != f]])
-        log(f"{name}: seed {sp.seed}: fold {f + 1}/{k}: fitting on {len(train_normal)} good and {len(defects)} defects")
-        det = SupervisedInput(SUPERVISED[name](config).fit(train_normal, defects))
-        held = np.flatnonzero(np.r_[good_rows, shot_part] == f)
-        if len(held):
-            batch = np.concatenate([held_out[good_rows == f], shots[shot_part == f]])
-            maps[held], scores[held] = predict_images(det, batch, [names[i] for i in held])
-        if len(g := np.flatnonzero(gen_part == f)):
-            gen_maps[g], gen_scores[g] = predict_images(det, generated[g], [f"generated image {i}" for i in g])
+    models = fold_fits(
+        type(full), full.config, normal[: len(normal) - n_hold], held_out, fold[:n_hold], defects, fold[n_hold:], k,
+        log, f"seed {sp.seed}: ",
+    )  # fmt: skip
     fold_seconds = time.perf_counter() - t0
+    good_maps, good_scores = own_fold(models, held_out, fold[:n_hold], [prep.score_set.name(i) for i in range(n_hold)])
+    names = [prep.score_set.name(int(i)) for i in shot_rows] + [f"generated image {i}" for i in range(len(generated))]
+    defect_maps, defect_scores = own_fold(models, defects, fold[n_hold:], names)
     test = n_hold + np.asarray(sp.test, np.int64)
     test_maps, test_scores = predict_set(SupervisedInput(full), prep.score_set, test.tolist())
-    rows = np.r_[np.arange(n_hold), shot_rows, test]
     return SeedMaps(
-        name,
-        rows,
-        np.concatenate([maps, test_maps]),
-        np.concatenate([scores, test_scores]),
-        gen_maps,
-        gen_scores,
+        full.name,
+        np.r_[np.arange(n_hold), shot_rows, test],
+        np.concatenate([good_maps, defect_maps[:n_shots], test_maps]),
+        np.concatenate([good_scores, defect_scores[:n_shots], test_scores]),
+        defect_maps[n_shots:],
+        defect_scores[n_shots:],
         k,
         fold_seconds,
     )
 
 
-__all__ = ["MAP_SIGMA", "STACK_FOLDS", "SeedMaps", "SupervisedInput", "check_stackable", "cross_fit", "predict_set"]
+__all__ = [
+    "MAP_SIGMA",
+    "STACK_FOLDS",
+    "SeedMaps",
+    "SupervisedInput",
+    "check_stackable",
+    "cross_fit",
+    "fold_fits",
+    "own_fold",
+    "predict_images",
+    "predict_set",
+]

@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
@@ -29,12 +30,16 @@ import numpy as np
 
 from detectors.errors import InputError
 from features import SegmentSpec, make_segmenter
+from features.vector import feature_matrix, join_features
+from segad.baselines import good_training_images
 from segad.classifier import PRESETS, SegadClassifier
+from segad.crossfit import fold_fits, own_fold, predict_images
 from segad.data import load_dataset
 from segad.metrics import image_auroc
 from segad.paths import redact, scrub
 from segad.protocol import tuning_defects
 from segad.runstate import ended_by, owner_tags
+from segad.supervised import SUPERVISED
 from segad.train import (
     TrainConfig,
     _fit_segmenter,
@@ -66,12 +71,17 @@ class Workbench:
             )
         # segments="auto": only the dataset's own maps count for "folder"; the search picks the rest.
         self.prep = prepare(replace(cfg, generated=max_generated, segments="auto"))
+        self.stacked = cfg.stacked_names
         self._segments: dict[str, tuple] = {}
         self._features: dict[tuple, tuple] = {}
+        self._stacked_maps: dict[tuple, StackedMaps] = {}
+        self._stacked_features: dict[tuple, tuple] = {}
+        self._normal: np.ndarray | None = None
+        self._fitting = threading.Lock()  # parallel trials (--n-jobs) wait for one cross-fit, not repeat it
 
     @property
     def names(self) -> list[str]:
-        return list(self.prep.maps)
+        return [*self.prep.maps, *self.stacked]
 
     def segments(self, spec: SegmentSpec):
         key = str(spec)
@@ -81,10 +91,94 @@ class Workbench:
         return self._segments[key]
 
     def features(self, dets: tuple[str, ...], spec: SegmentSpec, with_scores: bool):
+        """The cached detectors' feature rows (of every scored image and generated defect)."""
         key = (dets, str(spec), with_scores)
         if key not in self._features:
-            self._features[key] = features(self.prep, dets, *self.segments(spec), with_scores)
+            if dets:
+                self._features[key] = features(self.prep, dets, *self.segments(spec), with_scores)
+            else:  # only stacked inputs: an empty block to join them to
+                self._features[key] = np.empty((len(self.prep.score_set), 0)), np.empty((len(self.prep.gen_set), 0))
         return self._features[key]
+
+    def stacked_maps(self, name: str, step: int, n_gen: int) -> StackedMaps:
+        """A stacked input's maps over one repeat's tuning rows, cross-fitted over its tuning folds."""
+        key = (name, step, n_gen)
+        with self._fitting:
+            if key not in self._stacked_maps:
+                self._stacked_maps[key] = self._cross_fit(name, step, n_gen)
+        return self._stacked_maps[key]
+
+    def _cross_fit(self, name: str, step: int, n_gen: int) -> StackedMaps:
+        """As ``segad.crossfit`` does for a seed, with the tuning folds as the folds: fold ``j``'s model is fit
+        without fold ``j``'s good images, its share of the shots and the generated defects drawn on those
+        images, and scores them and (as in fold ``j``'s validation) the validation defects."""
+        prep, sp, n_hold = self.prep, self.prep.splits[step], self.prep.n_hold
+        if self._normal is None:
+            self._normal = good_training_images(prep, self.cfg.supervised_good)
+        gen_sources = prep.gen_sources[:n_gen]
+        folds = tuning_folds(n_hold, len(self.pool), self.cfg.shots, gen_sources, sp.seed)
+        good_fold = np.empty(n_hold, np.int64)
+        for j, f in enumerate(folds):
+            good_fold[f.good_val] = j
+        rows = n_hold + self.pool
+        shot_rows, val_rows = rows[folds[0].shots], rows[folds[0].val]
+        defects = np.concatenate([prep.score_set.load(shot_rows.tolist()), prep.gen_set.load(list(range(n_gen)))])
+        defect_fold = np.r_[np.arange(len(shot_rows)) % len(folds), good_fold[gen_sources]]
+        config = self.cfg.supervised_configs()[name]
+        config = type(config).from_params({**config.to_params(), "seed": sp.seed})
+        n_fixed = len(self._normal) - n_hold
+        models = fold_fits(
+            SUPERVISED[name], config, self._normal[:n_fixed], self._normal[n_fixed:], good_fold, defects,
+            defect_fold, len(folds), lambda msg: print(msg, file=sys.stderr, flush=True), f"tuning repeat {step + 1}: ",
+        )  # fmt: skip
+        good = own_fold(models, self._normal[n_fixed:], good_fold, [prep.score_set.name(i) for i in range(n_hold)])
+        names = [prep.score_set.name(int(i)) for i in shot_rows] + [f"generated image {i}" for i in range(n_gen)]
+        bad_maps, bad_scores = own_fold(models, defects, defect_fold, names)
+        val_images = prep.score_set.load(val_rows.tolist())
+        val_names = [prep.score_set.name(int(i)) for i in val_rows]
+        val = [predict_images(m, val_images, val_names) for m in models]
+        n_shots = len(shot_rows)
+        return StackedMaps(
+            good, (bad_maps[:n_shots], bad_scores[:n_shots]), (bad_maps[n_shots:], bad_scores[n_shots:]), val
+        )
+
+    def stacked_features(self, names: tuple[str, ...], step: int, n_gen: int, spec: SegmentSpec, with_scores: bool):
+        """Feature rows of the stacked inputs ``names`` over one repeat's tuning rows: the held-out good
+        images, the shots, the generated defects, and per fold the validation defects."""
+        key = (names, step, n_gen, str(spec), with_scores)
+        if key not in self._stacked_features:
+            seg, gen_seg, k = self.segments(spec)
+            n_hold, sp = self.prep.n_hold, self.prep.splits[step]
+            fold = tuning_folds(n_hold, len(self.pool), self.cfg.shots, self.prep.gen_sources[:n_gen], sp.seed)[0]
+            rows = n_hold + self.pool
+            parts = {n: self.stacked_maps(n, step, n_gen) for n in names}
+
+            def block(pick, segments: np.ndarray) -> np.ndarray:
+                chosen = {n: pick(m) for n, m in parts.items()}
+                return feature_matrix(
+                    {n: c[0] for n, c in chosen.items()}, {n: c[1] for n, c in chosen.items()}, segments, k,
+                    with_scores=with_scores,
+                )  # fmt: skip
+
+            gen = block(lambda m: m.generated, gen_seg[:n_gen]) if n_gen else None
+            val_seg = seg[rows[fold.val]]
+            self._stacked_features[key] = (
+                block(lambda m: m.good, seg[:n_hold]),
+                block(lambda m: m.shots, seg[rows[fold.shots]]),
+                gen,
+                [block(lambda m, j=j: m.val[j], val_seg) for j in range(len(parts[names[0]].val))],
+            )
+        return self._stacked_features[key]
+
+
+@dataclass(frozen=True)
+class StackedMaps:
+    """A stacked input's (maps, scores) over one repeat's tuning rows, each from a fit that never saw it."""
+
+    good: tuple[np.ndarray, np.ndarray]  # the held-out good images
+    shots: tuple[np.ndarray, np.ndarray]  # the repeat's shots, from the reserved defects
+    generated: tuple[np.ndarray, np.ndarray]
+    val: list[tuple[np.ndarray, np.ndarray]]  # the validation defects, by each fold's model
 
 
 def suggest(trial, bench: Workbench, max_generated: int) -> dict:
@@ -145,23 +239,34 @@ def tuning_folds(n_good: int, n_pool: int, shots: int, gen_sources: np.ndarray, 
 def cv_score(bench: Workbench, params: dict, report=None) -> float:
     """Mean validation AUROC inside the tuning data (``tuning_folds``), one repeat per seed."""
     dets = tuple(params["detectors"].split(","))
+    shared, stacked = tuple(d for d in dets if d not in SUPERVISED), tuple(d for d in dets if d in SUPERVISED)
     spec = SegmentSpec.parse(params["segments"]) if params["segments"] != "folder" else SegmentSpec("folder")
-    X, X_gen = bench.features(dets, spec, params["feature_set"] == "full")
-    X_gen, gen_sources = X_gen[: params["generated"]], bench.prep.gen_sources[: params["generated"]]
+    with_scores, n_gen = params["feature_set"] == "full", params["generated"]
+    X, X_gen = bench.features(shared, spec, with_scores)
+    X_gen, gen_sources = X_gen[:n_gen], bench.prep.gen_sources[:n_gen]
     overrides = TrainConfig(classifier_params=params["classifier_params"]).classifier_overrides()
     n_hold = bench.prep.n_hold
     X_good, X_pool = X[:n_hold], X[n_hold:][bench.pool]
     means = []
     for step, sp in enumerate(bench.prep.splits):
         aurocs = []
-        for f in tuning_folds(n_hold, len(X_pool), bench.cfg.shots, gen_sources, sp.seed):
-            X_fit = np.concatenate([X_good[f.good_train], X_pool[f.shots], X_gen[f.generated]])
+        folds = tuning_folds(n_hold, len(X_pool), bench.cfg.shots, gen_sources, sp.seed)
+        good, shots, gen, val = X_good, X_pool[folds[0].shots], X_gen, [X_pool[folds[0].val]] * len(folds)
+        if stacked:  # joined with the stacked inputs' rows, each from a fit without it (Workbench.stacked_features)
+            s_good, s_shots, s_gen, s_val = bench.stacked_features(stacked, step, n_gen, spec, with_scores)
+            m, ms = len(shared), len(stacked)
+            good = join_features([(good, m), (s_good, ms)], with_scores)
+            shots = join_features([(shots, m), (s_shots, ms)], with_scores)
+            gen = join_features([(gen, m), (s_gen, ms)], with_scores) if n_gen else np.empty((0, good.shape[1]))
+            val = [join_features([(v, m), (sv, ms)], with_scores) for v, sv in zip(val, s_val, strict=True)]
+        for j, f in enumerate(folds):
+            X_fit = np.concatenate([good[f.good_train], shots, gen[f.generated]])
             y_fit = np.r_[np.zeros(len(f.good_train)), np.ones(len(f.shots) + len(f.generated))]
             if y_fit.sum() == 0:
                 raise InputError("--shots 0 tuning needs generated defects: raise --max-generated")
             clf = SegadClassifier(params["classifier"], seed=sp.seed, **overrides).fit(X_fit, y_fit)
             y_val = np.r_[np.zeros(len(f.good_val)), np.ones(len(f.val))]
-            aurocs.append(image_auroc(y_val, clf.decision_function(np.r_[X_good[f.good_val], X_pool[f.val]])))
+            aurocs.append(image_auroc(y_val, clf.decision_function(np.r_[good[f.good_val], val[j]])))
         means.append(float(np.mean(aurocs)))
         if report is not None:
             report(float(np.mean(means)), step)

@@ -197,3 +197,41 @@ def test_the_best_run_drops_options_of_detectors_the_best_trial_left_out() -> No
     sup = replace(cfg, supervised="devnet", detector_options="patchcore.coreset_ratio=0.25,devnet.epochs=3")
     best = best_run_config(sup, {"detectors": "padim"}, "s")
     assert best.detector_options == "devnet.epochs=3" and best.supervised_configs()["devnet"].epochs == 3
+
+
+def test_a_stacked_input_is_tuned_on_maps_from_fits_that_never_saw_the_rows(workspace: Path) -> None:
+    """``--detectors padim,devnet``: trials may choose devnet; in each tuning fold, the validation images'
+    devnet maps come from a fit without them (refit here for fold 0: the same scores)."""
+    from segad.baselines import good_training_images
+    from segad.supervised import DevNet
+    from segad.tune import Workbench, _subsets, cv_score
+
+    short = "devnet.epochs=2,devnet.steps_per_epoch=3,devnet.batch_size=8"
+    cfg = TrainConfig(
+        data=str(workspace / "data"), image_size=96, shots=4, seeds=1, device="cpu", tuning_share=0.4,
+        detectors="padim,devnet", detector_options=short,
+    )  # fmt: skip
+    bench = Workbench(cfg, max_generated=0)
+    assert ("devnet",) in _subsets(bench.names) and ("padim", "devnet") in _subsets(bench.names)
+    params = {"segments": "whole", "feature_set": "full", "generated": 0, "classifier": "brf", "classifier_params": ""}
+    for dets in ("padim,devnet", "devnet"):
+        assert 0.0 <= cv_score(bench, {**params, "detectors": dets}) <= 1.0
+
+    prep, n_hold = bench.prep, bench.prep.n_hold
+    fold = tuning_folds(n_hold, len(bench.pool), 4, prep.gen_sources[:0], prep.splits[0].seed)
+    normal = good_training_images(prep, "all")
+    held_out, rows = normal[len(normal) - n_hold :], n_hold + bench.pool
+    shots = prep.score_set.load(rows[fold[0].shots].tolist())
+    config = cfg.supervised_configs()["devnet"]
+    config = type(config).from_params({**config.to_params(), "seed": prep.splits[0].seed})
+    in_fold_0 = np.arange(len(shots)) % len(fold) == 0
+    model = DevNet(config).fit(
+        np.concatenate([normal[: len(normal) - n_hold], held_out[fold[0].good_train]]), shots[~in_fold_0]
+    )
+    maps = bench.stacked_maps("devnet", 0, 0)
+    val = prep.score_set.load(rows[fold[0].val].tolist())
+    np.testing.assert_allclose(maps.val[0][1], model.decision_function(val), atol=1e-5)
+    np.testing.assert_allclose(
+        maps.good[1][fold[0].good_val], model.decision_function(held_out[fold[0].good_val]), atol=1e-5
+    )
+    np.testing.assert_allclose(maps.shots[1][in_fold_0], model.decision_function(shots[in_fold_0]), atol=1e-5)
