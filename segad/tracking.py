@@ -216,11 +216,18 @@ def _log_baseline_run(result: TrainResult, baseline: BaselineRun, tmp: Path) -> 
 
     method = next(m for m in result.methods if m.name == baseline.row)
     with mlflow.start_run(run_name=baseline.row, nested=True, tags=owner_tags()):
-        mlflow.log_params({"method": baseline.name, "good_images": baseline.good_images, **baseline.config.identity()})
+        stacked = baseline.name in result.config.stacked_names  # also SegAD's input, cross-fitted per seed
+        params = {"method": baseline.name, "good_images": baseline.good_images, "stacked": stacked}
+        mlflow.log_params({**params, **baseline.config.identity()})
         for i, fit in enumerate(baseline.fits):
             mlflow.log_metric("fit_seconds", fit.seconds, step=i)
-        seconds = float(np.mean([f.seconds for f in baseline.fits]))
-        mlflow.log_metrics({**_method_metrics(method), "fit_seconds_mean": seconds, "n_good": baseline.fits[0].n_good})
+        metrics = {
+            "fit_seconds_mean": float(np.mean([f.seconds for f in baseline.fits])),
+            "n_good": baseline.fits[0].n_good,
+        }
+        if stacked:
+            metrics["fold_fit_seconds_mean"] = float(np.mean([f.fold_seconds for f in baseline.fits]))
+        mlflow.log_metrics({**_method_metrics(method), **metrics})
         _log_curves({f"loss_seed_{fit.seed}": fit.losses for fit in baseline.fits})
         mlflow.log_artifact(str(baseline.model.save(tmp / f"{baseline.name}.safetensors")))
 

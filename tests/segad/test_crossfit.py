@@ -96,14 +96,26 @@ def test_a_stacked_input_is_a_feature_a_row_and_part_of_the_saved_model(small_mv
     np.testing.assert_allclose(det_scores["devnet"], result.first_seed_scores["devnet"], atol=1e-5)
 
 
-def test_cross_fitted_inputs_repeat_and_are_summarised(small_mvtec: Path, tmp_path: Path) -> None:
+def test_cross_fitted_inputs_repeat_and_are_summarised_and_logged(small_mvtec: Path, tmp_path: Path) -> None:
+    import mlflow
+
     a, b = tmp_path / "a.json", tmp_path / "b.json"
-    for path in (a, b):
-        assert main(_args(small_mvtec, "--summary-json", str(path), "--model-dir", str(tmp_path / "m"))) == 0
+    for path, tracked in ((a, ["--experiment", "stacked"]), (b, ["--no-mlflow"])):
+        args = [
+            a
+            for a in _args(small_mvtec, "--summary-json", str(path), "--model-dir", str(tmp_path / "m"))
+            if a != "--no-mlflow"
+        ]
+        assert main([*args, *tracked]) == 0
     first, again = (json.loads(p.read_text()) for p in (a, b))
     assert first["methods"]["segad"]["per_seed"] == again["methods"]["segad"]["per_seed"]
     assert first["supervised"]["devnet"]["fold_fit_seconds"][0] > 0
     assert first["config"]["stack_folds"] == 3
+    runs = mlflow.search_runs(experiment_names=["stacked"])
+    devnet = runs[runs["tags.mlflow.runName"] == "devnet"].iloc[0]
+    assert devnet["params.stacked"] == "True" and devnet["metrics.fold_fit_seconds_mean"] > 0
+    parent = runs[runs["tags.mlflow.runName"] != "devnet"]
+    assert (parent["params.stack_folds"] == "3").any() and (parent["params.devnet.epochs"] == "2").any()
 
 
 @pytest.mark.parametrize(
