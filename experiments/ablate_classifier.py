@@ -104,7 +104,7 @@ def main() -> None:
         detector_options=",".join(args.options),
         no_mlflow=True,
     )
-    prep = prepare(cfg)
+    prep = prepare(cfg, stacking="ablate_classifier.py")
     names = list(prep.maps)
     segmenter = _fit_segmenter(make_segmenter(prep.spec, cfg.backbone, cfg.device), prep)
     k = segmenter.n_segments_

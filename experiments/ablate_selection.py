@@ -57,7 +57,7 @@ def choose(cands, inner: dict[str, float], n_defects: int, n_good: int, one_se: 
 
 def main(argv: list[str] | None = None) -> None:
     cfg = replace(config_from(vars(build_parser("ablate_selection.py").parse_args(argv))), no_mlflow=True)
-    prep = prepare(cfg)
+    prep = prepare(cfg, stacking="ablate_selection.py")
     names = list(prep.maps)
     segmenter = _fit_segmenter(make_segmenter(prep.spec, cfg.backbone, cfg.device), prep)
     X, X_gen = features(prep, names, *segment(prep, segmenter), segmenter.n_segments_, cfg.feature_set == "full")

@@ -76,7 +76,7 @@ RULES: dict[str, Rule] = {
 
 def main(argv: list[str] | None = None) -> None:
     cfg = replace(config_from(vars(build_parser("ablate_weights.py").parse_args(argv))), no_mlflow=True)
-    prep = prepare(cfg)
+    prep = prepare(cfg, stacking="ablate_weights.py")
     names, n_hold = list(prep.maps), prep.n_hold
     moments = {n: good_moments(prep.maps[n].scores[:n_hold]) for n in names}
     z = np.stack([(np.asarray(prep.maps[n].scores, np.float64) - moments[n][0]) / moments[n][1] for n in names], 1)

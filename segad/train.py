@@ -352,9 +352,15 @@ class Prepared:
         return X_train, y, groups
 
 
-def prepare(cfg: TrainConfig) -> Prepared:
-    """Validate everything that can fail before long work, then fit detectors and compute (or load) maps."""
+def prepare(cfg: TrainConfig, stacking: str = "") -> Prepared:
+    """Validate everything that can fail before long work, then fit detectors and compute (or load) maps.
+    ``stacking``: the name of a caller that cannot stack supervised inputs (an experiment), to refuse them."""
     configs = cfg.detector_configs()  # unknown detectors or options fail here
+    if stacking and cfg.stacked_names:
+        raise InputError(
+            f"{stacking} compares the cached one-class detectors only; drop {','.join(cfg.stacked_names)} from "
+            "--detectors (segad.train and segad.tune stack them)"
+        )
     supervised = cfg.supervised_configs()  # and unknown baselines or their options
     check_good_images(cfg.supervised_good)
     SegadClassifier(cfg.classifier, **cfg.classifier_overrides())  # a bad preset fails here
