@@ -125,7 +125,7 @@ def fit_seed(
     defects = np.concatenate([shots, generated]) if len(generated) else shots
     if not len(defects):
         names = ",".join(configs)
-        raise InputError(f"--supervised {names} learns from labelled defects: use --shots >= 1 or --generated")
+        raise InputError(f"{names} learns from labelled defects: use --shots >= 1 or --generated")
     fitted: dict[str, tuple[SupervisedModel, float]] = {}
     for name, config in _seeded(configs, sp.seed).items():
         log(f"{name}: seed {sp.seed}: fitting on {len(normal)} good images and {len(defects)} defects ...")

@@ -171,14 +171,16 @@ def cross_fit(
     n_shots = len(shot_rows)
     y = np.r_[np.zeros(n_hold), np.ones(len(defects))].astype(int)
     groups = np.r_[np.arange(n_hold), n_hold + np.arange(n_shots), prep.gen_sources[: len(generated)]]
-    n_defect_groups = len(np.unique(groups[y == 1]))
-    k = min(folds, n_hold, n_defect_groups)
+    # Shots are dealt round-robin (a generated defect goes with its source image): with k <= shots every
+    # fold holds one, so every fit learns from at least one shot outside its fold.
+    k = min(folds, n_hold, n_shots)
     if k < 2:
         raise InputError(
             f"--detectors {full.name}: its maps are cross-fitted over the classifier's rows, which needs at least 2 "
-            f"held-out good images and 2 labelled or generated defects (got {n_hold} and {n_defect_groups}); "
-            "raise --shots, --generated or --holdout, or drop it from --detectors"
+            f"held-out good images and 2 shots (got {n_hold} and {n_shots}); raise --shots or --holdout"
         )
+    if k < folds:
+        log(f"{full.name}: seed {sp.seed}: {k} folds, not --stack-folds {folds}: one per shot or held-out good image")
     fold = fold_ids(y, groups, k, seed=sp.seed)
     held_out = normal[len(normal) - n_hold :]
     t0 = time.perf_counter()

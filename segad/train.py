@@ -24,7 +24,7 @@ from detectors.atomic import atomic_write
 from detectors.backbones import check_backbone
 from detectors.device import resolve_device
 from detectors.errors import InputError
-from detectors.registry import detector_class
+from detectors.registry import DETECTORS, detector_class
 from features import FolderSegments, KMeansSegments, SegmentSpec, make_segmenter
 from features.vector import feature_matrix, feature_names, join_features
 from segad.baselines import (
@@ -104,9 +104,19 @@ class TrainConfig:
         for n in names:
             if n in SUPERVISED:
                 check_stackable(n)
-            else:
-                detector_class(n)  # raises with the list of known names
-        return [n for n in names if n not in SUPERVISED] + [n for n in names if n in SUPERVISED]
+            elif n not in DETECTORS:
+                stackable = ", ".join(m for m, c in SUPERVISED.items() if c.stackable)
+                raise InputError(
+                    f"--detectors: unknown detector {n!r}; one-class: {', '.join(sorted(DETECTORS))}; "
+                    f"supervised, stacked per seed: {stackable}"
+                )
+        oneclass = [n for n in names if n not in SUPERVISED]
+        if not oneclass:
+            raise InputError(
+                f"--detectors {self.detectors}: SegAD stacks one-class detectors' maps, with a supervised model's "
+                f"beside them; add one (e.g. patchcore), or give --supervised {self.detectors} for its own row"
+            )
+        return oneclass + [n for n in names if n in SUPERVISED]
 
     @property
     def oneclass_names(self) -> list[str]:
@@ -405,6 +415,12 @@ def prepare(cfg: TrainConfig, stacking: str = "") -> Prepared:
     fs = fit_split(ds, cfg.holdout)
     if not fs.holdout_good:
         raise DatasetError(f"{ds.name}/{ds.category}: too few good training images to hold any out for SegAD")
+    if cfg.stacked_names and (cfg.shots < 2 or len(fs.holdout_good) < 2):
+        raise InputError(
+            f"--detectors {','.join(cfg.stacked_names)}: a stacked input is cross-fitted over the classifier's rows, "
+            f"so each fold's fit learns from the shots and held-out good images outside it: it needs --shots >= 2 "
+            f"and 2 held-out good images (got --shots {cfg.shots}, {len(fs.holdout_good)}; raise --holdout)"
+        )
     spec = resolve_segments(cfg, ds)
     scored = list(fs.holdout_good) + list(ds.test)
     seg_paths = segment_paths(spec, ds, scored)  # folder maps that do not match fail here

@@ -77,7 +77,8 @@ class Workbench:
         self._stacked_maps: dict[tuple, StackedMaps] = {}
         self._stacked_features: dict[tuple, tuple] = {}
         self._normal: np.ndarray | None = None
-        self._fitting = threading.Lock()  # parallel trials (--n-jobs) wait for one cross-fit, not repeat it
+        self._guard = threading.Lock()
+        self._fitting: dict[tuple, threading.Lock] = {}  # one per cross-fit, so none is fit twice
 
     @property
     def names(self) -> list[str]:
@@ -94,24 +95,27 @@ class Workbench:
         """The cached detectors' feature rows (of every scored image and generated defect)."""
         key = (dets, str(spec), with_scores)
         if key not in self._features:
-            if dets:
-                self._features[key] = features(self.prep, dets, *self.segments(spec), with_scores)
-            else:  # only stacked inputs: an empty block to join them to
-                self._features[key] = np.empty((len(self.prep.score_set), 0)), np.empty((len(self.prep.gen_set), 0))
+            self._features[key] = features(self.prep, dets, *self.segments(spec), with_scores)
         return self._features[key]
 
     def stacked_maps(self, name: str, step: int, n_gen: int) -> StackedMaps:
         """A stacked input's maps over one repeat's tuning rows, cross-fitted over its tuning folds."""
         key = (name, step, n_gen)
-        with self._fitting:
+        with self._guard:
+            lock = self._fitting.setdefault(key, threading.Lock())
+        with lock:  # parallel trials (--n-jobs) that need this cross-fit wait for it, others go on
             if key not in self._stacked_maps:
                 self._stacked_maps[key] = self._cross_fit(name, step, n_gen)
         return self._stacked_maps[key]
 
     def _cross_fit(self, name: str, step: int, n_gen: int) -> StackedMaps:
         """As ``segad.crossfit`` does for a seed, with the tuning folds as the folds: fold ``j``'s model is fit
-        without fold ``j``'s good images, its share of the shots and the generated defects drawn on those
-        images, and scores them and (as in fold ``j``'s validation) the validation defects."""
+        without fold ``j``'s good images, its share of the shots (dealt round-robin: with ``--shots >= 2``
+        every fit keeps one) and the generated defects drawn on those images; it scores them and, for fold
+        ``j``'s validation, the validation defects, which no fit sees. So every row's map, training or
+        validation, comes from a fit that never saw that row. What stays: the classifier of fold ``j``
+        trains on maps from fits that saw fold ``j``'s good images (not its validation defects); removing
+        that too would take K * (K - 1) fits per repeat."""
         prep, sp, n_hold = self.prep, self.prep.splits[step], self.prep.n_hold
         if self._normal is None:
             self._normal = good_training_images(prep, self.cfg.supervised_good)
@@ -206,9 +210,11 @@ def suggest(trial, bench: Workbench, max_generated: int) -> dict:
 
 
 def _subsets(names: Sequence[str]) -> list[tuple[str, ...]]:
+    """Every non-empty subset with a one-class detector (a stacked supervised input joins one, never alone)."""
     from itertools import combinations
 
-    return [c for r in range(1, len(names) + 1) for c in combinations(names, r)]
+    subsets = [c for r in range(1, len(names) + 1) for c in combinations(names, r)]
+    return [c for c in subsets if any(n not in SUPERVISED for n in c)]
 
 
 @dataclass(frozen=True)

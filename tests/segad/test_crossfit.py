@@ -124,7 +124,9 @@ def test_cross_fitted_inputs_repeat_and_are_summarised_and_logged(small_mvtec: P
         (["--detectors", "padim,classifier"], "classifier gives one score per image, no anomaly map"),
         (["--detectors", "padim,devnet", "--stack-folds", "1"], "--stack-folds must be at least 2"),
         (["--detectors", "padim,devnet,padim"], "a detector is named twice"),
-        (["--detectors", "padim,devnet", "--shots", "1"], "needs at least 2 held-out good images and 2 labelled"),
+        (["--detectors", "padim,devnet", "--shots", "1"], "it needs --shots >= 2 and 2 held-out good images"),
+        (["--detectors", "devnet"], "SegAD stacks one-class detectors' maps, with a supervised model's beside"),
+        (["--detectors", "padim,devnt"], "supervised, stacked per seed: devnet, dra"),
     ],
 )
 def test_bad_stacking_options_are_named(small_mvtec: Path, capsys, extra: list[str], message: str) -> None:
