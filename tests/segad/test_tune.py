@@ -197,6 +197,11 @@ def test_the_best_run_drops_options_of_detectors_the_best_trial_left_out() -> No
     sup = replace(cfg, supervised="devnet", detector_options="patchcore.coreset_ratio=0.25,devnet.epochs=3")
     best = best_run_config(sup, {"detectors": "padim"}, "s")
     assert best.detector_options == "devnet.epochs=3" and best.supervised_configs()["devnet"].epochs == 3
+    # A stacked input the best trial chose keeps its options; one it left out loses them.
+    stack = replace(cfg, detectors="patchcore,padim,dra", detector_options="dra.epochs=3,padim.n_features=50")
+    assert best_run_config(stack, {"detectors": "padim,dra"}, "s").stacked_names == ["dra"]
+    assert best_run_config(stack, {"detectors": "padim,dra"}, "s").supervised_configs()["dra"].epochs == 3
+    assert best_run_config(stack, {"detectors": "padim"}, "s").detector_options == "padim.n_features=50"
 
 
 def test_a_stacked_input_is_tuned_on_maps_from_fits_that_never_saw_the_rows(workspace: Path) -> None:
