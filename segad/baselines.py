@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Collection
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Literal, get_args
 
 import numpy as np
@@ -101,9 +101,9 @@ def generated_images(prep: Prepared) -> np.ndarray:
     return prep.gen_set.load(list(range(len(prep.gen_set))))
 
 
-def _seeded(configs: dict[str, SupervisedConfig], seed: int) -> dict[str, SupervisedConfig]:
-    """Each baseline's config with the seed's own training seed (its batches and head init)."""
-    return {n: type(c).from_params({**c.to_params(), "seed": seed}) for n, c in configs.items()}
+def seeded(config: SupervisedConfig, seed: int) -> SupervisedConfig:
+    """A baseline's config with its split's seed as its training seed (its batches and head init)."""
+    return replace(config, seed=seed)
 
 
 def fit_seed(
@@ -127,10 +127,10 @@ def fit_seed(
         names = ",".join(configs)
         raise InputError(f"{names} learns from labelled defects: use --shots >= 1 or --generated")
     fitted: dict[str, tuple[SupervisedModel, float]] = {}
-    for name, config in _seeded(configs, sp.seed).items():
+    for name, config in configs.items():
         log(f"{name}: seed {sp.seed}: fitting on {len(normal)} good images and {len(defects)} defects ...")
         t0 = time.perf_counter()
-        model = SUPERVISED[name](config).fit(normal, defects)
+        model = SUPERVISED[name](seeded(config, sp.seed)).fit(normal, defects)
         fitted[name] = model, time.perf_counter() - t0
         log(f"{name}: seed {sp.seed}: fit {fitted[name][1]:.1f}s, final loss {model.losses_[-1]:.3f}")
     test = [prep.n_hold + int(i) for i in sp.test]
@@ -175,4 +175,5 @@ __all__ = [
     "generated_images",
     "good_training_images",
     "parse_supervised",
+    "seeded",
 ]

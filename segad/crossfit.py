@@ -88,15 +88,9 @@ def predict_images(det: SupervisedInput, images: np.ndarray, names: Sequence[str
 def predict_set(det: SupervisedInput, images: ImageSet, idx: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
     """``predict_images`` over ``images[idx]``, decoded ``CHUNK`` at a time."""
     idx = list(idx)
-    maps, scores = [], []
-    for s in range(0, len(idx), CHUNK):
-        part = idx[s : s + CHUNK]
-        m, sc = predict_images(det, images.load(part), [images.name(i) for i in part])
-        maps.append(m)
-        scores.append(sc)
-    if not maps:
-        return np.empty((0, *det.model.image_size_), np.float16), np.empty(0, np.float32)
-    return np.concatenate(maps), np.concatenate(scores)
+    parts = [idx[s : s + CHUNK] for s in range(0, len(idx), CHUNK)]
+    out = [predict_images(det, images.load(part), [images.name(i) for i in part]) for part in parts]
+    return np.concatenate([m for m, _ in out]), np.concatenate([sc for _, sc in out])
 
 
 @dataclass(frozen=True)

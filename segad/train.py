@@ -467,20 +467,23 @@ def segment(prep: Prepared, segmenter) -> tuple[np.ndarray, np.ndarray | None]:
     return _segments(segmenter, prep.score_set, prep.seg_paths), gen
 
 
+def pooled(
+    inputs: Mapping[str, tuple[np.ndarray, np.ndarray]], segments: np.ndarray, k: int, with_scores: bool
+) -> np.ndarray:
+    """Feature rows from each input's ``(maps, scores)`` on the same images, in ``inputs``' order."""
+    maps, scores = {n: m for n, (m, _) in inputs.items()}, {n: s for n, (_, s) in inputs.items()}
+    return feature_matrix(maps, scores, segments, k, with_scores=with_scores)
+
+
 def features(
     prep: Prepared, names: Sequence[str], seg: np.ndarray, gen_seg: np.ndarray | None, k: int, with_scores: bool
 ) -> tuple[np.ndarray, np.ndarray]:
     """Feature rows of the scored images and of the generated defects, for the detectors ``names``."""
-    X = feature_matrix(
-        {n: prep.maps[n].maps for n in names}, {n: prep.maps[n].scores for n in names}, seg, k, with_scores=with_scores
-    )
+    X = pooled({n: (prep.maps[n].maps, prep.maps[n].scores) for n in names}, seg, k, with_scores)
     if gen_seg is None:
         return X, np.empty((0, X.shape[1]))
-    gen = {n: prep.gen_maps[n] for n in names}
-    X_gen = feature_matrix(
-        {n: g.maps for n, g in gen.items()}, {n: g.scores for n, g in gen.items()}, gen_seg, k, with_scores=with_scores
-    )
-    return X, X_gen
+    gen = {n: (prep.gen_maps[n].maps, prep.gen_maps[n].scores) for n in names}
+    return X, pooled(gen, gen_seg, k, with_scores)
 
 
 def stacked_features(
@@ -498,18 +501,12 @@ def stacked_features(
         return shared
     X, X_gen = shared
     rows = next(iter(stacked.values())).rows
-    part = feature_matrix(
-        {n: sm.maps for n, sm in stacked.items()}, {n: sm.scores for n, sm in stacked.items()}, seg[rows], k,
-        with_scores=with_scores,
-    )  # fmt: skip
+    part = pooled({n: (sm.maps, sm.scores) for n, sm in stacked.items()}, seg[rows], k, with_scores)
     X_stacked = np.full((len(X), part.shape[1]), np.nan)
     X_stacked[rows] = part
     X_gen_stacked = np.empty((0, part.shape[1]))
     if gen_seg is not None:
-        gen = {n: sm.gen_maps for n, sm in stacked.items()}
-        X_gen_stacked = feature_matrix(
-            gen, {n: sm.gen_scores for n, sm in stacked.items()}, gen_seg, k, with_scores=with_scores
-        )
+        X_gen_stacked = pooled({n: (sm.gen_maps, sm.gen_scores) for n, sm in stacked.items()}, gen_seg, k, with_scores)
     m_shared, m_stacked = len(prep.maps), len(stacked)
     return (
         join_features([(X, m_shared), (X_stacked, m_stacked)], with_scores),

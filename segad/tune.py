@@ -30,8 +30,8 @@ import numpy as np
 
 from detectors.errors import InputError
 from features import SegmentSpec, make_segmenter
-from features.vector import feature_matrix, join_features
-from segad.baselines import good_training_images
+from features.vector import join_features
+from segad.baselines import good_training_images, seeded
 from segad.classifier import PRESETS, SegadClassifier
 from segad.crossfit import fold_fits, own_fold, predict_images
 from segad.data import load_dataset
@@ -47,6 +47,7 @@ from segad.train import (
     config_from,
     features,
     parse_assignments,
+    pooled,
     prepare,
     segment,
 )
@@ -128,8 +129,7 @@ class Workbench:
         shot_rows, val_rows = rows[folds[0].shots], rows[folds[0].val]
         defects = np.concatenate([prep.score_set.load(shot_rows.tolist()), prep.gen_set.load(list(range(n_gen)))])
         defect_fold = np.r_[np.arange(len(shot_rows)) % len(folds), good_fold[gen_sources]]
-        config = self.cfg.supervised_configs()[name]
-        config = type(config).from_params({**config.to_params(), "seed": sp.seed})
+        config = seeded(self.cfg.supervised_configs()[name], sp.seed)
         n_fixed = len(self._normal) - n_hold
         models = fold_fits(
             SUPERVISED[name], config, self._normal[:n_fixed], self._normal[n_fixed:], good_fold, defects,
@@ -158,11 +158,7 @@ class Workbench:
             parts = {n: self.stacked_maps(n, step, n_gen) for n in names}
 
             def block(pick, segments: np.ndarray) -> np.ndarray:
-                chosen = {n: pick(m) for n, m in parts.items()}
-                return feature_matrix(
-                    {n: c[0] for n, c in chosen.items()}, {n: c[1] for n, c in chosen.items()}, segments, k,
-                    with_scores=with_scores,
-                )  # fmt: skip
+                return pooled({n: pick(m) for n, m in parts.items()}, segments, k, with_scores)
 
             gen = block(lambda m: m.generated, gen_seg[:n_gen]) if n_gen else None
             val_seg = seg[rows[fold.val]]

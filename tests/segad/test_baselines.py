@@ -10,25 +10,16 @@ import numpy as np
 import pytest
 
 from segad.data import load_dataset
-from segad.data.synthetic import SyntheticSpec, write_mvtec
 from segad.metrics import image_auroc
 from segad.protocol import seed_split, seeds
 from segad.supervised import DRA, DevNet, FineTunedClassifier
 from segad.train import main
 
-SMALL = SyntheticSpec(image_size=96, n_train=40, n_test_good=8, n_defects_per_type=3, seed=5)
 # CPU-sized baselines: 2 epochs x 3 steps of 8 images at 96 px.
 METHODS = ("devnet", "dra", "classifier")
 SHORT = [f"--set={m}.{o}" for m in METHODS for o in ("epochs=2", "steps_per_epoch=3", "batch_size=8")]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def small_mvtec(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("small")
-    write_mvtec(SMALL, root)
-    return root
 
 
 def _args(data: Path, tmp: Path, *extra: str) -> list[str]:
@@ -38,17 +29,17 @@ def _args(data: Path, tmp: Path, *extra: str) -> list[str]:
     return [*args, *SHORT, "--summary-json", str(tmp / "summary.json"), *extra]
 
 
-def test_each_baseline_is_a_row_fit_per_seed_logged_and_saved(small_mvtec: Path, tmp_path: Path, capsys) -> None:
-    assert main(_args(small_mvtec, tmp_path)) == 0
+def test_each_baseline_is_a_row_fit_per_seed_logged_and_saved(few_shot_mvtec: Path, tmp_path: Path, capsys) -> None:
+    assert main(_args(few_shot_mvtec, tmp_path)) == 0
     printed = capsys.readouterr().out
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["methods"]["classifier"] != summary["methods"]["fine-tuned classifier"]
     for name, model_class in (("devnet", DevNet), ("dra", DRA), ("classifier", FineTunedClassifier)):
         assert model_class.row in printed  # a row of the printed table
-        _check_baseline(small_mvtec, tmp_path, summary, name, model_class)
+        _check_baseline(few_shot_mvtec, tmp_path, summary, name, model_class)
 
 
-def _check_baseline(small_mvtec: Path, tmp_path: Path, summary: dict, name: str, model_class) -> None:
+def _check_baseline(few_shot_mvtec: Path, tmp_path: Path, summary: dict, name: str, model_class) -> None:
     row = summary["methods"][model_class.row]  # "classifier" is SegAD's own classifier's row
     assert [r["seed"] for r in row["per_seed"]] == [333, 576]
     sup = summary["supervised"][name]
@@ -57,7 +48,7 @@ def _check_baseline(small_mvtec: Path, tmp_path: Path, summary: dict, name: str,
     assert sup["config"]["epochs"] == 2 and all(s > 0 for s in sup["fit_seconds"])
 
     # The saved model is the first seed's: reloaded, it scores that seed's test set to the AUROC reported.
-    ds = load_dataset(small_mvtec)
+    ds = load_dataset(few_shot_mvtec)
     sp = seed_split(ds, 4, seeds(1)[0])
     from segad.data.images import load_images
 
@@ -82,11 +73,11 @@ def _check_baseline(small_mvtec: Path, tmp_path: Path, summary: dict, name: str,
     assert parent.data.metrics[f"{model_class.row}.auroc_mean"] == pytest.approx(row["auroc_mean"])
 
 
-def test_seeded_fits_repeat_and_holdout_trains_on_the_held_out_good_only(small_mvtec: Path, tmp_path: Path) -> None:
+def test_seeded_fits_repeat_and_holdout_trains_on_the_held_out_good_only(few_shot_mvtec: Path, tmp_path: Path) -> None:
     first, again = tmp_path / "a", tmp_path / "b"
     extra = ("--no-mlflow", "--supervised-good", "holdout", "--seeds", "1", "--generated", "2")
-    assert main(_args(small_mvtec, first, *extra)) == 0
-    assert main(_args(small_mvtec, again, *extra)) == 0
+    assert main(_args(few_shot_mvtec, first, *extra)) == 0
+    assert main(_args(few_shot_mvtec, again, *extra)) == 0
     a, b = (json.loads((d / "summary.json").read_text()) for d in (first, again))
     assert a["supervised"]["devnet"]["n_good"] == 4  # 10% of 40 held out
     assert a["supervised"]["devnet"]["n_defects"] == [6]  # the seed's 4 shots and the 2 generated defects

@@ -11,21 +11,12 @@ import pytest
 from segad.baselines import fit_seed, generated_images, good_training_images
 from segad.calibration import fold_ids
 from segad.crossfit import SupervisedInput, cross_fit
-from segad.data.synthetic import SyntheticSpec, write_mvtec
 from segad.supervised import DevNet
 from segad.train import main, parse_args, prepare, run
 
-SMALL = SyntheticSpec(image_size=96, n_train=40, n_test_good=8, n_defects_per_type=3, seed=5)
 SHORT = [f"--set=devnet.{o}" for o in ("epochs=2", "steps_per_epoch=3", "batch_size=8")]
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="module")
-def small_mvtec(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("small")
-    write_mvtec(SMALL, root)
-    return root
 
 
 def _args(data: Path, *extra: str) -> list[str]:
@@ -33,10 +24,10 @@ def _args(data: Path, *extra: str) -> list[str]:
     return [*args, "--detectors", "devnet,padim", "--no-mlflow", *SHORT, *extra]
 
 
-def test_each_training_row_is_scored_by_a_fit_without_its_fold(small_mvtec: Path) -> None:
+def test_each_training_row_is_scored_by_a_fit_without_its_fold(few_shot_mvtec: Path) -> None:
     """The held-out good images, the shots and the generated defects get maps from a model that never saw
     them (refit here, fold by fold: the same scores); the test images get the full fit's."""
-    cfg = parse_args(_args(small_mvtec, "--generated", "3"))
+    cfg = parse_args(_args(few_shot_mvtec, "--generated", "3"))
     prep = prepare(cfg)
     sp, n_hold = prep.splits[0], prep.n_hold
     normal, generated = good_training_images(prep, "all"), generated_images(prep)
@@ -71,10 +62,10 @@ def test_each_training_row_is_scored_by_a_fit_without_its_fold(small_mvtec: Path
     assert np.array_equal(sm.rows, np.r_[np.arange(n_hold), n_hold + sp.train_defects, n_hold + sp.test])
 
 
-def test_a_stacked_input_is_a_feature_a_row_and_part_of_the_saved_model(small_mvtec: Path, tmp_path: Path) -> None:
+def test_a_stacked_input_is_a_feature_a_row_and_part_of_the_saved_model(few_shot_mvtec: Path, tmp_path: Path) -> None:
     from segad.pipeline import SegadPipeline
 
-    cfg = parse_args(_args(small_mvtec, "--summary-json", str(tmp_path / "s.json")))
+    cfg = parse_args(_args(few_shot_mvtec, "--summary-json", str(tmp_path / "s.json")))
     result = run(cfg)
     names = result.pipeline.feature_names
     assert names[0].startswith("padim/") and "devnet/seg0/q995" in names  # one-class first, whatever the order
@@ -96,14 +87,14 @@ def test_a_stacked_input_is_a_feature_a_row_and_part_of_the_saved_model(small_mv
     np.testing.assert_allclose(det_scores["devnet"], result.first_seed_scores["devnet"], atol=1e-5)
 
 
-def test_cross_fitted_inputs_repeat_and_are_summarised_and_logged(small_mvtec: Path, tmp_path: Path) -> None:
+def test_cross_fitted_inputs_repeat_and_are_summarised_and_logged(few_shot_mvtec: Path, tmp_path: Path) -> None:
     import mlflow
 
     a, b = tmp_path / "a.json", tmp_path / "b.json"
     for path, tracked in ((a, ["--experiment", "stacked"]), (b, ["--no-mlflow"])):
         args = [
             a
-            for a in _args(small_mvtec, "--summary-json", str(path), "--model-dir", str(tmp_path / "m"))
+            for a in _args(few_shot_mvtec, "--summary-json", str(path), "--model-dir", str(tmp_path / "m"))
             if a != "--no-mlflow"
         ]
         assert main([*args, *tracked]) == 0
@@ -129,7 +120,7 @@ def test_cross_fitted_inputs_repeat_and_are_summarised_and_logged(small_mvtec: P
         (["--detectors", "padim,devnt"], "supervised, stacked per seed: devnet, dra"),
     ],
 )
-def test_bad_stacking_options_are_named(small_mvtec: Path, capsys, extra: list[str], message: str) -> None:
-    args = ["--data", str(small_mvtec), "--image-size", "96", "--seeds", "1", "--device", "cpu", "--no-mlflow"]
+def test_bad_stacking_options_are_named(few_shot_mvtec: Path, capsys, extra: list[str], message: str) -> None:
+    args = ["--data", str(few_shot_mvtec), "--image-size", "96", "--seeds", "1", "--device", "cpu", "--no-mlflow"]
     assert main([*args, *SHORT, *extra]) == 2
     assert message in capsys.readouterr().err
