@@ -21,7 +21,8 @@ from segad.data.images import INTENSITIES
 FORMAT = 1
 SEGMENT_METHODS = ("whole", "kmeans", "folder")
 REQUIRED = ("format", "detectors", "segments", "classifier", "image_size", "threshold", "feature_names")
-OPTIONAL = ("intensity", "blend", "with_scores", "info", "source_shape")
+OPTIONAL = ("intensity", "blend", "with_scores", "info", "source_shape", "given_maps")
+SCORE_SOURCES = ("map_max", "given")  # segad.mapfolder.ScoreSource
 
 
 def read_manifest(path: Path) -> dict[str, Any]:
@@ -68,6 +69,9 @@ def read_manifest(path: Path) -> dict[str, Any]:
         raise bad("blend", "must be an object")
     if "source_shape" in m:
         _check_source_shape(m["source_shape"], bad)
+    given = m.get("given_maps", {})
+    if not (isinstance(given, dict) and set(given) <= set(names) and all(v in SCORE_SOURCES for v in given.values())):
+        raise bad("given_maps", f"must map some of the detectors to one of {', '.join(SCORE_SOURCES)}, got {given!r}")
     return m
 
 

@@ -14,7 +14,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -32,11 +32,14 @@ from segad.crossfit import SupervisedInput
 from segad.data.images import Intensity, as_rgb, model_input
 from segad.data.shapes import SourceShape
 from segad.manifest import read_manifest
+from segad.mapfolder import GivenMaps, MapInput
 from segad.maps import as_stored, check_maps
 from segad.selection import ScoreBlend
 from segad.supervised import SUPERVISED
 
 ImageInput = str | Path | np.ndarray  # a file, or a raw (H, W[, C]) RGB image: uint8, uint16 or float in [0, 1]
+# An input computed elsewhere -> each image's map (file or array) and its scores (None: each map's maximum).
+GivenBatch = Mapping[str, tuple[Sequence[MapInput], Sequence[float] | None]]
 
 MANIFEST = "segad_pipeline.json"
 
@@ -75,7 +78,7 @@ class ReadImage(NamedTuple):
 class SegadPipeline:
     def __init__(
         self,
-        detectors: Sequence[Detector | SupervisedInput],
+        detectors: Sequence[Detector | SupervisedInput | GivenMaps],
         segmenter: Segmenter,
         classifier: SegadClassifier,
         image_size: tuple[int, int],
@@ -103,6 +106,11 @@ class SegadPipeline:
         return int(self.segmenter.n_segments_)
 
     @property
+    def given_maps(self) -> list[str]:
+        """The inputs whose maps were computed elsewhere: scoring needs them with each image."""
+        return [d.name for d in self.detectors if isinstance(d, GivenMaps)]
+
+    @property
     def feature_names(self) -> list[str]:
         return feature_names([d.name for d in self.detectors], self.n_segments, self.with_scores)
 
@@ -121,43 +129,76 @@ class SegadPipeline:
         """Files or raw images -> an (N, 3, H, W) model-ready batch. An (N, H, W, C) array is N raw images."""
         return np.stack([self.prepare(im) for im in image_list(images)])
 
-    def detect(self, batch: np.ndarray, names=None) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """Each detector's maps (at the cache's float16, as training read them) and image scores."""
+    def detect(
+        self, batch: np.ndarray, names=None, given: GivenBatch | None = None
+    ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Each detector's maps (at the cache's float16, as training read them) and image scores; ``given``:
+        the maps (files or arrays) and optional scores of the inputs computed elsewhere, per image of ``batch``."""
         names = names or [f"image {i}" for i in range(len(batch))]
+        given = given or {}
+        if missing := [n for n in self.given_maps if n not in given]:
+            raise InputError(
+                f"this model stacks maps computed elsewhere ({', '.join(missing)}): give each image's map with it "
+                f"(segad.predict --maps {missing[0]}=DIR; pyfunc: a {missing[0]}_map column; Python: "
+                f"predict(..., maps={{{missing[0]!r}: [files]}}))"
+            )
         maps, scores = {}, {}
         for d in self.detectors:
-            out = d.predict(batch)
+            if isinstance(d, GivenMaps):
+                files, given_scores = given[d.name]
+                if len(files) != len(batch):
+                    raise InputError(f"{d.name}: {len(files)} maps given for {len(batch)} images")
+                out = d.predict(files, given_scores)
+            else:
+                out = d.predict(batch)
             check_maps(d.name, out.maps, names)
             maps[d.name], scores[d.name] = as_stored(out.maps), out.scores
         return maps, scores
 
-    def features(self, batch: np.ndarray, segment_paths: Sequence[Path | None] | None = None, names=None):
+    def features(
+        self,
+        batch: np.ndarray,
+        segment_paths: Sequence[Path | None] | None = None,
+        names=None,
+        given: GivenBatch | None = None,
+    ):
         """Feature rows of a model-ready batch, as training computed them, with ``detect``'s maps and scores."""
-        maps, scores = self.detect(batch, names)
+        maps, scores = self.detect(batch, names, given)
         segments = self.segmenter.predict(batch, segment_paths)
         X = feature_matrix(maps, scores, segments, self.n_segments, with_scores=self.with_scores)
         return X, maps, scores
 
     def predict(
-        self, images: Sequence[ImageInput] | np.ndarray, segment_paths: Sequence[Path | None] | None = None
+        self,
+        images: Sequence[ImageInput] | np.ndarray,
+        segment_paths: Sequence[Path | None] | None = None,
+        maps: Mapping[str, Sequence[MapInput]] | None = None,
+        map_scores: Mapping[str, Sequence[float]] | None = None,
     ) -> PipelineOutput:
-        """Score files or raw RGB images (paths, (H, W[, C]) arrays, or an (N, H, W, C) stack)."""
+        """Score files or raw RGB images (paths, (H, W[, C]) arrays, or an (N, H, W, C) stack); ``maps``:
+        each image's map for every input computed elsewhere (``given_maps``), ``map_scores`` their image
+        scores when the model was trained on given scores."""
         names = None
         if not isinstance(images, np.ndarray) and all(isinstance(im, str | Path) for im in images):
             names = [str(im) for im in images]
-        return self.predict_batch(self.preprocess(images), segment_paths, names)
+        given = {n: (m, (map_scores or {}).get(n)) for n, m in (maps or {}).items()}
+        return self.predict_batch(self.preprocess(images), segment_paths, names, given)
 
     def predict_batch(
-        self, batch: np.ndarray, segment_paths: Sequence[Path | None] | None = None, names=None
+        self,
+        batch: np.ndarray,
+        segment_paths: Sequence[Path | None] | None = None,
+        names=None,
+        given: GivenBatch | None = None,
     ) -> PipelineOutput:
         """Score an (N, 3, H, W) batch already prepared by ``prepare`` / ``preprocess``."""
         batch = np.asarray(batch, np.float32)
         if self.blend.weight > 0:
-            X, maps, detector_scores = self.features(batch, segment_paths, names)
+            X, maps, detector_scores = self.features(batch, segment_paths, names, given)
             prior = None if self.classifier.prior_ is None else self.blend.ensemble_score(detector_scores)
             margins = self.classifier.decision_function(X, prior)
         else:  # the chosen score is the ensemble or a detector: segments, statistics, forest would be wasted
-            maps, detector_scores = self.detect(batch, names)
+            maps, detector_scores = self.detect(batch, names, given)
             margins = np.zeros(len(batch))
         scores = self.blend.score(margins, detector_scores)
         return PipelineOutput(scores, scores >= self.threshold, {k: m.astype(np.float32) for k, m in maps.items()})
@@ -170,7 +211,8 @@ class SegadPipeline:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}-", dir=path.parent))
         try:
             for d in self.detectors:
-                d.save(tmp / f"detector_{d.name}.safetensors")
+                if not isinstance(d, GivenMaps):  # nothing to save: its maps come with each image
+                    d.save(tmp / f"detector_{d.name}.safetensors")
             self.classifier.save(tmp / "classifier.json")
             seg: dict = {"method": "whole"}
             if isinstance(self.segmenter, KMeansSegments):
@@ -181,6 +223,7 @@ class SegadPipeline:
             manifest = {
                 "format": 1,
                 "detectors": [d.name for d in self.detectors],
+                "given_maps": {d.name: d.score_source for d in self.detectors if isinstance(d, GivenMaps)},
                 "segments": seg,
                 "classifier": {
                     "preset": self.classifier.preset,
@@ -220,7 +263,11 @@ class SegadPipeline:
         if missing := [name for name in needed if not (path / name).is_file()]:
             raise InputError(f"{path}: {', '.join(missing)} is missing beside {MANIFEST}; save the model again")
         detectors = []
+        given_maps = m.get("given_maps", {})
         for name in m["detectors"]:
+            if name in given_maps:
+                detectors.append(GivenMaps(name, tuple(m["image_size"]), given_maps[name]))
+                continue
             file = path / f"detector_{name}.safetensors"
             if not file.is_file():
                 raise InputError(f"{manifest_path} names detector {name!r}, but {file.name} is not beside it")

@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import csv
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import cv2
@@ -22,6 +22,7 @@ import numpy as np
 from detectors.errors import InputError
 from segad.data.images import resize
 from segad.data.samples import IMAGE_SUFFIXES
+from segad.mapfolder import match_files, parse_maps
 from segad.pipeline import SegadPipeline
 
 # models:/ and runs:/ go through the tracking store (--tracking-uri); the others are artifact stores
@@ -62,10 +63,31 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray, vmax: float) -> np.ndarr
     return (0.55 * image + 0.45 * colour).clip(0, 1)
 
 
-def predict_folder(model: SegadPipeline, images: Path, out: Path, batch: int = 16) -> list[dict]:
+def given_maps(model: SegadPipeline, maps: Mapping[str, Path], files: Sequence[Path], root: Path) -> dict:
+    """Each image's map (and score) for every input the model stacks from maps computed elsewhere."""
+    if extra := sorted(set(maps) - set(model.given_maps)):
+        known = ", ".join(model.given_maps) or "none"
+        raise InputError(f"--maps {extra[0]}: the model has no input {extra[0]!r} computed elsewhere ({known})")
+    if missing := [n for n in model.given_maps if n not in maps]:
+        raise InputError(
+            f"this model stacks maps computed elsewhere ({', '.join(model.given_maps)}): give them with "
+            f"--maps {missing[0]}=DIR (each image's map at its path under --images, or by its file name)"
+        )
+    out = {}
+    for name, folder in maps.items():
+        map_files, scores = match_files(folder, files, root)
+        by_file = dict(zip(files, map_files, strict=True))
+        out[name] = by_file, None if scores is None else dict(zip(files, scores, strict=True))
+    return out
+
+
+def predict_folder(
+    model: SegadPipeline, images: Path, out: Path, batch: int = 16, maps: Mapping[str, Path] | None = None
+) -> list[dict]:
     files = sorted(p for p in images.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise InputError(f"--images {images}: no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    given_by_file = given_maps(model, maps or {}, files, images)  # every missing map named before any scoring
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
     # Maps of the held-out good images would be the ideal scale; the model's threshold is on scores.
@@ -81,7 +103,11 @@ def predict_folder(model: SegadPipeline, images: Path, out: Path, batch: int = 1
             chunk.append(p)
         if not chunk:
             continue
-        result = model.predict_batch(np.stack([r.array for r in read]), names=[str(p) for p in chunk])
+        given = {
+            n: ([m[p] for p in chunk], None if sc is None else [sc[p] for p in chunk])
+            for n, (m, sc) in given_by_file.items()
+        }
+        result = model.predict_batch(np.stack([r.array for r in read]), names=[str(p) for p in chunk], given=given)
         for j, p in enumerate(chunk):
             score, decision = float(result.scores[j]), bool(result.decisions[j])
             rows.append({"file": str(p), "score": score, "decision": decision, "error": "", "warning": read[j].note})
@@ -114,6 +140,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path, help="where scores.csv and overlays/ go")
     ap.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     ap.add_argument("--tracking-uri", help="MLflow store holding the model (default: MLflow's own)")
+    ap.add_argument(
+        "--maps",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="for a model that stacks maps computed elsewhere: each image's map of input NAME, at its path "
+        "under --images in DIR (or by file name), .npy|.tiff|.png, with DIR/scores.csv if it was trained on scores",
+    )
     a = ap.parse_args(argv)
     if a.tracking_uri:
         import mlflow
@@ -123,7 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = load_model(a.model, a.device)
         if model.segmenter.__class__.__name__ == "FolderSegments":
             raise InputError("this model's segments are user-provided label maps; score it from Python with them")
-        rows = predict_folder(model, a.images, a.out)
+        rows = predict_folder(model, a.images, a.out, maps=parse_maps(",".join(a.maps)))
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

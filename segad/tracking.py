@@ -167,6 +167,7 @@ def _log_detector_run(result: TrainResult, name: str, tmp: Path) -> None:
     import mlflow
 
     from segad.data.images import load_mask
+    from segad.mapfolder import GivenMaps
     from segad.metrics import aupimo, aupro, image_ap, pixel_auroc_ap, proportion_localised
 
     dm = result.detector_maps[name]
@@ -175,7 +176,8 @@ def _log_detector_run(result: TrainResult, name: str, tmp: Path) -> None:
     n_hold = len(dm.scores) - len(ds.test)
     labels = np.array([s.label for s in ds.test])
     with mlflow.start_run(run_name=name, nested=True, tags=owner_tags()):
-        mlflow.log_params({"detector": name, **dm.detector.config.identity()})
+        ident = dm.detector.identity() if isinstance(dm.detector, GivenMaps) else dm.detector.config.identity()
+        mlflow.log_params({"detector": name, **ident})
         metrics = {
             **_method_metrics(method),
             "ap_all_test": image_ap(labels, dm.scores[n_hold:]),

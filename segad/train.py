@@ -43,11 +43,13 @@ from segad.data.images import INTENSITIES, check_intensity
 from segad.data.shapes import SourceShape, source_shapes
 from segad.defects import generate_defects
 from segad.evaluate import MethodResult, format_table, good_moments
-from segad.maps import DetectorMaps, ImageSet, default_cache, fit_detector, predict_maps
+from segad.mapfolder import MapFolder, parse_maps
+from segad.maps import DetectorMaps, ImageSet, default_cache
 from segad.paths import cache_root, check_writable_dir
 from segad.pipeline import SegadPipeline
 from segad.protocol import FitSplit, SeedSplit, check_evaluable, fit_split, seed_split, seeds, tuning_defects
 from segad.selection import CLASSIFIER, Selection, choice_summary, ensemble_score, select
+from segad.sources import FittedDetector, FolderMaps, MapRequest, MapSource
 from segad.supervised import SUPERVISED, SupervisedConfig
 
 GENERATED_SEED = 0
@@ -88,27 +90,43 @@ class TrainConfig:
     supervised: str = ""  # supervised baselines fit per seed next to SegAD: "devnet"
     supervised_good: str = "all"  # their good images: all (the papers') or holdout (SegAD's classifier's)
     stack_folds: int = STACK_FOLDS  # folds a stacked supervised input (--detectors devnet) is cross-fitted over
+    maps: str = ""  # inputs computed elsewhere: "anomalib_patchcore=exported/,efficientad=maps/" (segad.mapfolder)
 
     @property
     def supervised_names(self) -> list[str]:
         return parse_supervised(self.supervised)
 
     @property
+    def map_folders(self) -> dict[str, Path]:
+        """Inputs whose maps another tool computed (``--maps NAME=DIR``), by name."""
+        folders = parse_maps(self.maps)
+        for name in folders:
+            if name in DETECTORS or name in SUPERVISED:
+                raise InputError(
+                    f"--maps {name}=...: {name} names one of segad's own models; call the folder's detector "
+                    f"something else, e.g. --maps anomalib_{name}={folders[name]}"
+                )
+        return folders
+
+    @property
     def detector_names(self) -> list[str]:
-        """SegAD's inputs in feature order: the one-class detectors, then the stacked supervised ones."""
+        """SegAD's inputs in feature order: the one-class inputs (detectors and ``--maps`` folders, a folder
+        not named in ``--detectors`` after them), then the stacked supervised ones."""
         names = [n.strip() for n in self.detectors.split(",") if n.strip()]
         if not names:
             raise InputError("--detectors names no detector; e.g. --detectors patchcore,padim")
         if len(set(names)) != len(names):
             raise InputError(f"--detectors {self.detectors}: a detector is named twice")
+        folders = self.map_folders
+        names += [n for n in folders if n not in names]
         for n in names:
             if n in SUPERVISED:
                 check_stackable(n)
-            elif n not in DETECTORS:
+            elif n not in DETECTORS and n not in folders:
                 stackable = ", ".join(m for m, c in SUPERVISED.items() if c.stackable)
                 raise InputError(
                     f"--detectors: unknown detector {n!r}; one-class: {', '.join(sorted(DETECTORS))}; "
-                    f"supervised, stacked per seed: {stackable}"
+                    f"supervised, stacked per seed: {stackable}; or maps computed elsewhere: --maps {n}=DIR"
                 )
         oneclass = [n for n in names if n not in SUPERVISED]
         if not oneclass:
@@ -120,8 +138,14 @@ class TrainConfig:
 
     @property
     def oneclass_names(self) -> list[str]:
-        """The detectors fit once on good images, whose maps are cached and shared by every seed."""
+        """The inputs computed once on good images and shared by every seed: segad's one-class detectors
+        (maps cached) and ``--maps`` folders."""
         return [n for n in self.detector_names if n not in SUPERVISED]
+
+    @property
+    def fitted_names(self) -> list[str]:
+        """The one-class detectors segad fits itself."""
+        return [n for n in self.oneclass_names if n in DETECTORS]
 
     @property
     def stacked_names(self) -> list[str]:
@@ -144,6 +168,8 @@ class TrainConfig:
             det, dot, option = key.partition(".")
             if not dot:
                 raise InputError(f"--set {key}={value}: use DETECTOR.OPTION=VALUE, e.g. patchcore.coreset_ratio=0.1")
+            if det in self.map_folders:
+                raise InputError(f"--set {key}={value}: {det}'s maps come from a folder (--maps); it has no options")
             model = SUPERVISED[det] if det in SUPERVISED else detector_class(det)
             known = {f.name for f in fields(model.config_class)}
             if option not in known:
@@ -162,8 +188,8 @@ class TrainConfig:
         return {n: model_class(n).config_class.from_params({**run, **options[n]}) for n in names}
 
     def detector_configs(self) -> dict[str, DetectorConfig]:
-        """Each one-class detector's config: backbone and device from the run, then its ``--set`` options."""
-        return self._configs(self.oneclass_names, detector_class)
+        """Each detector segad fits: backbone and device from the run, then its ``--set`` options."""
+        return self._configs(self.fitted_names, detector_class)
 
     def supervised_configs(self) -> dict[str, SupervisedConfig]:
         """Each supervised model's config (a baseline's row or a stacked input), as the detectors'; its
@@ -362,6 +388,35 @@ class Prepared:
         return X_train, y, groups
 
 
+def maps_fit_split(ds: Dataset, folders: Mapping[str, MapFolder], fits_own: bool) -> FitSplit:
+    """With maps computed elsewhere, the held-out good images are the good training images those maps
+    cover (the other tool's detector was not fit on them), the same in every folder; segad's own
+    detectors fit on the rest."""
+    covered = {n: {s.image_path for s in f.covers(ds.train_good)} for n, f in folders.items()}
+    first, hold = next(iter(covered.items()))
+    for name, other in covered.items():
+        if other != hold:
+            odd = sorted(str(p.name) for p in other ^ hold)
+            raise DatasetError(
+                f"--maps {first} and {name} hold maps of different good training images ({len(odd)} differ, e.g. "
+                f"{', '.join(odd[:3])}): SegAD's classifier trains on the good images no detector was fit on, so "
+                "every folder must have maps of the same held-out good images"
+            )
+    if not hold:
+        raise DatasetError(
+            f"--maps {first}={folders[first].root}: no maps of good training images (train/good/...). SegAD's "
+            "classifier trains on good images the detector was not fit on: hold some out of its fit (SegAD holds out "
+            "10%) and export their maps too"
+        )
+    fit = tuple(s for s in ds.train_good if s.image_path not in hold)
+    if fits_own and not fit:
+        raise DatasetError(
+            f"--maps {first}: its maps cover all {len(hold)} good training images, so segad's detectors have none "
+            "left to fit on; give maps only of the good images held out of the other detector's fit"
+        )
+    return FitSplit(fit, tuple(s for s in ds.train_good if s.image_path in hold))
+
+
 def prepare(cfg: TrainConfig, stacking: str = "") -> Prepared:
     """Validate everything that can fail before long work, then fit detectors and compute (or load) maps.
     ``stacking``: the name of a caller that cannot stack supervised inputs (an experiment), to refuse them."""
@@ -412,7 +467,8 @@ def prepare(cfg: TrainConfig, stacking: str = "") -> Prepared:
     splits = [seed_split(ds, cfg.shots, s, reserved) for s in seeds(cfg.seeds)]  # bad --shots fails before any fit
     if cfg.shots == 0 and cfg.generated == 0:
         raise InputError("--shots 0 (one-class) needs generated defects to train on: add e.g. --generated 50")
-    fs = fit_split(ds, cfg.holdout)
+    folders = {n: MapFolder.open(n, d, ds.category) for n, d in cfg.map_folders.items()}
+    fs = maps_fit_split(ds, folders, bool(configs)) if folders else fit_split(ds, cfg.holdout)
     if not fs.holdout_good:
         raise DatasetError(f"{ds.name}/{ds.category}: too few good training images to hold any out for SegAD")
     if cfg.stacked_names and (cfg.shots < 2 or len(fs.holdout_good) < 2):
@@ -432,17 +488,17 @@ def prepare(cfg: TrainConfig, stacking: str = "") -> Prepared:
     score_set = ImageSet.from_paths([s.image_path for s in scored], size, cfg.intensity)
     gen_set, gen_seg_paths, gen_sources = _generated_defects(cfg, fs, seg_paths, size)
     cache = None if cfg.no_cache else default_cache()
+    request = MapRequest(fit_set, score_set, scored, gen_set, size, cache)
+    sources: dict[str, MapSource] = {n: FolderMaps(f) for n, f in folders.items()}
+    sources |= {n: FittedDetector(n, c) for n, c in configs.items()}
+    for src in sources.values():  # every folder's maps read and checked before any fit
+        src.check(request)
     maps: dict[str, DetectorMaps] = {}
     gen_maps: dict[str, DetectorMaps] = {}
-    for name, config in configs.items():
-        det = detector_class(name)(config)
-        _log(f"{name}: fitting / predicting {len(score_set) + len(gen_set)} images ...")
-        entry = cache.entry(det, size, fit_set.ids) if cache is not None else None
-        det, fit_seconds = fit_detector(det, fit_set, entry)  # once, for the scored and the generated images
-        maps[name] = predict_maps(det, score_set, size, entry, fit_seconds)
-        if len(gen_set):
-            gen_maps[name] = predict_maps(det, gen_set, size, entry, fit_seconds)
-        _log(f"{name}: fit {fit_seconds:.1f}s, {maps[name].cached_maps} maps from cache")
+    for name in cfg.oneclass_names:
+        maps[name], gen = sources[name].maps(request, _log)
+        if gen is not None:
+            gen_maps[name] = gen
     return Prepared(
         ds,
         splits,
@@ -705,6 +761,15 @@ def build_parser(prog: str = "python -m segad.train", description: str | None = 
         help=f"comma-separated base detectors, from: {', '.join(DETECTORS)}; or a supervised model with a map "
         "(devnet, dra), fit per seed on its shots and cross-fitted",
     )
+    ap.add_argument(
+        "--maps",
+        action="append",
+        default=[],
+        metavar="NAME=DIR",
+        help="stack maps another tool computed as the input NAME (repeatable): DIR in the dataset's layout "
+        "(<split>/<type>/<stem>.npy|.tiff|.png, optional scores.csv) or SegAD's (df_training.csv, df_test.csv); "
+        "its good training images' maps are the held-out ones",
+    )
     ap.add_argument("--backbone", default=d.backbone)
     ap.add_argument("--image-size", type=int, default=d.image_size)
     ap.add_argument(
@@ -781,6 +846,7 @@ def config_from(values: dict) -> TrainConfig:
     known = {f.name for f in fields(TrainConfig)}
     values = {k: v for k, v in values.items() if k in known}
     values["detector_options"] = ",".join(values["detector_options"])
+    values["maps"] = ",".join(values.get("maps", []))
     return TrainConfig(**values)
 
 

@@ -337,10 +337,14 @@ def _root_cause(e: BaseException) -> str:
 def best_run_config(cfg: TrainConfig, best_params: dict, study: str) -> TrainConfig:
     """The study's best configuration as a ``segad.train`` config. ``--set`` options of detectors that
     the best trial left out are dropped: segad.train rejects an option for a detector it does not run,
-    and the best run failed whenever the study's winner dropped a detector the user had tuned. The
+    and the best run failed whenever the study's winner dropped a detector the user had tuned. So are
+    ``--maps`` inputs it left out (with none left, the best run holds out ``--holdout`` as usual). The
     supervised baselines (``--supervised``) are not tuned; they train in the best run, next to the tuned
     SegAD on its test sets, with their options."""
     best = replace(cfg, **best_params, run_name=f"best of study {study}")
+    if "detectors" in best_params:  # a --maps input the best trial left out is dropped too (it would be appended)
+        named = {n.strip() for n in best.detectors.split(",")}
+        best = replace(best, maps=",".join(f"{n}={d}" for n, d in cfg.map_folders.items() if n in named))
     chosen = {*best.detector_names, *best.supervised_names}
     kept = [f"{k}={v}" for k, v in parse_assignments(best.detector_options, "--set", "patchcore.coreset_ratio=0.1")]
     kept = [o for o in kept if o.partition(".")[0] in chosen]
@@ -363,6 +367,8 @@ def run_study(args, cfg: TrainConfig) -> dict:
         raise InputError("--trials must be at least 1")
     cfg.detector_names  # noqa: B018 - an unknown detector in the restriction list fails here, before any work
     max_gen = max(GENERATED_CHOICES) if args.max_generated is None else args.max_generated
+    if cfg.map_folders and args.max_generated is None:
+        max_gen = 0  # maps computed elsewhere exist for the dataset's images only, not for generated defects
     study = _open_study(args, args.sampler_seed)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     cfg = replace(cfg, experiment=cfg.experiment or tracking.experiment_name(cfg))

@@ -1,0 +1,102 @@
+"""Where each input's anomaly maps come from: a ``MapSource``.
+
+SegAD stacks maps; it does not care who made them. A source gives the maps and image scores of the
+scored images (held-out good, then test) and of the generated defects, as ``DetectorMaps``:
+
+- ``FittedDetector``: one of segad's detectors, fit on the good images (or taken from the map cache);
+- ``FolderMaps``: maps another tool computed, read from a folder (``segad.mapfolder``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from detectors.base import DetectorConfig
+from detectors.cache import MapCache
+from detectors.errors import InputError
+from detectors.registry import detector_class
+from segad.data.samples import Sample
+from segad.mapfolder import GivenMaps, MapFolder
+from segad.maps import DetectorMaps, ImageSet, as_stored, check_maps, fit_detector, predict_maps
+
+
+@dataclass(frozen=True)
+class MapRequest:
+    """The images a source must give maps of, and where it may cache them."""
+
+    fit_set: ImageSet  # the good images segad's detectors fit on
+    score_set: ImageSet  # held-out good images, then the test images
+    scored: Sequence[Sample]  # the same, as dataset samples (a folder finds its maps by them)
+    gen_set: ImageSet  # generated defects (empty when none)
+    size: tuple[int, int]
+    cache: MapCache | None
+
+
+class MapSource(Protocol):
+    name: str
+
+    def check(self, request: MapRequest) -> None:
+        """Fail before any source does long work (a fit): everything cheap to validate."""
+
+    def maps(self, request: MapRequest, log) -> tuple[DetectorMaps, DetectorMaps | None]:
+        """Maps of the scored images and of the generated defects (None when there are none)."""
+
+
+@dataclass(frozen=True)
+class FittedDetector:
+    name: str
+    config: DetectorConfig
+
+    def check(self, request: MapRequest) -> None:
+        pass  # the config was checked when it was built
+
+    def maps(self, request: MapRequest, log) -> tuple[DetectorMaps, DetectorMaps | None]:
+        det = detector_class(self.name)(self.config)
+        log(f"{self.name}: fitting / predicting {len(request.score_set) + len(request.gen_set)} images ...")
+        cache, size = request.cache, request.size
+        entry = cache.entry(det, size, request.fit_set.ids) if cache is not None else None
+        det, fit_seconds = fit_detector(det, request.fit_set, entry)  # once, for scored and generated images
+        scored = predict_maps(det, request.score_set, size, entry, fit_seconds)
+        gen = predict_maps(det, request.gen_set, size, entry, fit_seconds) if len(request.gen_set) else None
+        log(f"{self.name}: fit {fit_seconds:.1f}s, {scored.cached_maps} maps from cache")
+        return scored, gen
+
+
+@dataclass
+class FolderMaps:
+    folder: MapFolder
+    _loaded: tuple[np.ndarray, np.ndarray, float] | None = None
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+    def check(self, request: MapRequest) -> None:
+        """Reads every map now (cheap next to a fit), so a missing or bad one stops the run before any fit."""
+        if len(request.gen_set):
+            raise InputError(
+                f"--maps {self.name}: maps computed elsewhere exist only for the dataset's images, not for segad's "
+                "generated defects; drop --generated, or stack only detectors segad fits"
+            )
+        t0 = time.perf_counter()
+        out = self.folder.load(request.scored, request.size)
+        check_maps(self.name, out.maps, [str(s.image_path) for s in request.scored])
+        ms = (time.perf_counter() - t0) * 1000 / max(len(request.scored), 1)
+        self._loaded = as_stored(out.maps), np.asarray(out.scores, np.float32), ms
+
+    def maps(self, request: MapRequest, log) -> tuple[DetectorMaps, DetectorMaps | None]:
+        if self._loaded is None:
+            self.check(request)
+        maps, scores, ms = self._loaded
+        where = f"{self.folder.root} ({self.folder.layout} layout"
+        log(f"{self.name}: {len(maps)} maps read from {where}, {ms:.1f} ms each)")
+        given = GivenMaps(self.name, request.size, self.folder.score_source, str(self.folder.root))
+        return DetectorMaps(self.name, maps, scores, 0.0, ms, 0, given), None
+
+
+__all__ = ["FittedDetector", "FolderMaps", "MapRequest", "MapSource"]
