@@ -6,13 +6,23 @@ from detectors.device import resolve_device
 from detectors.errors import InputError
 from detectors.padim import Padim, PadimConfig
 from detectors.patchcore import PatchCore, PatchCoreConfig
-from detectors.registry import DEFAULT_DETECTORS, DETECTORS, detector_class, load_detector, make_detector
+from detectors.registry import (
+    DEFAULT_DETECTORS,
+    DETECTORS,
+    ENTRY_POINT_GROUP,
+    available,
+    detector_class,
+    load_detector,
+    make_detector,
+    register_detector,
+)
 
 __all__ = [
     "BACKBONES",
     "DEFAULT_BACKBONE",
     "DEFAULT_DETECTORS",
     "DETECTORS",
+    "ENTRY_POINT_GROUP",
     "Backbone",
     "BackboneWeightsError",
     "Detector",
@@ -23,9 +33,11 @@ __all__ = [
     "PadimConfig",
     "PatchCore",
     "PatchCoreConfig",
+    "available",
     "detector_class",
     "load_backbone",
     "load_detector",
     "make_detector",
+    "register_detector",
     "resolve_device",
 ]

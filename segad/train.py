@@ -24,7 +24,7 @@ from detectors.atomic import atomic_write
 from detectors.backbones import check_backbone
 from detectors.device import resolve_device
 from detectors.errors import InputError
-from detectors.registry import DETECTORS, detector_class
+from detectors.registry import available, detector_class
 from features import FolderSegments, KMeansSegments, SegmentSpec, make_segmenter
 from features.vector import feature_matrix, feature_names, join_features
 from segad.baselines import (
@@ -101,7 +101,7 @@ class TrainConfig:
         """Inputs whose maps another tool computed (``--maps NAME=DIR``), by name."""
         folders = parse_maps(self.maps)
         for name in folders:
-            if name in DETECTORS or name in SUPERVISED:
+            if name in available() or name in SUPERVISED:
                 raise InputError(
                     f"--maps {name}=...: {name} names one of segad's own models; call the folder's detector "
                     f"something else, e.g. --maps anomalib_{name}={folders[name]}"
@@ -119,13 +119,14 @@ class TrainConfig:
             raise InputError(f"--detectors {self.detectors}: a detector is named twice")
         folders = self.map_folders
         names += [n for n in folders if n not in names]
+        registry = available()
         for n in names:
             if n in SUPERVISED:
                 check_stackable(n)
-            elif n not in DETECTORS and n not in folders:
+            elif n not in registry and n not in folders:
                 stackable = ", ".join(m for m, c in SUPERVISED.items() if c.stackable)
                 raise InputError(
-                    f"--detectors: unknown detector {n!r}; one-class: {', '.join(sorted(DETECTORS))}; "
+                    f"--detectors: unknown detector {n!r}; one-class: {', '.join(sorted(registry))}; "
                     f"supervised, stacked per seed: {stackable}; or maps computed elsewhere: --maps {n}=DIR"
                 )
         oneclass = [n for n in names if n not in SUPERVISED]
@@ -145,7 +146,7 @@ class TrainConfig:
     @property
     def fitted_names(self) -> list[str]:
         """The one-class detectors segad fits itself."""
-        return [n for n in self.oneclass_names if n in DETECTORS]
+        return [n for n in self.oneclass_names if n in available()]
 
     @property
     def stacked_names(self) -> list[str]:
@@ -753,12 +754,10 @@ def build_parser(prog: str = "python -m segad.train", description: str | None = 
         help="category inside the dataset (elpv: mono, poly or dra; synthetic: widget or complex; "
         "textures: brick, gravel or grass)",
     )
-    from detectors.registry import DETECTORS
-
     ap.add_argument(
         "--detectors",
         default=d.detectors,
-        help=f"comma-separated base detectors, from: {', '.join(DETECTORS)}; or a supervised model with a map "
+        help=f"comma-separated base detectors, from: {', '.join(available())}; or a supervised model with a map "
         "(devnet, dra), fit per seed on its shots and cross-fitted",
     )
     ap.add_argument(
