@@ -100,6 +100,11 @@ def available() -> dict[str, type[Detector]]:
 
 def detector_class(name: str) -> type[Detector]:
     registry = available()
+    if name not in registry and name.startswith("anomalib_"):
+        from detectors.anomalib_models import anomalib_class
+
+        register_detector(anomalib_class(name))  # or an InputError: anomalib missing, or no such model
+        registry = available()
     try:
         return registry[name]
     except KeyError:

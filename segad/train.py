@@ -20,6 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from detectors import DEFAULT_BACKBONE, DEFAULT_DETECTORS, DetectorConfig
+from detectors.anomalib_models import PREFIX as ANOMALIB_PREFIX
+from detectors.anomalib_models import canonical_name
 from detectors.atomic import atomic_write
 from detectors.backbones import check_backbone
 from detectors.device import resolve_device
@@ -112,7 +114,7 @@ class TrainConfig:
     def detector_names(self) -> list[str]:
         """SegAD's inputs in feature order: the one-class inputs (detectors and ``--maps`` folders, a folder
         not named in ``--detectors`` after them), then the stacked supervised ones."""
-        names = [n.strip() for n in self.detectors.split(",") if n.strip()]
+        names = [canonical_name(n.strip()) for n in self.detectors.split(",") if n.strip()]
         if not names:
             raise InputError("--detectors names no detector; e.g. --detectors patchcore,padim")
         if len(set(names)) != len(names):
@@ -123,11 +125,14 @@ class TrainConfig:
         for n in names:
             if n in SUPERVISED:
                 check_stackable(n)
+            elif n.startswith(ANOMALIB_PREFIX) and n not in folders:
+                detector_class(n)  # registers anomalib's model, or says how to install anomalib
             elif n not in registry and n not in folders:
                 stackable = ", ".join(m for m, c in SUPERVISED.items() if c.stackable)
                 raise InputError(
                     f"--detectors: unknown detector {n!r}; one-class: {', '.join(sorted(registry))}; "
-                    f"supervised, stacked per seed: {stackable}; or maps computed elsewhere: --maps {n}=DIR"
+                    f"supervised, stacked per seed: {stackable}; anomalib's models: anomalib:Patchcore etc.; or maps "
+                    f"computed elsewhere: --maps {n}=DIR"
                 )
         oneclass = [n for n in names if n not in SUPERVISED]
         if not oneclass:
@@ -166,7 +171,8 @@ class TrainConfig:
         """``--set`` options by method: every chosen detector and supervised baseline, checked."""
         options: dict[str, dict[str, str]] = {n: {} for n in [*self.supervised_names, *self.detector_names]}
         for key, value in parse_assignments(self.detector_options, "--set", "patchcore.coreset_ratio=0.1"):
-            det, dot, option = key.partition(".")
+            det, dot, option = key.rpartition(".")
+            det = canonical_name(det)
             if not dot:
                 raise InputError(f"--set {key}={value}: use DETECTOR.OPTION=VALUE, e.g. patchcore.coreset_ratio=0.1")
             if det in self.map_folders:
