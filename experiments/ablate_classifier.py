@@ -34,10 +34,13 @@ from features import make_segmenter
 from features.statistics import STATISTICS
 from features.vector import feature_matrix
 from segad.classifier import SegadClassifier
+from segad.config import TrainConfig
 from segad.data.images import INTENSITIES
 from segad.evaluate import MethodResult, format_table, normalise_scores
+from segad.feature_rows import features
 from segad.maps import ImageSet, compute_maps, default_cache
-from segad.train import TrainConfig, _fit_segmenter, _segments, features, prepare, segment
+from segad.prepare import prepare
+from segad.segmenting import fit_segmenter, segment, segment_images
 
 RISING = ("q995", "mean")  # statistics a defect can only push up
 
@@ -69,8 +72,8 @@ def crossfit_rows(prep, cfg: TrainConfig, folds: int, segmenter, k: int) -> tupl
     all_good = ImageSet.from_paths([s.image_path for s in good], size, cfg.intensity)
     test_set = ImageSet.from_paths([s.image_path for s in prep.ds.test], size, cfg.intensity)
     full = {n: compute_maps(detector_class(n)(c), all_good, test_set, size, cache) for n, c in configs.items()}
-    X_good = feature_matrix(oof_maps, oof_scores, _segments(segmenter, all_good, None), k)
-    test_seg = _segments(segmenter, test_set, None)
+    X_good = feature_matrix(oof_maps, oof_scores, segment_images(segmenter, all_good, None), k)
+    test_seg = segment_images(segmenter, test_set, None)
     X_test = feature_matrix({n: d.maps for n, d in full.items()}, {n: d.scores for n, d in full.items()}, test_seg, k)
     ens = np.mean([normalise_scores(full[n].scores, oof_scores[n]) for n in configs], axis=0)
     return X_good, X_test, ens
@@ -106,7 +109,7 @@ def main() -> None:
     )
     prep = prepare(cfg, stacking="ablate_classifier.py")
     names = list(prep.maps)
-    segmenter = _fit_segmenter(make_segmenter(prep.spec, cfg.backbone, cfg.device), prep)
+    segmenter = fit_segmenter(make_segmenter(prep.spec, cfg.backbone, cfg.device), prep)
     k = segmenter.n_segments_
     X, _ = features(prep, names, *segment(prep, segmenter), k, True)
     nh, labels = prep.n_hold, prep.labels

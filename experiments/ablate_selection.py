@@ -33,10 +33,14 @@ from dataclasses import replace
 import numpy as np
 
 from features import make_segmenter
-from segad.calibration import out_of_fold_scores
 from segad.classifier import SegadClassifier
+from segad.config import build_parser, config_from
 from segad.evaluate import MethodResult, format_table, good_moments
+from segad.feature_rows import features
 from segad.metrics import image_auroc
+from segad.prepare import prepare
+from segad.seed import fit_seed_model
+from segad.segmenting import fit_segmenter, segment
 from segad.selection import (
     ENSEMBLE,
     auroc_standard_error,
@@ -44,7 +48,6 @@ from segad.selection import (
     ensemble_score,
     select,
 )
-from segad.train import _fit_segmenter, build_parser, config_from, features, prepare, segment
 
 
 def choose(cands, inner: dict[str, float], n_defects: int, n_good: int, one_se: bool):
@@ -59,7 +62,7 @@ def main(argv: list[str] | None = None) -> None:
     cfg = replace(config_from(vars(build_parser("ablate_selection.py").parse_args(argv))), no_mlflow=True)
     prep = prepare(cfg, stacking="ablate_selection.py")
     names = list(prep.maps)
-    segmenter = _fit_segmenter(make_segmenter(prep.spec, cfg.backbone, cfg.device), prep)
+    segmenter = fit_segmenter(make_segmenter(prep.spec, cfg.backbone, cfg.device), prep)
     X, X_gen = features(prep, names, *segment(prep, segmenter), segmenter.n_segments_, cfg.feature_set == "full")
     n_hold, labels = prep.n_hold, prep.labels
     moments = {n: good_moments(prep.maps[n].scores[:n_hold]) for n in names}
@@ -86,10 +89,10 @@ def main(argv: list[str] | None = None) -> None:
         def make(seed: int = sp.seed) -> SegadClassifier:
             return SegadClassifier(cfg.classifier, seed=seed, **cfg.classifier_overrides())
 
-        margins = make().fit(X_train, y_train).decision_function(X_test)
-        oof = out_of_fold_scores(make, X_train, y_train, groups, seed=sp.seed)
-        real = np.arange(len(y_train)) < n_hold + len(sp.train_defects)  # generated defects train, never judge
-        shipped = select(oof, train_scores, y_train, real, moments)
+        n_real = n_hold + len(sp.train_defects)  # generated defects train, never judge
+        model = fit_seed_model(make, X_train, y_train, groups, train_scores, moments, n_real, sp.seed, False, 0.01)
+        margins, oof, shipped = model.margins(X_test, None), model.oof, model.selection
+        real = np.arange(len(y_train)) < n_real
         # Every rule decides on the shipped rule's evidence: the same candidates and inner AUROCs.
         inner, n_defects, n_good = shipped.inner_auroc, shipped.n_defects, shipped.n_good
         cands = candidates(names, moments, shipped.blend.margin_moments, shipped.weights)

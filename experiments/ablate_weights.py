@@ -23,9 +23,10 @@ from dataclasses import replace
 
 import numpy as np
 
+from segad.config import build_parser, config_from
 from segad.evaluate import MethodResult, format_table, good_moments
+from segad.prepare import prepare
 from segad.selection import WEIGHT_QUANTILE, detector_weights
-from segad.train import build_parser, config_from, prepare
 
 Rule = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (shot z, good z) -> weights
 

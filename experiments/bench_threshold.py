@@ -18,8 +18,9 @@ from dataclasses import replace
 import numpy as np
 from scipy.stats import binom
 
+from segad.config import build_parser, config_from
 from segad.selection import choice_summary
-from segad.train import build_parser, config_from, run
+from segad.train import run
 
 
 def main(argv: list[str] | None = None) -> None:

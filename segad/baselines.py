@@ -28,8 +28,8 @@ from detectors.errors import InputError
 from segad.supervised import SUPERVISED, SupervisedConfig, SupervisedModel
 
 if TYPE_CHECKING:
+    from segad.prepare import Prepared
     from segad.protocol import SeedSplit
-    from segad.train import Prepared
 
 GoodImages = Literal["all", "holdout"]
 SCORE_CHUNK = 128  # test images decoded and scored at a time: a large test set never sits in memory whole

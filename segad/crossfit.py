@@ -31,8 +31,8 @@ from segad.supervised import SUPERVISED, SupervisedConfig, SupervisedModel
 
 if TYPE_CHECKING:
     from segad.maps import ImageSet
+    from segad.prepare import Prepared
     from segad.protocol import SeedSplit
-    from segad.train import Prepared
 
 STACK_FOLDS = 3  # folds of the classifier's rows: K fits per seed beside the full one (10 shots: 6-7 per fit)
 MAP_SIGMA = 4.0  # the blur our one-class detectors give their upsampled patch scores (PatchCore's, anomalib's)

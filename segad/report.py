@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from segad.train import TrainResult
+    from segad.results import TrainResult
 
 
 def _plt():

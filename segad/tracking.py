@@ -24,8 +24,9 @@ from segad.runstate import close_stale_runs, ended_by, owner_tags
 
 if TYPE_CHECKING:
     from segad.baselines import BaselineRun
+    from segad.config import TrainConfig
     from segad.evaluate import MethodResult
-    from segad.train import TrainConfig, TrainResult
+    from segad.results import TrainResult
 
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
 

@@ -33,24 +33,17 @@ from features import SegmentSpec, make_segmenter
 from features.vector import join_features
 from segad.baselines import good_training_images, seeded
 from segad.classifier import PRESETS, SegadClassifier
+from segad.config import TrainConfig, build_parser, config_from, parse_assignments
 from segad.crossfit import fold_fits, own_fold, predict_images
 from segad.data import load_dataset
+from segad.feature_rows import features, pooled
 from segad.metrics import image_auroc
 from segad.paths import redact, scrub
+from segad.prepare import prepare
 from segad.protocol import tuning_defects
 from segad.runstate import ended_by, owner_tags
+from segad.segmenting import fit_segmenter, segment
 from segad.supervised import SUPERVISED
-from segad.train import (
-    TrainConfig,
-    _fit_segmenter,
-    build_parser,
-    config_from,
-    features,
-    parse_assignments,
-    pooled,
-    prepare,
-    segment,
-)
 
 GENERATED_CHOICES = (0, 50, 100, 200)
 CV_FOLDS = 3
@@ -88,7 +81,7 @@ class Workbench:
     def segments(self, spec: SegmentSpec):
         key = str(spec)
         if key not in self._segments:
-            segmenter = _fit_segmenter(make_segmenter(spec, self.cfg.backbone, self.cfg.device), self.prep)
+            segmenter = fit_segmenter(make_segmenter(spec, self.cfg.backbone, self.cfg.device), self.prep)
             self._segments[key] = (*segment(self.prep, segmenter), segmenter.n_segments_)
         return self._segments[key]
 

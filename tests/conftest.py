@@ -22,6 +22,18 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     monkeypatch.chdir(work)  # MLflow's artifacts (./mlruns) and segad's outputs/ go here
 
 
+@pytest.fixture(autouse=True)
+def _isolated_registry():
+    """Detectors a test registers (a plug-in, an anomalib model) do not leak into the next test."""
+    from detectors import registry
+
+    before, loaded = dict(registry.DETECTORS), registry._plugins_loaded
+    yield
+    registry.DETECTORS.clear()
+    registry.DETECTORS.update(before)
+    registry._plugins_loaded = loaded
+
+
 @pytest.fixture(scope="module")
 def one_torch_thread():
     """One torch thread for tiny trainable networks: they are latency-bound, and on a busy 2-core machine

@@ -11,8 +11,9 @@ import pytest
 from segad.baselines import fit_seed, generated_images, good_training_images
 from segad.calibration import fold_ids
 from segad.crossfit import SupervisedInput, cross_fit
+from segad.prepare import prepare
 from segad.supervised import DevNet
-from segad.train import main, parse_args, prepare, run
+from segad.train import main, parse_args, run
 
 SHORT = [f"--set=devnet.{o}" for o in ("epochs=2", "steps_per_epoch=3", "batch_size=8")]
 

@@ -125,7 +125,8 @@ def test_a_map_beyond_float16_or_nan_is_an_error_naming_detector_and_image(tiny:
 
 def test_no_cache_with_generated_defects_fits_each_detector_once(tiny_mvtec: Path) -> None:
     """``--no-cache --generated N`` used to fit every detector a second time for the generated images."""
-    from segad.train import parse_args, prepare
+    from segad.prepare import prepare
+    from segad.train import parse_args
 
     cfg = parse_args(
         ["--data", str(tiny_mvtec), "--image-size", "64", "--shots", "2", "--generated", "3",

@@ -6,12 +6,12 @@ import subprocess
 import sys
 from pathlib import Path
 
-from segad.train import TrainConfig
+from segad.config import TrainConfig
 
 # A process that opens segad's parent run, then either dies by SIGKILL (no chance to close it) or waits.
 OWNER = """
 import os, signal, sys, time
-from segad.train import TrainConfig
+from segad.config import TrainConfig
 from segad.tracking import parent_run
 cfg = TrainConfig(experiment="stale", tracking_uri=sys.argv[1], run_name=sys.argv[2])
 with parent_run(cfg):

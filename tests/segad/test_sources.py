@@ -12,7 +12,8 @@ from detectors.errors import InputError
 from segad.data.synthetic import SyntheticSpec, write_mvtec
 from segad.mapfolder import MapFolderError
 from segad.pipeline import SegadPipeline
-from segad.train import parse_args, prepare, run
+from segad.prepare import prepare
+from segad.train import parse_args, run
 
 SMALL = SyntheticSpec(image_size=96, n_train=60, n_test_good=8, n_defects_per_type=3, seed=7)
 BASE = ["--image-size", "96", "--shots", "5", "--seeds", "2", "--device", "cpu", "--no-mlflow"]

@@ -257,7 +257,7 @@ def test_a_real_tracking_server_on_loopback(tmp_path: Path, monkeypatch: pytest.
 
 def test_ctrl_c_ends_the_run_killed(store) -> None:
     from segad import tracking
-    from segad.train import TrainConfig
+    from segad.config import TrainConfig
 
     _, uri, client = store
     with pytest.raises(KeyboardInterrupt), tracking.parent_run(TrainConfig(tracking_uri=uri, experiment="killed")):
@@ -277,8 +277,8 @@ def test_ctrl_c_ends_the_run_killed(store) -> None:
     ],
 )
 def test_experiment_name_uses_a_builtin_sets_default_category(data: str, category: str | None, expected: str) -> None:
+    from segad.config import TrainConfig
     from segad.tracking import experiment_name
-    from segad.train import TrainConfig
 
     assert experiment_name(TrainConfig(data=data, category=category)) == expected
 

@@ -11,8 +11,8 @@ import numpy as np
 import optuna
 import pytest
 
+from segad.config import TrainConfig
 from segad.data.synthetic import SyntheticSpec, write_mvtec
-from segad.train import TrainConfig
 from segad.tune import best_run_config, main, tuning_folds
 
 SPEC = SyntheticSpec(image_size=96, n_train=80, n_test_good=8, n_defects_per_type=3, seed=5)

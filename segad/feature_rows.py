@@ -1,0 +1,58 @@
+"""Anomaly maps + segments -> feature rows: the cached detectors' once, a stacked input's per seed."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from features.vector import feature_matrix, join_features
+from segad.crossfit import SeedMaps
+from segad.prepare import Prepared
+
+
+def pooled(
+    inputs: Mapping[str, tuple[np.ndarray, np.ndarray]], segments: np.ndarray, k: int, with_scores: bool
+) -> np.ndarray:
+    """Feature rows from each input's ``(maps, scores)`` on the same images, in ``inputs``' order."""
+    maps, scores = {n: m for n, (m, _) in inputs.items()}, {n: s for n, (_, s) in inputs.items()}
+    return feature_matrix(maps, scores, segments, k, with_scores=with_scores)
+
+
+def features(
+    prep: Prepared, names: Sequence[str], seg: np.ndarray, gen_seg: np.ndarray | None, k: int, with_scores: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Feature rows of the scored images and of the generated defects, for the detectors ``names``."""
+    X = pooled({n: (prep.maps[n].maps, prep.maps[n].scores) for n in names}, seg, k, with_scores)
+    if gen_seg is None:
+        return X, np.empty((0, X.shape[1]))
+    gen = {n: (prep.gen_maps[n].maps, prep.gen_maps[n].scores) for n in names}
+    return X, pooled(gen, gen_seg, k, with_scores)
+
+
+def stacked_features(
+    prep: Prepared,
+    stacked: Mapping[str, SeedMaps],
+    seg: np.ndarray,
+    gen_seg: np.ndarray | None,
+    k: int,
+    with_scores: bool,
+    shared: tuple[np.ndarray, np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """One seed's feature rows: the cached detectors' (``shared``, every seed's) joined with its stacked
+    inputs' in the pipeline's layout; NaN on the scored images this seed never reads."""
+    if not stacked:
+        return shared
+    X, X_gen = shared
+    rows = next(iter(stacked.values())).rows
+    part = pooled({n: (sm.maps, sm.scores) for n, sm in stacked.items()}, seg[rows], k, with_scores)
+    X_stacked = np.full((len(X), part.shape[1]), np.nan)
+    X_stacked[rows] = part
+    X_gen_stacked = np.empty((0, part.shape[1]))
+    if gen_seg is not None:
+        X_gen_stacked = pooled({n: (sm.gen_maps, sm.gen_scores) for n, sm in stacked.items()}, gen_seg, k, with_scores)
+    m_shared, m_stacked = len(prep.maps), len(stacked)
+    return (
+        join_features([(X, m_shared), (X_stacked, m_stacked)], with_scores),
+        join_features([(X_gen, m_shared), (X_gen_stacked, m_stacked)], with_scores),
+    )
