@@ -111,9 +111,9 @@ def main() -> None:
     names = list(prep.maps)
     segmenter = fit_segmenter(make_segmenter(prep.spec, cfg.backbone, cfg.device), prep)
     k = segmenter.n_segments_
-    X, _ = features(prep, names, *segment(prep, segmenter), k, True)
+    X, X_gen = features(prep, names, *segment(prep, segmenter), k, True)
     nh, labels = prep.n_hold, prep.labels
-    X_hold, X_test = X[:nh], X[nh:]
+    X_test = X[nh:]
     ens = np.mean([normalise_scores(prep.maps[n].scores[nh:], prep.maps[n].scores[:nh]) for n in names], axis=0)
     constraints = monotone_constraints(len(names), k)
     extra = crossfit_rows(prep, cfg, args.folds, segmenter, k) if args.folds else None
@@ -124,9 +124,7 @@ def main() -> None:
     results = {r: MethodResult(r) for r in rows}
     for sp in prep.splits:
         y = labels[sp.test]
-        shots = X_test[sp.train_defects]
-        X_train = np.concatenate([X_hold, shots])
-        y_train = np.r_[np.zeros(nh), np.ones(len(shots))]
+        X_train, y_train, _ = prep.training_rows(X, X_gen, sp)  # the rows segad.train's classifier trains on
         segad = SegadClassifier("brf", seed=sp.seed).fit(X_train, y_train).decision_function(X_test[sp.test])
         scores = {n: prep.maps[n].scores[nh:][sp.test] for n in names}
         scores["ensemble"] = ens[sp.test]

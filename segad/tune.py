@@ -11,13 +11,16 @@ repeat so the median pruner can stop weak trials. At the end the best configurat
 exactly like ``segad.train`` with the same reservation (test sets without the tuning defects, MLflow
 run, model), linked to the study.
 
-Several processes (or machines, with a PostgreSQL or MySQL ``--storage``) can work on one study at
-once; the same ``--study`` and ``--storage`` resume it.
+Several processes (``--workers N``, or more machines with a PostgreSQL or MySQL ``--storage``) work on
+one study at once; the same ``--study`` and ``--storage`` resume it. Each worker beats a heartbeat into
+the storage, so a worker that dies mid-trial (SIGKILL, a lost machine) leaves no trial RUNNING for ever:
+the next trial any worker starts marks it failed and runs its parameters again, once.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import tempfile
 import threading
@@ -297,13 +300,34 @@ def make_sampler(kind: str, study_seed: int):
     return TrialSeeded(seed=study_seed)
 
 
+RDB_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")  # SQLAlchemy URLs: Optuna's RDBStorage
+
+
+def make_storage(url: str, heartbeat: float):
+    """Optuna's storage for ``url``. On a database: a heartbeat every ``heartbeat`` seconds (0: off), and a
+    trial whose heartbeat stopped (its worker died) is failed and its parameters re-queued, at most twice,
+    so a killed worker loses no trial and, its trial being failed rather than left RUNNING, duplicates none."""
+    import optuna
+
+    scheme = url.partition(":")[0].partition("+")[0]
+    if scheme not in RDB_SCHEMES or heartbeat <= 0:
+        return url
+    beat = max(1, round(heartbeat))
+    return optuna.storages.RDBStorage(
+        url,
+        heartbeat_interval=beat,
+        grace_period=2 * beat,
+        heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
+    )
+
+
 def _open_study(args, sampler_seed: int):
     import optuna
 
     try:
         return optuna.create_study(
             study_name=args.study,
-            storage=args.storage,
+            storage=make_storage(args.storage, args.heartbeat),
             direction="maximize",
             sampler=make_sampler(args.sampler, sampler_seed),
             pruner=optuna.pruners.MedianPruner(n_startup_trials=2),
@@ -342,6 +366,28 @@ def best_run_config(cfg: TrainConfig, best_params: dict, study: str) -> TrainCon
     kept = [f"{k}={v}" for k, v in parse_assignments(best.detector_options, "--set", "patchcore.coreset_ratio=0.1")]
     kept = [o for o in kept if o.partition(".")[0] in chosen]
     return replace(best, detector_options=",".join(kept))
+
+
+def spawn_workers(args) -> list[subprocess.Popen]:
+    """``--workers N``: N - 1 more processes on the same study, each running ``--trials`` trials; the best
+    run is made once, by this process, after all of them end (they run with ``--skip-best-run``)."""
+    if args.workers <= 1:
+        return []
+    cmd = [sys.executable, "-m", "segad.tune", *args.argv, "--workers", "1", "--skip-best-run"]
+    return [subprocess.Popen(cmd, stdout=subprocess.DEVNULL) for _ in range(args.workers - 1)]
+
+
+def wait_workers(workers: list[subprocess.Popen]) -> int:
+    """Wait for every worker (on Ctrl-C: stop them first); how many failed."""
+    try:
+        codes = [w.wait() for w in workers]
+    except BaseException:
+        for w in workers:
+            w.terminate()
+        for w in workers:
+            w.wait()
+        raise
+    return sum(c != 0 for c in codes)
 
 
 def _end(client, run_id: str, error: BaseException) -> None:
@@ -416,7 +462,13 @@ def run_study(args, cfg: TrainConfig) -> dict:
     # run with that status: the study's run must never stay RUNNING.
     try:
         t0 = time.perf_counter()
-        study.optimize(objective, n_trials=args.trials, timeout=args.timeout, n_jobs=args.n_jobs)
+        workers = spawn_workers(args)  # the other local workers, on the study this process has created
+        try:
+            study.optimize(objective, n_trials=args.trials, timeout=args.timeout, n_jobs=args.n_jobs)
+        finally:
+            failed = wait_workers(workers)
+        if failed:
+            raise RuntimeError(f"{failed} of {len(workers)} worker processes failed; see their messages above")
         summary = _log_study(client, parent.info.run_id, study, args.study, (time.perf_counter() - t0) / 60)
         if not args.skip_best_run:
             summary.update(_best_run(cfg, summary["best_params"], args.study, client, parent.info.run_id))
@@ -495,9 +547,19 @@ def _study_charts(study, out: Path) -> list[Path]:
 def main(argv: Sequence[str] | None = None) -> int:
     import warnings
 
+    import optuna
+
     warnings.filterwarnings("ignore", category=UserWarning, module="optuna")  # experimental matplotlib API
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # the heartbeat's retry
     ap = build_parser("python -m segad.tune", __doc__)
-    ap.add_argument("--trials", type=int, default=20, help="trials this process runs (total with other workers)")
+    ap.add_argument("--trials", type=int, default=20, help="trials each worker process runs")
+    ap.add_argument("--workers", type=int, default=1, help="worker processes on this machine, this one included")
+    ap.add_argument(
+        "--heartbeat",
+        type=float,
+        default=60,
+        help="seconds between heartbeats in a database storage (0: off)",
+    )
     ap.add_argument("--timeout", type=float, default=None, help="stop starting trials after this many seconds")
     ap.add_argument("--study", default="segad", help="study name; the same name and storage resume it")
     ap.add_argument("--storage", default="sqlite:///optuna.db", help="Optuna storage URL (sqlite, postgresql, ...)")
@@ -507,8 +569,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--max-generated", type=int, default=None, help="cap on generated defects searched (0 to 200)")
     ap.add_argument("--skip-best-run", action="store_true", help="extra workers: do not re-run the best trial")
     ap.set_defaults(tuning_share=TUNING_SHARE)
+    argv = list(sys.argv[1:] if argv is None else argv)
     a = ap.parse_args(argv)
+    a.argv = argv  # what --workers hands on to the processes it starts
     try:
+        if a.workers < 1:
+            raise InputError(f"--workers must be at least 1, got {a.workers}")
+        if a.heartbeat < 0:
+            raise InputError(f"--heartbeat must be >= 0 seconds, got {a.heartbeat}")
         cfg = config_from(vars(a))
         if cfg.classifier_start != "zero":  # the trials' objective fits SegAD's forest as it is
             raise InputError(

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,23 @@ def _isolated_registry():
     registry.DETECTORS.clear()
     registry.DETECTORS.update(before)
     registry._plugins_loaded = loaded
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A live PostgreSQL server (tests/postgres.py). Without PostgreSQL installed the test is skipped,
+    except in CI (CI=true), which must run it: there it fails."""
+    from tests.postgres import NoPostgres, postgres_server
+
+    try:
+        server = postgres_server()
+        url = server.__enter__()
+    except NoPostgres as e:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(e))
+    yield url
+    server.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="module")

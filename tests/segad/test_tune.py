@@ -105,6 +105,58 @@ def test_two_workers_share_one_study(workspace: Path) -> None:
     assert all(p not in params[:i] for i, p in enumerate(params)), params  # no worker repeats another's draw
 
 
+def test_three_workers_finish_twelve_trials_on_postgresql(workspace: Path, postgres_url: str) -> None:
+    import mlflow
+
+    main(_args(workspace, "warm", 1, "--skip-best-run"))  # maps cached: the workers start at once
+    assert main(_args(workspace, "team", 4, "--storage", postgres_url, "--workers", "3")) == 0
+    trials = optuna.load_study(study_name="team", storage=postgres_url).trials
+    assert sorted(t.number for t in trials) == list(range(12))  # 3 workers x 4 trials: none lost, none twice
+    assert all(t.state in (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED) for t in trials)
+    client = mlflow.MlflowClient(f"sqlite:///{workspace / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("team").experiment_id])
+    trial_runs = [r for r in runs if r.info.run_name.startswith("trial ")]
+    assert sorted(int(r.info.run_name.split()[1]) for r in trial_runs) == list(range(12))
+    assert len({r.data.tags["segad.pid"] for r in trial_runs}) == 3  # three processes shared the work
+    assert [r.info.run_name for r in runs].count("best of study team") == 1  # made once, after every worker
+
+
+def test_a_killed_workers_trial_is_failed_and_retried_once(workspace: Path, postgres_url: str) -> None:
+    import os
+    import signal
+    import time
+
+    main(_args(workspace, "warm", 1, "--skip-best-run"))
+    beat = ["--storage", postgres_url, "--heartbeat", "1", "--skip-best-run"]
+    cmd = [sys.executable, "-m", "segad.tune", *_args(workspace, "killed", 50, *beat)]
+    worker = subprocess.Popen(cmd, cwd=workspace, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def trials() -> list:
+        try:
+            return optuna.load_study(study_name="killed", storage=postgres_url).trials
+        except KeyError:  # not created yet
+            return []
+
+    deadline = time.monotonic() + 240
+    while not any(t.number >= 1 and t.state == optuna.trial.TrialState.RUNNING for t in trials()):
+        assert worker.poll() is None and time.monotonic() < deadline, "the worker never reached its second trial"
+        time.sleep(0.1)
+    os.kill(worker.pid, signal.SIGKILL)
+    worker.wait()
+    [dead] = [t for t in trials() if t.state == optuna.trial.TrialState.RUNNING]  # RUNNING for ever, so far
+    time.sleep(2.5)  # past the grace period: two missed heartbeats
+    assert main(_args(workspace, "killed", 1, *beat)) == 0
+    after = trials()
+    assert after[dead.number].state == optuna.trial.TrialState.FAIL
+    origin = optuna.storages.RetryHeartbeatStaleTrialCallback.retried_trial_number
+    retried = [t for t in after if origin(t) == dead.number]
+    assert len(retried) == 1 and retried[0].state.is_finished()
+    assert dead.params.items() <= retried[0].params.items()  # the same draw, run again
+    assert not any(t.state == optuna.trial.TrialState.RUNNING for t in after)
+    finished = [t for t in after if t.state != optuna.trial.TrialState.FAIL]
+    assert len(finished) == dead.number + 1  # every trial before the kill, plus the retry: nothing lost or doubled
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
