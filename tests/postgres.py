@@ -63,3 +63,14 @@ def postgres_server(database: str = "segad") -> Iterator[str]:
             run(bindir / "pg_ctl", "-D", data, "-m", "immediate", "-w", "stop")
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def create_database(url: str, name: str) -> str:
+    """A new, empty database on the server of ``url``; its URL."""
+    import psycopg
+
+    base, _, _ = url.rpartition("/")
+    with psycopg.connect(url.replace("postgresql+psycopg://", "postgresql://"), autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return f"{base}/{name}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import shutil
 import socket
 import subprocess
@@ -206,7 +207,26 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_a_real_tracking_server_on_loopback(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def backend_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The tracking server's backend store: a database on a live PostgreSQL, as a team runs it (CI always
+    has one); a SQLite file where PostgreSQL is not installed."""
+    from tests.postgres import NoPostgres, create_database, postgres_bin
+
+    try:
+        postgres_bin()
+    except NoPostgres:
+        if os.environ.get("CI"):
+            raise
+        return f"sqlite:///{tmp_path / 'server.db'}"
+    return create_database(request.getfixturevalue("postgres_url"), "mlflow")
+
+
+def test_a_real_tracking_server_on_loopback(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend_store: str
+) -> None:
+    from segad.predict import main as predict
+
     port = _free_port()
     server = subprocess.Popen(
         [
@@ -219,7 +239,7 @@ def test_a_real_tracking_server_on_loopback(tmp_path: Path, monkeypatch: pytest.
             "--port",
             str(port),
             "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'server.db'}",
+            backend_store,
             "--artifacts-destination",
             str(tmp_path / "artifacts"),
             "--workers",
@@ -250,6 +270,18 @@ def test_a_real_tracking_server_on_loopback(tmp_path: Path, monkeypatch: pytest.
         )
         runs = json.load(urllib.request.urlopen(req, timeout=10))["runs"]
         assert len(runs) == 4 and all(r["info"]["status"] == "FINISHED" for r in runs)  # parent + 3 detectors
+        parent = next(r for r in runs if "segad.auroc_mean" in {m["key"] for m in r["data"]["metrics"]})
+        assert {"segad.auroc_mean", "segad.fpr95_mean"} <= {m["key"] for m in parent["data"]["metrics"]}
+        req = urllib.request.Request(f"{url}/api/2.0/mlflow/registered-models/search")
+        [model] = json.load(urllib.request.urlopen(req, timeout=10))["registered_models"]
+        # the registered model, loaded through the server (its artifacts proxied), scores new images
+        out = tmp_path / "scored"
+        images = tmp_path / "data" / "widget" / "test" / "scratch"
+        uri = f"models:/{model['name']}/1"
+        assert predict(["--model", uri, "--images", str(images), "--out", str(out), "--tracking-uri", url]) == 0
+        with (out / "scores.csv").open() as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == len(list(images.iterdir())) and all(r["score"] and not r["error"] for r in rows)
     finally:
         server.terminate()
         server.wait(timeout=30)
