@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
+import socket
+import time
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +67,45 @@ class CacheEntry:
     def save_detector(self, det: Detector) -> None:
         det.save(self.detector_path)  # Detector.save is atomic itself
 
+    @property
+    def lock_path(self) -> Path:
+        return self.path / "fit.lock"
+
+    @contextmanager
+    def fit_lock(self, log: Callable[[str], None] = print, poll: float = 0.5) -> Iterator[None]:
+        """Held while one process fits this entry's detector. Processes sharing the cache (the shards of
+        one map computation, on one machine or several) wait for it and then load that fit, so every map
+        of an entry comes from one fitted detector. A lock left by a dead process on this machine is
+        taken over; one from another machine is waited for (its file says whose it is)."""
+        me = {"host": socket.gethostname(), "pid": os.getpid()}
+        told = False
+        while True:
+            try:
+                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                owner = self._lock_owner()
+                if owner is not None and owner.get("host") == me["host"] and not _pid_alive(owner.get("pid")):
+                    self.lock_path.unlink(missing_ok=True)  # its process died mid-fit: fit again here
+                    continue
+                if not told:
+                    log(f"waiting for {owner or 'another process'} to fit {self.path.name} ({self.lock_path})")
+                    told = True
+                time.sleep(poll)
+                continue
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            break
+        try:
+            yield
+        finally:
+            self.lock_path.unlink(missing_ok=True)
+
+    def _lock_owner(self) -> dict | None:
+        try:
+            return json.loads(self.lock_path.read_text())
+        except (OSError, ValueError):  # gone meanwhile, or not written yet
+            return None
+
     def _map_path(self, image_id: str) -> Path:
         return self.path / "maps" / f"{image_id}.npz"
 
@@ -95,6 +138,16 @@ class CacheEntry:
                 np.savez(f, map=anomaly_map.astype(np.float16), score=np.float32(score))
 
         atomic_write(self._map_path(image_id), write)
+
+
+def _pid_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (ProcessLookupError, TypeError, ValueError):
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 class MapCache:

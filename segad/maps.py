@@ -42,6 +42,12 @@ class ImageSet:
     def name(self, i: int) -> str:
         return self.names[i] if self.names else f"image {self.ids[i]}"
 
+    def subset(self, indices: Sequence[int]) -> ImageSet:
+        """The images at ``indices``, in that order, loaded through this set's loader."""
+        idx = list(indices)
+        names = tuple(self.names[i] for i in idx) if self.names else ()
+        return ImageSet(tuple(self.ids[i] for i in idx), lambda sub: self.load([idx[j] for j in sub]), names)
+
     @classmethod
     def from_paths(
         cls, paths: Sequence[str | Path], image_size: int | tuple[int, int], intensity: Intensity = "none"
@@ -78,10 +84,24 @@ def default_cache() -> MapCache:
     return MapCache(cache_root() / "maps")
 
 
-def fit_detector(det: Detector, fit_set: ImageSet, entry: CacheEntry | None) -> tuple[Detector, float]:
-    if entry is not None and (cached := entry.load_detector()) is not None:
+def fit_detector(
+    det: Detector, fit_set: ImageSet, entry: CacheEntry | None, log: Callable[[str], None] = print
+) -> tuple[Detector, float]:
+    """The fitted detector: the cached fit, else fitted here (while other processes sharing the cache wait
+    for it and then load it: ``CacheEntry.fit_lock``), and cached."""
+    if entry is None:
+        return _fit(det, fit_set, None)
+    if (cached := entry.load_detector()) is not None:
         cached.config = det.config  # result-neutral options (device, progress, checkpoints) are the caller's
         return cached, 0.0
+    with entry.fit_lock(log):
+        if (cached := entry.load_detector()) is not None:  # fitted by another process while this one waited
+            cached.config = det.config
+            return cached, 0.0
+        return _fit(det, fit_set, entry)
+
+
+def _fit(det: Detector, fit_set: ImageSet, entry: CacheEntry | None) -> tuple[Detector, float]:
     auto_checkpoints = None
     if entry is not None and isinstance(det, TrainableDetector) and not det.config.checkpoint_dir:
         # Checkpoints beside the cached maps: a fit killed half-way resumes on the next run.

@@ -120,9 +120,54 @@ def maps_fit_split(ds: Dataset, folders: Mapping[str, MapFolder], fits_own: bool
     return FitSplit(fit, tuple(s for s in ds.train_good if s.image_path in hold))
 
 
+@dataclass
+class Plan:
+    """What ``prepare`` has checked and decided before any detector is fit: the split, the images, and
+    where each input's maps come from (``segad.shard`` fills the cache from the same plan)."""
+
+    ds: Dataset
+    splits: list[SeedSplit]
+    fs: FitSplit
+    spec: SegmentSpec
+    seg_paths: list[Path | None] | None
+    gen_seg_paths: list[Path | None] | None
+    gen_sources: np.ndarray
+    source: SourceShape
+    request: MapRequest
+    sources: dict[str, MapSource]
+
+
 def prepare(cfg: TrainConfig, stacking: str = "") -> Prepared:
     """Validate everything that can fail before long work, then fit detectors and compute (or load) maps.
     ``stacking``: the name of a caller that cannot stack supervised inputs (an experiment), to refuse them."""
+    p = plan(cfg, stacking)
+    maps: dict[str, DetectorMaps] = {}
+    gen_maps: dict[str, DetectorMaps] = {}
+    for name in cfg.oneclass_names:
+        maps[name], gen = p.sources[name].maps(p.request, log)
+        if gen is not None:
+            gen_maps[name] = gen
+    r = p.request
+    return Prepared(
+        p.ds,
+        p.splits,
+        p.fs,
+        p.spec,
+        r.size,
+        r.fit_set,
+        r.score_set,
+        p.seg_paths,
+        r.gen_set,
+        p.gen_seg_paths,
+        p.gen_sources,
+        maps,
+        gen_maps,
+        p.source,
+    )
+
+
+def plan(cfg: TrainConfig, stacking: str = "") -> Plan:
+    """Every check that can fail before long work, the split, the images and each input's map source."""
     configs = cfg.detector_configs()  # unknown detectors or options fail here
     if stacking and cfg.stacked_names:
         raise InputError(
@@ -196,28 +241,7 @@ def prepare(cfg: TrainConfig, stacking: str = "") -> Prepared:
     sources |= {n: FittedDetector(n, c) for n, c in configs.items()}
     for src in sources.values():  # every folder's maps read and checked before any fit
         src.check(request)
-    maps: dict[str, DetectorMaps] = {}
-    gen_maps: dict[str, DetectorMaps] = {}
-    for name in cfg.oneclass_names:
-        maps[name], gen = sources[name].maps(request, log)
-        if gen is not None:
-            gen_maps[name] = gen
-    return Prepared(
-        ds,
-        splits,
-        fs,
-        spec,
-        size,
-        fit_set,
-        score_set,
-        seg_paths,
-        gen_set,
-        gen_seg_paths,
-        gen_sources,
-        maps,
-        gen_maps,
-        source,
-    )
+    return Plan(ds, splits, fs, spec, seg_paths, gen_seg_paths, gen_sources, source, request, sources)
 
 
 def generated_defects(cfg: TrainConfig, fs, seg_paths, size):

@@ -60,11 +60,52 @@ class FittedDetector:
         log(f"{self.name}: fitting / predicting {len(request.score_set) + len(request.gen_set)} images ...")
         cache, size = request.cache, request.size
         entry = cache.entry(det, size, request.fit_set.ids) if cache is not None else None
-        det, fit_seconds = fit_detector(det, request.fit_set, entry)  # once, for scored and generated images
+        det, fit_seconds = fit_detector(det, request.fit_set, entry, log)  # once, for scored and generated images
         scored = predict_maps(det, request.score_set, size, entry, fit_seconds)
         gen = predict_maps(det, request.gen_set, size, entry, fit_seconds) if len(request.gen_set) else None
         log(f"{self.name}: fit {fit_seconds:.1f}s, {scored.cached_maps} maps from cache")
         return scored, gen
+
+
+@dataclass(frozen=True)
+class Shard:
+    """Shard ``index`` of ``count`` (1-based, as ``--shard 2/4`` says it): every count-th image."""
+
+    index: int
+    count: int
+
+    @classmethod
+    def parse(cls, text: str) -> Shard:
+        i, sep, n = text.partition("/")
+        try:
+            shard = cls(int(i), int(n))
+        except ValueError:
+            shard = None
+        if not sep or shard is None or not 1 <= shard.index <= shard.count:
+            raise InputError(f"--shard takes I/N with 1 <= I <= N (e.g. 2/4), got {text!r}")
+        return shard
+
+    def of(self, images: ImageSet) -> ImageSet:
+        return images.subset(range(self.index - 1, len(images), self.count))
+
+
+def fill_shard(source: FittedDetector, request: MapRequest, shard: Shard, log) -> int:
+    """Put one shard's maps of ``source`` in the map cache: the detector is fitted once per cache entry
+    (the first shard to get there fits, the others wait and load that fit), then each shard predicts its
+    own images that are not cached yet. Returns how many maps it computed."""
+    if request.cache is None:
+        raise InputError("--shard fills the shared map cache: drop --no-cache")
+    det = detector_class(source.name)(source.config)
+    entry = request.cache.entry(det, request.size, request.fit_set.ids)
+    det, fit_seconds = fit_detector(det, request.fit_set, entry, log)
+    computed = 0
+    for images in (request.score_set, request.gen_set):
+        part = shard.of(images)
+        if len(part):
+            computed += len(part) - predict_maps(det, part, request.size, entry, fit_seconds).cached_maps
+    fitted = f"fit {fit_seconds:.1f}s" if fit_seconds else "fit loaded from the cache"
+    log(f"{source.name}: shard {shard.index}/{shard.count}: {fitted}, {computed} maps computed")
+    return computed
 
 
 @dataclass
@@ -99,4 +140,4 @@ class FolderMaps:
         return DetectorMaps(self.name, maps, scores, 0.0, ms, 0, given), None
 
 
-__all__ = ["FittedDetector", "FolderMaps", "MapRequest", "MapSource"]
+__all__ = ["FittedDetector", "FolderMaps", "MapRequest", "MapSource", "Shard", "fill_shard"]
