@@ -17,6 +17,9 @@ only (held-out good images and shots; the classifier's part out of fold). Rows:
 - ``paired lead``: the shipped rule, a lead judged by DeLong's paired error of the difference;
 - ``paired 1se weight``: the shipped rule, but within each base the smallest classifier weight whose
   inner AUROC is within one paired (DeLong) standard error of the base's best weight;
+- ``separation weight``: the shipped rule, but within each base the classifier weight whose judged
+  defects' 0.3 quantile sits furthest above the good rows, in their standard deviations (the distance
+  the detector weights are read from, instead of the inner AUROC, which ties near 1);
 - ``classifier from ensemble``: the same forest boosted from the ensemble (``--classifier-start
   ensemble``: XGBoost's ``base_margin`` = a logistic fit of the ensemble z-score on the training rows),
   alone, so its trees learn a correction to the ensemble rather than everything;
@@ -76,6 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         "equal base",
         "paired lead",
         "paired 1se weight",
+        "separation weight",
         "oracle",
     ]
     from_ens = MethodResult("classifier from ensemble")
@@ -108,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
             "equal base": select(oof, train_scores, y_train, real, moments, base="equal").blend,
             "paired lead": select(oof, train_scores, y_train, real, moments, lead="paired").blend,
             "paired 1se weight": select(oof, train_scores, y_train, real, moments, weight_rule="paired-1se").blend,
+            "separation weight": select(oof, train_scores, y_train, real, moments, weight_rule="separation").blend,
             "oracle": max(cands, key=lambda c: test_auroc[c.label]),
         }
         for n in names:

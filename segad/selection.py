@@ -57,7 +57,7 @@ Lead = Literal["hanley", "paired"]
 # How the blend weight is chosen within a base: the best inner AUROC, ties to the smaller weight (shipped),
 # or the smallest weight within one paired standard error of that best (Breiman's one-SE rule, measured in
 # experiments/ablate_selection.py).
-WeightRule = Literal["argmax", "paired-1se"]
+WeightRule = Literal["argmax", "paired-1se", "separation"]
 ENSEMBLE = "ensemble"
 WEIGHTED = "weighted ensemble"
 CLASSIFIER = "classifier"
@@ -294,6 +294,9 @@ def select(
                 <= paired_difference_se(yj, judged_scores[top.label], judged_scores[c.label])
             ]
             best[b] = within[0]
+    if weight_rule == "separation":  # how far the weaker judged defects sit out, as the detector weights read it
+        for b, f in families.items():
+            best[b] = max([*f, classifier], key=lambda c: (_separation(judged_scores[c.label], yj), -c.weight))
     order = list(best)
     chosen = classifier if prefer_classifier else best[order[0]]  # else the default base's
     others = order if prefer_classifier else order[1:]
@@ -307,6 +310,15 @@ def select(
     if challengers:
         chosen = max(challengers, key=lambda c: inner[c.label])
     return Selection(chosen, inner, n_good, n_defects, weights)
+
+
+def _separation(scores: np.ndarray, y: np.ndarray, quantile: float = WEIGHT_QUANTILE) -> float:
+    """The ``quantile`` of the defects' scores in standard deviations of the good rows' scores above their mean."""
+    good = scores[y == 0]
+    sd = float(np.std(good))
+    if not sd > 0 or not (y == 1).any():
+        return -np.inf
+    return float(np.quantile((scores[y == 1] - good.mean()) / sd, quantile))
 
 
 def choice_summary(selections: Sequence[Selection]) -> str:
