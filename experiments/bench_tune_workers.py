@@ -6,7 +6,7 @@ are printed: the study's own (its trials over the time from its first trial to i
 ``segad.tune`` logs it) and the wall rate including each worker's start (imports, reading the cached
 maps). Without ``--postgres URL`` a throwaway PostgreSQL is started on 127.0.0.1 (tests/postgres.py).
 
-    python experiments/bench_tune_workers.py --data textures --category grass --total 8
+    python experiments/bench_tune_workers.py --data textures --category grass --total 8 --options "--seeds 3"
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ def main() -> None:
     ap.add_argument("--category", default="grass")
     ap.add_argument("--total", type=int, default=8, help="trials per study (divisible by every --workers)")
     ap.add_argument("--workers", default="1,2,4")
+    ap.add_argument("--options", default="--seeds 3", help="more segad.tune options (default: 3 repeats a trial)")
     ap.add_argument("--postgres", default=None, help="postgresql+psycopg://... (default: a throwaway server)")
     args = ap.parse_args()
     counts = [int(w) for w in args.workers.split(",")]
@@ -50,10 +51,11 @@ def main() -> None:
 
             args.postgres = stack.enter_context(postgres_server("optuna"))
         common = ["--data", args.data, "--category", args.category, "--experiment", "bench-tune-workers"]
+        common += args.options.split()
         common += ["--tracking-uri", f"sqlite:///{tmp}/mlflow.db", "--model-dir", f"{tmp}/model"]
         stamp = int(time.time())
         run_study(common, f"sqlite:///{tmp}/warm.db", "warm", 1, 1)  # maps cached, stores created
-        print(f"{args.data}/{args.category}, {args.total} trials a study, {os.cpu_count()} CPU cores")
+        print(f"{args.data}/{args.category} {args.options}, {args.total} trials a study, {os.cpu_count()} CPU cores")
         print("| storage | workers | trials | wall s | trials/min, wall | trials/min, the study's |")
         print("|---|---|---|---|---|---|")
         for name, storage in (("SQLite", f"sqlite:///{tmp}/optuna.db"), ("PostgreSQL", args.postgres)):

@@ -235,3 +235,21 @@ def test_the_one_se_weight_rule_takes_the_smallest_weight_within_a_paired_error_
     # A classifier that separates what the detectors mix up is a lift beyond the error: it is kept.
     clear = 4.0 * y + rng.normal(0, 0.3, len(y))
     assert select(clear, scores, y, real, moments, weight_rule="paired-1se").blend.weight > 0
+
+
+def test_the_separation_weight_rule_follows_how_far_the_weaker_defects_sit_out() -> None:
+    """Within a base, the weight whose judged defects' 0.3 quantile is furthest above the good rows wins:
+    a classifier that only adds noise is mostly left out (ten shots make the quantile itself noisy, so
+    over draws), one that separates what the detectors mix up is always taken."""
+    noise_weights, clear_weights = [], []
+    for seed in range(20):
+        rng, y, real = _rows(n_good=20, n_bad=10, seed=seed)
+        signal = rng.normal(0, 1, len(y)) + 3.0 * y
+        scores = {"a": signal + rng.normal(0, 0.3, len(y)), "b": signal + rng.normal(0, 0.3, len(y))}
+        moments = {d: good_moments(v[y == 0]) for d, v in scores.items()}
+        noise = rng.normal(0, 1, len(y))
+        noise_weights.append(select(noise, scores, y, real, moments, weight_rule="separation").blend.weight)
+        clear = 10.0 * y + rng.normal(0, 0.3, len(y))
+        clear_weights.append(select(clear, scores, y, real, moments, weight_rule="separation").blend.weight)
+    assert np.mean(noise_weights) < 0.15 and np.mean(np.array(noise_weights) == 0) > 0.5
+    assert min(clear_weights) >= 0.75
