@@ -272,6 +272,10 @@ def test_a_real_tracking_server_on_loopback(
         assert len(runs) == 4 and all(r["info"]["status"] == "FINISHED" for r in runs)  # parent + 3 detectors
         parent = next(r for r in runs if "segad.auroc_mean" in {m["key"] for m in r["data"]["metrics"]})
         assert {"segad.auroc_mean", "segad.fpr95_mean"} <= {m["key"] for m in parent["data"]["metrics"]}
+        rid = parent["info"]["run_id"]
+        req = urllib.request.Request(f"{url}/api/2.0/mlflow/artifacts/list?run_id={rid}&path=charts")
+        charts = {f["path"] for f in json.load(urllib.request.urlopen(req, timeout=10))["files"]}
+        assert {"charts/roc_curves.png", "charts/score_histograms.png"} <= charts  # stored through the server
         req = urllib.request.Request(f"{url}/api/2.0/mlflow/registered-models/search")
         [model] = json.load(urllib.request.urlopen(req, timeout=10))["registered_models"]
         # the registered model, loaded through the server (its artifacts proxied), scores new images
