@@ -12,12 +12,11 @@ named in a warning, removed and recomputed: it must never fail every later run, 
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
 import shutil
-import socket
-import time
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
@@ -72,39 +71,23 @@ class CacheEntry:
         return self.path / "fit.lock"
 
     @contextmanager
-    def fit_lock(self, log: Callable[[str], None] = print, poll: float = 0.5) -> Iterator[None]:
+    def fit_lock(self, log: Callable[[str], None] = print) -> Iterator[None]:
         """Held while one process fits this entry's detector. Processes sharing the cache (the shards of
         one map computation, on one machine or several) wait for it and then load that fit, so every map
-        of an entry comes from one fitted detector. A lock left by a dead process on this machine is
-        taken over; one from another machine is waited for (its file says whose it is)."""
-        me = {"host": socket.gethostname(), "pid": os.getpid()}
-        told = False
-        while True:
-            try:
-                fd = os.open(self.lock_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-            except FileExistsError:
-                owner = self._lock_owner()
-                if owner is not None and owner.get("host") == me["host"] and not _pid_alive(owner.get("pid")):
-                    self.lock_path.unlink(missing_ok=True)  # its process died mid-fit: fit again here
-                    continue
-                if not told:
-                    log(f"waiting for {owner or 'another process'} to fit {self.path.name} ({self.lock_path})")
-                    told = True
-                time.sleep(poll)
-                continue
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            break
+        of an entry comes from one fitted detector. A POSIX record lock on a file that stays: the system
+        releases it when its process ends, however it ends, so a killed fit never blocks the next one
+        (on a network folder the file system must support locks, as NFSv4 does). Per process: threads of
+        one process do not exclude each other."""
+        fd = os.open(self.lock_path, os.O_CREAT | os.O_RDWR, 0o644)
         try:
+            try:
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:  # another process is fitting
+                log(f"waiting for another process to fit {self.path.name} (it holds {self.lock_path})")
+                fcntl.lockf(fd, fcntl.LOCK_EX)
             yield
         finally:
-            self.lock_path.unlink(missing_ok=True)
-
-    def _lock_owner(self) -> dict | None:
-        try:
-            return json.loads(self.lock_path.read_text())
-        except (OSError, ValueError):  # gone meanwhile, or not written yet
-            return None
+            os.close(fd)  # releases the lock
 
     def _map_path(self, image_id: str) -> Path:
         return self.path / "maps" / f"{image_id}.npz"
@@ -138,16 +121,6 @@ class CacheEntry:
                 np.savez(f, map=anomaly_map.astype(np.float16), score=np.float32(score))
 
         atomic_write(self._map_path(image_id), write)
-
-
-def _pid_alive(pid) -> bool:
-    try:
-        os.kill(int(pid), 0)
-    except (ProcessLookupError, TypeError, ValueError):
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
 
 
 class MapCache:

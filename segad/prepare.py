@@ -171,7 +171,7 @@ def plan(cfg: TrainConfig, stacking: str = "") -> Plan:
     configs = cfg.detector_configs()  # unknown detectors or options fail here
     if stacking and cfg.stacked_names:
         raise InputError(
-            f"{stacking} compares the cached one-class detectors only; drop {','.join(cfg.stacked_names)} from "
+            f"{stacking} works on the cached one-class detectors only; drop {','.join(cfg.stacked_names)} from "
             "--detectors (segad.train and segad.tune stack them)"
         )
     supervised = cfg.supervised_configs()  # and unknown baselines or their options

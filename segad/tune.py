@@ -14,7 +14,8 @@ run, model), linked to the study.
 Several processes (``--workers N``, or more machines with a PostgreSQL or MySQL ``--storage``) work on
 one study at once; the same ``--study`` and ``--storage`` resume it. Each worker beats a heartbeat into
 the storage, so a worker that dies mid-trial (SIGKILL, a lost machine) leaves no trial RUNNING for ever:
-the next trial any worker starts marks it failed and runs its parameters again, once.
+the next trial any worker starts marks it failed and runs its parameters again (at most twice). Every
+worker of a study should use the same ``--heartbeat``: the grace period is the checking worker's.
 """
 
 from __future__ import annotations
@@ -303,7 +304,7 @@ def make_sampler(kind: str, study_seed: int):
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql", "oracle", "mssql")  # SQLAlchemy URLs: Optuna's RDBStorage
 
 
-def make_storage(url: str, heartbeat: float):
+def make_storage(url: str, heartbeat: int):
     """Optuna's storage for ``url``. On a database: a heartbeat every ``heartbeat`` seconds (0: off), and a
     trial whose heartbeat stopped (its worker died) is failed and its parameters re-queued, at most twice,
     so a killed worker loses no trial and, its trial being failed rather than left RUNNING, duplicates none."""
@@ -312,7 +313,7 @@ def make_storage(url: str, heartbeat: float):
     scheme = url.partition(":")[0].partition("+")[0]
     if scheme not in RDB_SCHEMES or heartbeat <= 0:
         return url
-    beat = max(1, round(heartbeat))
+    beat = heartbeat
     return optuna.storages.RDBStorage(
         url,
         heartbeat_interval=beat,
@@ -371,23 +372,42 @@ def best_run_config(cfg: TrainConfig, best_params: dict, study: str) -> TrainCon
 def spawn_workers(args) -> list[subprocess.Popen]:
     """``--workers N``: N - 1 more processes on the same study, each running ``--trials`` trials; the best
     run is made once, by this process, after all of them end (they run with ``--skip-best-run``)."""
-    if args.workers <= 1:
-        return []
     cmd = [sys.executable, "-m", "segad.tune", *args.argv, "--workers", "1", "--skip-best-run"]
-    return [subprocess.Popen(cmd, stdout=subprocess.DEVNULL) for _ in range(args.workers - 1)]
-
-
-def wait_workers(workers: list[subprocess.Popen]) -> int:
-    """Wait for every worker (on Ctrl-C: stop them first); how many failed."""
+    workers: list[subprocess.Popen] = []
     try:
-        codes = [w.wait() for w in workers]
+        for _ in range(args.workers - 1):
+            workers.append(subprocess.Popen(cmd, stdout=subprocess.DEVNULL))
     except BaseException:
-        for w in workers:
-            w.terminate()
+        stop_workers(workers)
+        raise
+    return workers
+
+
+def stop_workers(workers: list[subprocess.Popen], grace: float = 10.0) -> None:
+    """This process is failing or interrupted: end its workers (terminate, then kill) rather than wait."""
+    for w in workers:
+        w.terminate()
+    for w in workers:
+        try:
+            w.wait(grace)
+        except subprocess.TimeoutExpired:
+            w.kill()
+            w.wait()
+
+
+def wait_workers(workers: list[subprocess.Popen]) -> list[subprocess.Popen]:
+    """Wait for every worker (on Ctrl-C: stop them); the ones that failed."""
+    try:
         for w in workers:
             w.wait()
+    except BaseException:
+        stop_workers(workers)
         raise
-    return sum(c != 0 for c in codes)
+    return [w for w in workers if w.returncode != 0]
+
+
+def _exit_status(code: int) -> str:
+    return f"signal {-code}" if code < 0 else f"exit code {code}"
 
 
 def _end(client, run_id: str, error: BaseException) -> None:
@@ -465,10 +485,11 @@ def run_study(args, cfg: TrainConfig) -> dict:
         workers = spawn_workers(args)  # the other local workers, on the study this process has created
         try:
             study.optimize(objective, n_trials=args.trials, timeout=args.timeout, n_jobs=args.n_jobs)
-        finally:
-            failed = wait_workers(workers)
-        if failed:
-            raise RuntimeError(f"{failed} of {len(workers)} worker processes failed; see their messages above")
+        except BaseException:
+            stop_workers(workers)
+            raise
+        for w in wait_workers(workers):  # a dead worker's running trial is retried by the heartbeat
+            print(f"warning: tuning worker pid {w.pid} ended with {_exit_status(w.returncode)}", file=sys.stderr)
         summary = _log_study(client, parent.info.run_id, study, args.study, (time.perf_counter() - t0) / 60)
         if not args.skip_best_run:
             summary.update(_best_run(cfg, summary["best_params"], args.study, client, parent.info.run_id))
@@ -556,7 +577,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=1, help="worker processes on this machine, this one included")
     ap.add_argument(
         "--heartbeat",
-        type=float,
+        type=int,
         default=60,
         help="seconds between heartbeats in a database storage (0: off)",
     )

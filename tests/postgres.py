@@ -50,7 +50,10 @@ def postgres_server(database: str = "segad") -> Iterator[str]:
     def run(*cmd: str | Path) -> None:
         done = subprocess.run([*as_owner, *map(str, cmd)], capture_output=True, text=True, timeout=120)
         if done.returncode:
-            raise NoPostgres(f"{Path(str(cmd[0])).name} failed: {done.stderr.strip() or done.stdout.strip()}")
+            log = root / "server.log"
+            tail = log.read_text(errors="replace")[-2000:] if log.is_file() else ""
+            said = done.stderr.strip() or done.stdout.strip()
+            raise NoPostgres(f"{Path(str(cmd[0])).name} failed: {said}" + (f"\nserver log:\n{tail}" if tail else ""))
 
     try:
         run(bindir / "initdb", "-D", data, "-U", "segad", "--auth=trust", "-E", "UTF8", "--no-sync")

@@ -14,6 +14,7 @@ import pytest
 from detectors.errors import InputError
 from segad.config import TrainConfig
 from segad.data.synthetic import SyntheticSpec, write_mvtec
+from segad.maps import fit_detector
 from segad.prepare import prepare
 from segad.shard import main
 from segad.sources import Shard
@@ -36,7 +37,12 @@ def test_two_shards_fill_one_cache_and_train_finds_every_map(tmp_path: Path, mon
     shards = [
         subprocess.Popen([*cmd, "--shard", f"{i}/2"], env=env, cwd=tmp_path, **out) for i in (1, 2)
     ]  # started together: both reach the fit at once
-    logs = [s.communicate(timeout=300)[0] for s in shards]
+    try:
+        logs = [s.communicate(timeout=300)[0] for s in shards]
+    finally:
+        for s in shards:
+            s.kill()
+            s.wait()
     assert [s.returncode for s in shards] == [0, 0], logs
     for name in ("patchcore", "padim"):
         lines = [line for log in logs for line in log.splitlines() if line.startswith(f"{name}: shard")]
@@ -44,7 +50,7 @@ def test_two_shards_fill_one_cache_and_train_finds_every_map(tmp_path: Path, mon
     computed = [int(log.split("maps computed in")[0].split()[-1]) for log in logs]
     n_images = len(os.listdir(next(cache.rglob("patchcore-*")) / "maps"))
     assert sum(computed) == 2 * n_images  # each map computed by exactly one shard
-    assert not list(cache.rglob("*.tmp")) and not list(cache.rglob("fit.lock"))
+    assert not list(cache.rglob("*.tmp"))
 
     monkeypatch.setenv("SEGAD_CACHE_DIR", str(cache))
     prep = prepare(_config(tmp_path / "data"))
@@ -59,24 +65,51 @@ def test_two_shards_fill_one_cache_and_train_finds_every_map(tmp_path: Path, mon
         np.testing.assert_array_equal(whole.maps[name].maps, prep.maps[name].maps)
 
 
-def test_a_fit_lock_left_by_a_dead_process_is_taken_over(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import json
-    import socket
+def test_a_fit_waits_for_the_lock_holder_and_goes_on_when_it_is_killed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import signal
+    import threading
 
-    write_mvtec(SPEC, tmp_path / "data")
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    dead.wait()
-    monkeypatch.setenv("SEGAD_CACHE_DIR", str(tmp_path / "cache"))
-    cfg = replace(_config(tmp_path / "data"), detectors="padim", generated=0)
+    from detectors.registry import make_detector
     from segad.prepare import plan
 
+    write_mvtec(SPEC, tmp_path / "data")
+    monkeypatch.setenv("SEGAD_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = replace(_config(tmp_path / "data"), detectors="padim", generated=0)
     p = plan(cfg)
-    from detectors.registry import make_detector
-
     entry = p.request.cache.entry(make_detector("padim", device="cpu"), (96, 96), p.request.fit_set.ids)
-    entry.lock_path.write_text(json.dumps({"host": socket.gethostname(), "pid": dead.pid}))  # died mid-fit
-    prep = prepare(cfg)  # would wait for ever on a live owner's lock
-    assert prep.maps["padim"].fit_seconds > 0 and not entry.lock_path.exists()
+    holder = subprocess.Popen(  # another process, mid-fit: it holds the entry's lock
+        [sys.executable, "-c", HOLD, str(entry.lock_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        said: list[str] = []
+        fitted = threading.Event()
+
+        def fit() -> None:
+            fit_detector(make_detector("padim", device="cpu"), p.request.fit_set, entry, said.append)
+            fitted.set()
+
+        worker = threading.Thread(target=fit)
+        worker.start()
+        assert not fitted.wait(3.0)  # it waits for the holder ...
+        assert said and "waiting for another process to fit" in said[0]
+        os.kill(holder.pid, signal.SIGKILL)  # ... which dies without unlocking: the system releases it
+        worker.join(120)
+        assert fitted.is_set() and entry.detector_path.is_file()
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+HOLD = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_CREAT | os.O_RDWR, 0o644)
+fcntl.lockf(fd, fcntl.LOCK_EX)
+print("locked", flush=True)
+time.sleep(120)
+"""
 
 
 @pytest.mark.parametrize("text", ["2", "0/2", "3/2", "a/b", "1/0"])

@@ -137,12 +137,21 @@ def test_a_killed_workers_trial_is_failed_and_retried_once(workspace: Path, post
         except KeyError:  # not created yet
             return []
 
-    deadline = time.monotonic() + 240
-    while not any(t.number >= 1 and t.state == optuna.trial.TrialState.RUNNING for t in trials()):
-        assert worker.poll() is None and time.monotonic() < deadline, "the worker never reached its second trial"
-        time.sleep(0.1)
-    os.kill(worker.pid, signal.SIGKILL)
-    worker.wait()
+    try:
+        # Killed mid-trial, inside the objective (it has drawn parameters): Optuna starts a trial's heartbeat
+        # only after its sampler has drawn the first ones, so a process killed before that leaves no
+        # heartbeat to go stale (Optuna's limit, not this test's subject).
+        deadline = time.monotonic() + 240
+        while True:
+            live = [t for t in trials() if t.number >= 1 and t.state == optuna.trial.TrialState.RUNNING]
+            if live and live[0].params:  # its heartbeat thread runs: it started before the first draw
+                break
+            assert worker.poll() is None and time.monotonic() < deadline, "the worker never reached its second trial"
+            time.sleep(0.02)
+        os.kill(worker.pid, signal.SIGKILL)
+    finally:
+        worker.kill()
+        worker.wait()
     [dead] = [t for t in trials() if t.state == optuna.trial.TrialState.RUNNING]  # RUNNING for ever, so far
     time.sleep(2.5)  # past the grace period: two missed heartbeats
     assert main(_args(workspace, "killed", 1, *beat)) == 0
