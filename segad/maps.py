@@ -91,14 +91,19 @@ def fit_detector(
     for it and then load it: ``CacheEntry.fit_lock``), and cached."""
     if entry is None:
         return _fit(det, fit_set, None)
-    if (cached := entry.load_detector()) is not None:
-        cached.config = det.config  # result-neutral options (device, progress, checkpoints) are the caller's
+    if (cached := _cached_fit(det, entry)) is not None:
         return cached, 0.0
     with entry.fit_lock(log):
-        if (cached := entry.load_detector()) is not None:  # fitted by another process while this one waited
-            cached.config = det.config
+        if (cached := _cached_fit(det, entry)) is not None:  # fitted by another process while this one waited
             return cached, 0.0
         return _fit(det, fit_set, entry)
+
+
+def _cached_fit(det: Detector, entry: CacheEntry) -> Detector | None:
+    cached = entry.load_detector()
+    if cached is not None:
+        cached.config = det.config  # result-neutral options (device, progress, checkpoints) are the caller's
+    return cached
 
 
 def _fit(det: Detector, fit_set: ImageSet, entry: CacheEntry | None) -> tuple[Detector, float]:

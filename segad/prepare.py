@@ -14,9 +14,7 @@ from detectors.backbones import check_backbone
 from detectors.device import resolve_device
 from detectors.errors import InputError
 from features import SegmentSpec
-from segad.baselines import (
-    check_good_images,
-)
+from segad.baselines import check_good_images
 from segad.calibration import check_target_fpr
 from segad.classifier import SegadClassifier
 from segad.config import TrainConfig

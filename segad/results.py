@@ -6,9 +6,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from segad.baselines import (
-    BaselineRun,
-)
+from segad.baselines import BaselineRun
 from segad.calibration import Calibration
 from segad.config import TrainConfig
 from segad.data import Dataset

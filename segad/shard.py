@@ -22,7 +22,7 @@ from detectors.errors import InputError
 from segad.config import build_parser, config_from
 from segad.console import log
 from segad.prepare import plan
-from segad.sources import FittedDetector, Shard, fill_shard
+from segad.sources import FittedDetector, Shard
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -39,7 +39,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         fitted = [s for s in p.sources.values() if isinstance(s, FittedDetector)]
         if not fitted:
             raise InputError("--shard computes segad's detectors' maps; --detectors names none (only --maps folders)")
-        computed = sum(fill_shard(s, p.request, shard, log) for s in fitted)
+        computed = sum(s.fill_shard(p.request, shard, log) for s in fitted)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,8 +16,8 @@ from typing import Protocol
 
 import numpy as np
 
-from detectors.base import DetectorConfig
-from detectors.cache import MapCache
+from detectors.base import Detector, DetectorConfig
+from detectors.cache import CacheEntry, MapCache
 from detectors.errors import InputError
 from detectors.registry import detector_class
 from segad.data.samples import Sample
@@ -56,15 +56,34 @@ class FittedDetector:
         pass  # the config was checked when it was built
 
     def maps(self, request: MapRequest, log) -> tuple[DetectorMaps, DetectorMaps | None]:
-        det = detector_class(self.name)(self.config)
         log(f"{self.name}: fitting / predicting {len(request.score_set) + len(request.gen_set)} images ...")
-        cache, size = request.cache, request.size
-        entry = cache.entry(det, size, request.fit_set.ids) if cache is not None else None
-        det, fit_seconds = fit_detector(det, request.fit_set, entry, log)  # once, for scored and generated images
-        scored = predict_maps(det, request.score_set, size, entry, fit_seconds)
-        gen = predict_maps(det, request.gen_set, size, entry, fit_seconds) if len(request.gen_set) else None
+        det, entry, fit_seconds = self._fitted(request, log)  # once, for scored and generated images
+        scored = predict_maps(det, request.score_set, request.size, entry, fit_seconds)
+        gen = predict_maps(det, request.gen_set, request.size, entry, fit_seconds) if len(request.gen_set) else None
         log(f"{self.name}: fit {fit_seconds:.1f}s, {scored.cached_maps} maps from cache")
         return scored, gen
+
+    def fill_shard(self, request: MapRequest, shard: Shard, log) -> int:
+        """Put one shard's maps in the map cache (``request.cache``): the detector is fitted once per cache
+        entry (the first shard to get there fits, the others wait and load that fit), then each shard
+        predicts its own images that are not cached yet. Returns how many maps it computed."""
+        det, entry, fit_seconds = self._fitted(request, log)
+        computed = 0
+        for images in (request.score_set, request.gen_set):
+            part = shard.of(images)
+            if len(part):
+                computed += len(part) - predict_maps(det, part, request.size, entry, fit_seconds).cached_maps
+        fitted = f"fit {fit_seconds:.1f}s" if fit_seconds else "fit loaded from the cache"
+        log(f"{self.name}: shard {shard.index}/{shard.count}: {fitted}, {computed} maps computed")
+        return computed
+
+    def _fitted(self, request: MapRequest, log) -> tuple[Detector, CacheEntry | None, float]:
+        """The fitted detector (the cached fit, or fitted now), its cache entry, and the fit's seconds."""
+        det = detector_class(self.name)(self.config)
+        cache = request.cache
+        entry = cache.entry(det, request.size, request.fit_set.ids) if cache is not None else None
+        det, fit_seconds = fit_detector(det, request.fit_set, entry, log)
+        return det, entry, fit_seconds
 
 
 @dataclass(frozen=True)
@@ -87,25 +106,6 @@ class Shard:
 
     def of(self, images: ImageSet) -> ImageSet:
         return images.subset(range(self.index - 1, len(images), self.count))
-
-
-def fill_shard(source: FittedDetector, request: MapRequest, shard: Shard, log) -> int:
-    """Put one shard's maps of ``source`` in the map cache: the detector is fitted once per cache entry
-    (the first shard to get there fits, the others wait and load that fit), then each shard predicts its
-    own images that are not cached yet. Returns how many maps it computed."""
-    if request.cache is None:
-        raise InputError("--shard fills the shared map cache: drop --no-cache")
-    det = detector_class(source.name)(source.config)
-    entry = request.cache.entry(det, request.size, request.fit_set.ids)
-    det, fit_seconds = fit_detector(det, request.fit_set, entry, log)
-    computed = 0
-    for images in (request.score_set, request.gen_set):
-        part = shard.of(images)
-        if len(part):
-            computed += len(part) - predict_maps(det, part, request.size, entry, fit_seconds).cached_maps
-    fitted = f"fit {fit_seconds:.1f}s" if fit_seconds else "fit loaded from the cache"
-    log(f"{source.name}: shard {shard.index}/{shard.count}: {fitted}, {computed} maps computed")
-    return computed
 
 
 @dataclass
@@ -140,4 +140,4 @@ class FolderMaps:
         return DetectorMaps(self.name, maps, scores, 0.0, ms, 0, given), None
 
 
-__all__ = ["FittedDetector", "FolderMaps", "MapRequest", "MapSource", "Shard", "fill_shard"]
+__all__ = ["FittedDetector", "FolderMaps", "MapRequest", "MapSource", "Shard"]

@@ -313,11 +313,10 @@ def make_storage(url: str, heartbeat: int):
     scheme = url.partition(":")[0].partition("+")[0]
     if scheme not in RDB_SCHEMES or heartbeat <= 0:
         return url
-    beat = heartbeat
     return optuna.storages.RDBStorage(
         url,
-        heartbeat_interval=beat,
-        grace_period=2 * beat,
+        heartbeat_interval=heartbeat,
+        grace_period=2 * heartbeat,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=2),
     )
 

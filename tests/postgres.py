@@ -30,7 +30,8 @@ def postgres_bin() -> Path:
     return versions[-1].parent
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -45,7 +46,7 @@ def postgres_server(database: str = "segad") -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(root, "postgres", "postgres")
         as_owner = ["runuser", "-u", "postgres", "--"]
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
 
     def run(*cmd: str | Path) -> None:
         done = subprocess.run([*as_owner, *map(str, cmd)], capture_output=True, text=True, timeout=120)

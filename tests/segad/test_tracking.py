@@ -6,7 +6,6 @@ import csv
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,6 +18,7 @@ import pytest
 
 from segad.data.synthetic import SyntheticSpec, write_mvtec
 from segad.train import main
+from tests.postgres import free_port
 
 SPEC = SyntheticSpec(image_size=96, n_train=80, n_test_good=8, n_defects_per_type=3, seed=5)
 ARGS = ["--image-size", "96", "--shots", "5", "--seeds", "2", "--device", "cpu", "--segments", "whole"]
@@ -201,12 +201,6 @@ def test_a_failing_run_is_marked_failed_with_the_error(store, tmp_path: Path) ->
     assert run.info.status == "FAILED" and "000.png" in run.data.tags["error"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def backend_store(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The tracking server's backend store: a database on a live PostgreSQL, as a team runs it (CI always
@@ -227,7 +221,7 @@ def test_a_real_tracking_server_on_loopback(
 ) -> None:
     from segad.predict import main as predict
 
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [
             sys.executable,
