@@ -26,17 +26,20 @@ from pathlib import Path
 from typing import Any
 
 from detectors.base import Detector, DetectorConfig, load_state, read_metadata
+from detectors.cfa import CFA
 from detectors.draem import Draem
 from detectors.efficientad import EfficientAD
 from detectors.errors import InputError
 from detectors.fastflow import FastFlow
+from detectors.mspba import MSPBA
 from detectors.padim import Padim
 from detectors.patchcore import PatchCore
+from detectors.pfm import PEFM, PFM
 from detectors.rd4ad import RD4AD
 
 ENTRY_POINT_GROUP = "segad.detectors"
 DEFAULT_DETECTORS = ("patchcore", "padim")
-BUILTIN = (PatchCore, Padim, RD4AD, FastFlow, EfficientAD, Draem)
+BUILTIN = (PatchCore, Padim, RD4AD, FastFlow, EfficientAD, Draem, PFM, PEFM, CFA, MSPBA)
 # A name goes into comma-separated CLI lists, NAME.OPTION=VALUE pairs, file names and MLflow keys.
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 

@@ -194,8 +194,11 @@ def plan(cfg: TrainConfig, stacking: str = "") -> Plan:
             "(SegAD holds out 0.1)"
         )
     resolve_device(cfg.device)  # --device cuda without a GPU fails here, not at the first fit
-    for backbone in sorted({cfg.backbone, *(c.backbone for c in [*configs.values(), *supervised.values()])}):
-        check_backbone(backbone)  # missing torchvision weights fail here, not after the dataset is read
+    # Every option naming a backbone (PFM's target_backbone too): missing torchvision weights fail here,
+    # not after the dataset is read.
+    named = {v for c in [*configs.values(), *supervised.values()] for k, v in c.to_params().items() if "backbone" in k}
+    for backbone in sorted({cfg.backbone, *named} - {""}):
+        check_backbone(backbone)
     check_writable_dir(cfg.model_dir or Path("outputs") / "models", "--model-dir")
     if cfg.summary_json:
         check_writable_dir(Path(cfg.summary_json).parent, "--summary-json")

@@ -127,7 +127,11 @@ def test_unusable_outputs_and_devices_fail_before_any_fit(
 
 def test_missing_backbone_weights_fail_before_the_dataset_is_read(tmp_path: Path, capsys, monkeypatch) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "empty-torch-home"))  # no torchvision weights there
-    for extra in (["--backbone", "resnet18"], ["--set", "padim.backbone=resnet18"]):
+    for extra in (
+        ["--backbone", "resnet18"],
+        ["--set", "padim.backbone=resnet18"],
+        ["--detectors", "patchcore,pfm", "--set", "pfm.target_backbone=resnet18"],
+    ):
         args = ["--data", str(tmp_path / "no-such-data"), "--detectors", "patchcore,padim", "--no-mlflow"]
         assert main([*args, *extra]) == 2
         err = capsys.readouterr().err
