@@ -42,6 +42,10 @@ OTHER_STRINGS = {
     "teacher_layers": "layer3",
     "model_size": "medium",
     "checkpoint_dir": "elsewhere",
+    "target_backbone": "resnet18",
+    "latent_dims": "16+16+16",
+    "learning_rates": "1e-3+1e-3+1e-3",
+    "patch_sizes": "32+16+8",
 }
 
 

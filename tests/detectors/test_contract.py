@@ -27,6 +27,10 @@ FAST = {
     "fastflow": {**CPU, "epochs": 1, "batch_size": 3},
     "efficientad": {**CPU, "teacher_steps": 2, "steps": 2, "batch_size": 2, "out_channels": 16},
     "draem": {**CPU, "steps": 2, "batch_size": 2, "base_width": 8, "disc_width": 8},
+    "pfm": {**CPU, "epochs": 1, "batch_size": 3, "latent_dims": "8+8+8"},
+    "pefm": {**CPU, "epochs": 1, "batch_size": 3, "latent_dims": "8+8+8"},
+    "simplenet": {**CPU, "epochs": 1, "batch_size": 3, "embed_dim": 32, "pretrain_dim": 32, "disc_hidden": 16},
+    "cdo": {**CPU, "epochs": 1, "batch_size": 3},
 }
 OTHER_STRINGS = {
     "backbone": "resnet18",
