@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from detectors.base import Detector, DetectorConfig, load_state, read_metadata
+from detectors.cdo import CDO
 from detectors.cfa import CFA
 from detectors.draem import Draem
 from detectors.efficientad import EfficientAD
@@ -36,10 +37,11 @@ from detectors.padim import Padim
 from detectors.patchcore import PatchCore
 from detectors.pfm import PEFM, PFM
 from detectors.rd4ad import RD4AD
+from detectors.simplenet import SimpleNet
 
 ENTRY_POINT_GROUP = "segad.detectors"
 DEFAULT_DETECTORS = ("patchcore", "padim")
-BUILTIN = (PatchCore, Padim, RD4AD, FastFlow, EfficientAD, Draem, PFM, PEFM, CFA, MSPBA)
+BUILTIN = (PatchCore, Padim, RD4AD, FastFlow, EfficientAD, Draem, PFM, PEFM, CFA, MSPBA, SimpleNet, CDO)
 # A name goes into comma-separated CLI lists, NAME.OPTION=VALUE pairs, file names and MLflow keys.
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 

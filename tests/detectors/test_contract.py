@@ -31,6 +31,8 @@ FAST = {
     "pefm": {**CPU, "epochs": 1, "batch_size": 3, "latent_dims": "8+8+8"},
     "simplenet": {**CPU, "epochs": 1, "batch_size": 3, "embed_dim": 32, "pretrain_dim": 32, "disc_hidden": 16},
     "cdo": {**CPU, "epochs": 1, "batch_size": 3},
+    "cfa": {**CPU, "epochs": 1, "batch_size": 3},
+    "mspba": {**CPU, "epochs": 1, "samples_per_image": 2, "batch_size": 4},
 }
 OTHER_STRINGS = {
     "backbone": "resnet18",

@@ -43,3 +43,16 @@ def test_ratio_bounds() -> None:
     assert greedy_coreset(x, 1.0).tolist() == list(range(10))
     with pytest.raises(ValueError, match="coreset_ratio"):
         greedy_coreset(x, 0.0)
+
+
+def test_the_cpu_loop_uses_no_more_threads_than_torch_and_restores_both(one_torch_thread) -> None:
+    import numba
+
+    from detectors.coreset import _threads_like_torch
+
+    before = numba.get_num_threads()
+    with _threads_like_torch():
+        assert numba.get_num_threads() == 1  # torch may use one thread here
+    assert numba.get_num_threads() == before and torch.get_num_threads() == 1
+    greedy_coreset(torch.randn(500, 8), 0.1)
+    assert numba.get_num_threads() == before and torch.get_num_threads() == 1
