@@ -46,7 +46,8 @@ def paper_steps(name: str, n: int) -> int | None:
     if "steps" in defaults:
         return int(defaults["steps"])
     if "epochs" in defaults:
-        return int(defaults["epochs"]) * -(-n // int(defaults["batch_size"]))
+        per_epoch = n * int(defaults.get("samples_per_image", 1))  # MSPBA samples patches per image
+        return int(defaults["epochs"]) * -(-per_epoch // int(defaults["batch_size"]))
     return None
 
 
