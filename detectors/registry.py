@@ -25,23 +25,48 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
+from detectors.altub import AltUB
+from detectors.ast import AST
 from detectors.base import Detector, DetectorConfig, load_state, read_metadata
 from detectors.cdo import CDO
 from detectors.cfa import CFA
+from detectors.cflow import CFlow
 from detectors.draem import Draem
 from detectors.efficientad import EfficientAD
 from detectors.errors import InputError
 from detectors.fastflow import FastFlow
+from detectors.memseg import MemSeg
+from detectors.msflow import MSFlow
 from detectors.mspba import MSPBA
 from detectors.padim import Padim
 from detectors.patchcore import PatchCore
 from detectors.pfm import PEFM, PFM
+from detectors.ppdm import PPDM
 from detectors.rd4ad import RD4AD
 from detectors.simplenet import SimpleNet
 
 ENTRY_POINT_GROUP = "segad.detectors"
 DEFAULT_DETECTORS = ("patchcore", "padim")
-BUILTIN = (PatchCore, Padim, RD4AD, FastFlow, EfficientAD, Draem, PFM, PEFM, CFA, MSPBA, SimpleNet, CDO)
+BUILTIN = (
+    PatchCore,
+    Padim,
+    RD4AD,
+    FastFlow,
+    EfficientAD,
+    Draem,
+    PFM,
+    PEFM,
+    CFA,
+    MSPBA,
+    SimpleNet,
+    CDO,
+    AltUB,
+    AST,
+    CFlow,
+    MSFlow,
+    MemSeg,
+    PPDM,
+)
 # A name goes into comma-separated CLI lists, NAME.OPTION=VALUE pairs, file names and MLflow keys.
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 

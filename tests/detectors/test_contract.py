@@ -33,6 +33,21 @@ FAST = {
     "cdo": {**CPU, "epochs": 1, "batch_size": 3},
     "cfa": {**CPU, "epochs": 1, "batch_size": 3},
     "mspba": {**CPU, "epochs": 1, "samples_per_image": 2, "batch_size": 4},
+    "altub": {**CPU, "epochs": 1, "batch_size": 3, "flow_steps": 2},
+    "ast": {**CPU, "teacher_epochs": 1, "student_epochs": 1, "batch_size": 3, "student_hidden": 16},
+    "cflow": {**CPU, "meta_epochs": 1, "sub_epochs": 1, "coupling_blocks": 2, "condition_dim": 16},
+    "msflow": {**CPU, "epochs": 1, "batch_size": 3, "parallel_blocks": "1+1+1", "condition_dim": 16},
+    "memseg": {**CPU, "steps": 2, "batch_size": 2, "decoder_width": 4, "memory_size": 3},
+    "ppdm": {
+        **CPU,
+        "epochs": 1,
+        "batch_size": 3,
+        "offset_width": 4,
+        "reduce_channels": 8,
+        "bottleneck_channels": 16,
+        "bottleneck_blocks": 1,
+        "codebook_size": 8,
+    },
 }
 OTHER_STRINGS = {
     "backbone": "resnet18",
