@@ -3,8 +3,9 @@
 Each (detector, dataset) runs in a fresh process, so its peak RAM is its own. A row gives the
 schedule that ran, training seconds per step, predict ms per image, peak RSS, image AUROC, pixel
 AUROC and AUPRO@0.3, and the paper schedule's estimated time on this machine: the detector's
-default number of steps (its default epochs over this training set at its default batch size)
-times the measured seconds per step, at the benchmark's batch size (so keep it the default).
+default schedule, scaled from each training phase's measured time by how much longer the default
+schedule options (epochs, steps, ...) are than the ones given, at the benchmark's batch size (keep
+it the default).
 
     python experiments/bench_seed_detectors.py --data synthetic --detectors pfm,pefm \\
         --set pfm.epochs=10 --set pefm.epochs=10
@@ -38,17 +39,21 @@ def load(data: str, size: int):
     return fit, x, labels, masks
 
 
-def paper_steps(name: str, n: int) -> int | None:
-    """Optimiser steps of the detector's default schedule on n training images."""
+SCHEDULE = ("epochs", "steps", "meta_epochs", "sub_epochs", "samples_per_image")
+
+
+def schedule_ratio(name: str, params: dict, phase: str) -> float:
+    """How many times longer the default schedule is than the one that ran, for one training phase:
+    the product of default / given over the schedule options set (``epochs``, ``steps``, ...; a
+    two-phase detector's ``teacher_epochs`` counts for its ``teacher`` phase only)."""
     from detectors import detector_class
 
     defaults = {f.name: f.default for f in fields(detector_class(name).config_class)}
-    if "steps" in defaults:
-        return int(defaults["steps"])
-    if "epochs" in defaults:
-        per_epoch = n * int(defaults.get("samples_per_image", 1))  # MSPBA samples patches per image
-        return int(defaults["epochs"]) * -(-per_epoch // int(defaults["batch_size"]))
-    return None
+    ratio = 1.0
+    for key, value in params.items():
+        if key in SCHEDULE or key in (f"{phase}_epochs", f"{phase}_steps"):
+            ratio *= float(defaults[key]) / float(value)
+    return ratio
 
 
 def run_one(args: argparse.Namespace) -> dict:
@@ -76,8 +81,9 @@ def run_one(args: argparse.Namespace) -> dict:
     reports = getattr(det, "training_reports_", [])
     steps = sum(r.steps for r in reports)
     train_s = sum(r.seconds for r in reports)
-    per_step = train_s / steps if steps else 0.0
-    full = paper_steps(args.detector, len(fit))
+    phases = [(r, schedule_ratio(args.detector, params, r.phase.split()[-1])) for r in reports]
+    full_steps = round(sum(r.steps * k for r, k in phases))
+    full_s = sum(r.seconds * k for r, k in phases)
     row = {
         "detector": args.detector,
         "data": args.data,
@@ -86,14 +92,15 @@ def run_one(args: argparse.Namespace) -> dict:
         "schedule": ",".join(f"{k}={v}" for k, v in params.items() if k not in ("device", "progress")) or "default",
         "steps": steps,
         "fit_s": round(fit_s, 1),
-        "s_per_step": round(per_step, 3),
+        "s_per_step": round(train_s / steps, 3) if steps else None,
+        "phase_s_per_step": {r.phase.split()[-1]: round(r.seconds / r.steps, 3) for r in reports},
         "predict_ms": round(ms, 1),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "image_auroc": round(image_auroc(labels, out.scores), 4),
         "pixel_auroc": round(pixel_auroc(masks, out.maps), 4),
         "aupro_0.3": round(aupro(masks, out.maps, 0.3), 4),
-        "paper_steps": full,
-        "paper_cpu_min": round(full * per_step / 60, 1) if full and per_step else None,
+        "paper_steps": full_steps or None,
+        "paper_cpu_min": round(full_s / 60, 1) if reports else None,
         "losses": [f"{r.first_loss:.3g}->{r.final_loss:.3g}" for r in reports],
     }
     return row
