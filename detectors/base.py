@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from types import MappingProxyType
@@ -156,6 +156,20 @@ class Detector(ABC):
             raise InputError(
                 f"{self.name} was fitted on {self.image_size_} images, got {tuple(images.shape[-2:])}; "
                 "resize to the fitted size"
+            )
+
+    def _require_size(self, images: torch.Tensor, layers: Sequence[str], cells: int = 2, why: str = "") -> None:
+        """Refuse images too small for ``cells`` features per side on the coarsest of ``layers``."""
+        from detectors.backbones import STRIDES
+
+        unknown = sorted(set(layers) - set(STRIDES))
+        if unknown:
+            raise InputError(f"{self.name}: unknown layers {unknown}; choose from {sorted(STRIDES)}")
+        need = cells * max(STRIDES[n] for n in layers)
+        if min(images.shape[-2:]) < need:
+            raise InputError(
+                f"{self.name} needs images of at least {need}x{need} for layers {'+'.join(layers)!r}{why}; "
+                f"got {tuple(images.shape[-2:])}: resize them"
             )
 
     def _pooled_features(self, batch: torch.Tensor, layers: str, avg_kernel: int) -> torch.Tensor:

@@ -170,12 +170,7 @@ class CDO(TrainableDetector):
         self.student_ = untrained_student(self.config.backbone, deepest).to(self.device)
 
     def _check_input(self, x: torch.Tensor) -> None:
-        need = 2 * max(STRIDES[n] for n in self._names())
-        if min(x.shape[-2:]) < need:
-            raise InputError(
-                f"cdo needs images of at least {need}x{need} for layers {self.config.layers!r} "
-                f"(two features on the coarsest level); got {tuple(x.shape[-2:])}: resize them"
-            )
+        self._require_size(x, self._names(), why=" (two features on the coarsest level)")
 
     def fit(self, images: ImageBatch) -> Self:
         x = as_image_tensor(images, "good images")

@@ -50,7 +50,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectors.backbones import STRIDES
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
 from detectors.errors import InputError
 from detectors.flows import AllInOneCoupling, fc_subnet
@@ -120,12 +119,7 @@ class CFlow(TrainableDetector):
     def _validate(self, x: torch.Tensor) -> tuple[str, ...]:
         cfg = self.config
         names = parse_layers(cfg.layers)
-        coarsest = max(STRIDES[n] for n in names)
-        if min(x.shape[-2:]) < coarsest:
-            raise InputError(
-                f"cflow needs images of at least {coarsest}x{coarsest} for layers {cfg.layers!r}; "
-                f"got {tuple(x.shape[-2:])}"
-            )
+        self._require_size(x, names, cells=1)
         if cfg.condition_dim < 4 or cfg.condition_dim % 4:
             raise InputError(f"cflow: condition_dim must be a positive multiple of 4, got {cfg.condition_dim}")
         for option in ("coupling_blocks", "fiber_batch", "meta_epochs", "sub_epochs"):

@@ -192,12 +192,7 @@ class PFM(TrainableDetector):
     def fit(self, images: ImageBatch) -> Self:
         x = as_image_tensor(images, "good images")
         pairs = self._pairs()
-        coarsest = max(2 ** (LAYERS.index(level) + 2) for pair in pairs for level in pair)  # its stride
-        if min(x.shape[-2:]) < 2 * coarsest:
-            raise InputError(
-                f"{self.name} needs images of at least {2 * coarsest}x{2 * coarsest} for layers "
-                f"{self.config.layers!r}; got {tuple(x.shape[-2:])}"
-            )
+        self._require_size(x, sorted({level for pair in pairs for level in pair}), why=", sources and targets")
         rates = _numbers(self.config.learning_rates, len(pairs), "learning_rates", float)
         _numbers(self.config.latent_dims, len(pairs), "latent_dims", int)  # fail before the features are computed
         gen = self._start_training(x)

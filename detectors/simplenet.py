@@ -57,7 +57,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectors.backbones import STRIDES
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
 from detectors.errors import InputError
 from detectors.maps import parse_layers, to_image_maps
@@ -168,16 +167,7 @@ class SimpleNet(TrainableDetector):
         return scale.reshape(())
 
     def _check_input(self, x: torch.Tensor) -> None:
-        names = parse_layers(self.config.layers)
-        unknown = sorted(set(names) - set(STRIDES))
-        if unknown:
-            raise InputError(f"simplenet: unknown layers {unknown}; choose from {sorted(STRIDES)}")
-        need = 2 * max(STRIDES[n] for n in names)
-        if min(x.shape[-2:]) < need:
-            raise InputError(
-                f"simplenet needs images of at least {need}x{need} for layers {self.config.layers!r} "
-                f"(two patches on the coarsest level); got {tuple(x.shape[-2:])}: resize them"
-            )
+        self._require_size(x, parse_layers(self.config.layers), why=" (two patches on the coarsest level)")
 
     def fit(self, images: ImageBatch) -> Self:
         x = as_image_tensor(images, "good images")
