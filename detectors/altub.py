@@ -46,13 +46,11 @@ from dataclasses import dataclass
 from typing import Self
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
+from detectors.base import ImageBatch, as_image_tensor
 from detectors.errors import InputError
 from detectors.fastflow import FastFlow, FastFlowConfig
-from detectors.maps import gaussian_blur, parse_layers
 from detectors.training import sample_batch
 
 
@@ -174,23 +172,8 @@ class AltUB(FastFlow):
         self.image_size_ = tuple(x.shape[-2:])
         return self
 
-    def predict(self, images: ImageBatch) -> DetectorOutput:
-        return self._predict_maps(images, self._map_fn)
-
-    def _map_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
-        self.flows_.eval()
-        names = parse_layers(self.config.layers)
-
-        def anomaly_map(batch: torch.Tensor) -> torch.Tensor:
-            feats = self.backbone(batch, names)
-            prob = 0.0
-            for flow, base, n in zip(self.flows_, self.bases_, names, strict=True):
-                z, _ = flow(feats[n].float())
-                p = torch.exp(-base.nll_terms(z).mean(dim=1, keepdim=True))
-                prob = prob + F.interpolate(p, size=self.image_size_, mode="bilinear", align_corners=False)
-            return gaussian_blur(1.0 - prob[:, 0] / len(names), self.config.blur_sigma)
-
-        return anomaly_map
+    def _nll_terms(self, level: int, z: torch.Tensor) -> torch.Tensor:
+        return self.bases_[level].nll_terms(z)
 
     def _state(self) -> dict[str, torch.Tensor]:
         state = super()._state()

@@ -143,13 +143,18 @@ class FastFlow(TrainableDetector):
         def anomaly_map(batch: torch.Tensor) -> torch.Tensor:
             feats = self.backbone(batch, names)
             prob = 0.0
-            for flow, n in zip(self.flows_, names, strict=True):
+            for level, (flow, n) in enumerate(zip(self.flows_, names, strict=True)):
                 z, _ = flow(feats[n].float())
-                p = torch.exp(-0.5 * z.pow(2).mean(dim=1, keepdim=True))
+                p = torch.exp(-self._nll_terms(level, z).mean(dim=1, keepdim=True))
                 prob = prob + F.interpolate(p, size=self.image_size_, mode="bilinear", align_corners=False)
             return gaussian_blur(1.0 - prob[:, 0] / len(names), self.config.blur_sigma)
 
         return anomaly_map
+
+    def _nll_terms(self, level: int, z: torch.Tensor) -> torch.Tensor:
+        """Per-dimension negative log-density of ``z`` under the base distribution, constants dropped:
+        N(0, I) here; a detector with a learnt base (AltUB) overrides it, and the map follows."""
+        return 0.5 * z.pow(2)
 
     def _state(self) -> dict[str, torch.Tensor]:
         state = {f"flows.{k}": v for k, v in self.flows_.state_dict().items()}
