@@ -598,6 +598,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         if a.heartbeat < 0:
             raise InputError(f"--heartbeat must be >= 0 seconds, got {a.heartbeat}")
         cfg = config_from(vars(a))
+        if cfg.no_mlflow:  # every trial is an MLflow run, and the best configuration a registered model
+            raise InputError(
+                "--no-mlflow: segad.tune records each trial in MLflow; point --tracking-uri at a throw-away "
+                "store instead (e.g. sqlite:////tmp/tune.db)"
+            )
         if cfg.classifier_start != "zero":  # the trials' objective fits SegAD's forest as it is
             raise InputError(
                 "--classifier-start ensemble is not tuned yet: tune with the default, then pass it to segad.train"

@@ -172,6 +172,7 @@ def test_a_killed_workers_trial_is_failed_and_retried_once(workspace: Path, post
         (["--detectors", "patchcore,fastflux"], "unknown detector 'fastflux'"),
         (["--storage", "nosuchdb://x"], "cannot open the study"),
         (["--storage", "postgresql://ann:s3cret@127.0.0.1:9/optuna"], "postgresql://ann:***@127.0.0.1:9/optuna"),
+        (["--no-mlflow"], "segad.tune records each trial in MLflow"),
     ],
 )
 def test_bad_input(workspace: Path, capsys, extra: list[str], message: str) -> None:
