@@ -35,6 +35,7 @@ from detectors.draem import Draem
 from detectors.efficientad import EfficientAD
 from detectors.errors import InputError
 from detectors.fastflow import FastFlow
+from detectors.feature_dictionary import FeatureDictionary
 from detectors.memseg import MemSeg
 from detectors.msflow import MSFlow
 from detectors.mspba import MSPBA
@@ -66,6 +67,7 @@ BUILTIN = (
     MSFlow,
     MemSeg,
     PPDM,
+    FeatureDictionary,
 )
 # A name goes into comma-separated CLI lists, NAME.OPTION=VALUE pairs, file names and MLflow keys.
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -48,6 +48,7 @@ FAST = {
         "bottleneck_blocks": 1,
         "codebook_size": 8,
     },
+    "feature_dictionary": {**CPU, "n_words": 4},
 }
 OTHER_STRINGS = {
     "backbone": "resnet18",
