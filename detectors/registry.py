@@ -45,6 +45,7 @@ from detectors.pfm import PEFM, PFM
 from detectors.ppdm import PPDM
 from detectors.rd4ad import RD4AD
 from detectors.simplenet import SimpleNet
+from detectors.variation_model import VariationModel
 
 ENTRY_POINT_GROUP = "segad.detectors"
 DEFAULT_DETECTORS = ("patchcore", "padim")
@@ -68,6 +69,7 @@ BUILTIN = (
     MemSeg,
     PPDM,
     FeatureDictionary,
+    VariationModel,
 )
 # A name goes into comma-separated CLI lists, NAME.OPTION=VALUE pairs, file names and MLflow keys.
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -46,6 +46,7 @@ OTHER_STRINGS = {
     "latent_dims": "16+16+16",
     "learning_rates": "1e-3+1e-3+1e-3",
     "patch_sizes": "32+16+8",
+    "align": "none",
     "image_score": "max",
     "pool_type": "max",
     "parallel_blocks": "1+1+1",

@@ -49,6 +49,7 @@ FAST = {
         "codebook_size": 8,
     },
     "feature_dictionary": {**CPU, "n_words": 4},
+    "variation_model": CPU,
 }
 OTHER_STRINGS = {
     "backbone": "resnet18",
