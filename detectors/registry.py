@@ -27,6 +27,7 @@ from typing import Any
 
 from detectors.altub import AltUB
 from detectors.ast import AST
+from detectors.autoencoder import AutoencoderL2, AutoencoderSSIM
 from detectors.base import Detector, DetectorConfig, load_state, read_metadata
 from detectors.cdo import CDO
 from detectors.cfa import CFA
@@ -70,6 +71,8 @@ BUILTIN = (
     PPDM,
     FeatureDictionary,
     VariationModel,
+    AutoencoderL2,
+    AutoencoderSSIM,
 )
 # A name goes into comma-separated CLI lists, NAME.OPTION=VALUE pairs, file names and MLflow keys.
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -50,6 +50,8 @@ FAST = {
     },
     "feature_dictionary": {**CPU, "n_words": 4},
     "variation_model": CPU,
+    "ae_l2": {**CPU, "steps": 2, "batch_size": 2, "width": 4, "latent_dim": 8},
+    "ae_ssim": {**CPU, "steps": 2, "batch_size": 2, "width": 4, "latent_dim": 8},
 }
 OTHER_STRINGS = {
     "backbone": "resnet18",
