@@ -30,8 +30,8 @@ def test_l2_autoencoder_learns_and_finds_planted_defects(fitted: AutoencoderL2, 
 
 
 def test_seeded_training_and_save_load(fitted: AutoencoderL2, tiny: TinySet, tmp_path: Path) -> None:
-    again = make_detector("ae_l2", **FAST, steps=60).fit(tiny.train)
-    assert np.allclose(again.loss_history_["train"], fitted.loss_history_["train"])
+    again = make_detector("ae_l2", **FAST, steps=10).fit(tiny.train)  # the same first steps, as seeded
+    assert np.allclose(again.loss_history_["train"], fitted.loss_history_["train"][:10])
     loaded = load_detector(fitted.save(tmp_path / "ae.safetensors"))
     assert np.array_equal(loaded.predict(tiny.test).maps, fitted.predict(tiny.test).maps)
 
