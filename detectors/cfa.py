@@ -32,6 +32,7 @@ from torch import nn
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
 from detectors.errors import InputError
 from detectors.maps import parse_layers, pooled_features, to_image_maps
+from detectors.neighbours import k_nearest
 from detectors.training import TrainableConfig, TrainableDetector, load_modules, modules_state, sample_batch
 
 
@@ -80,22 +81,6 @@ class Descriptor(nn.Module):
 
     def forward(self, feats: torch.Tensor) -> torch.Tensor:
         return self.conv(_coords(feats))
-
-
-def _k_nearest(queries: torch.Tensor, bank: torch.Tensor, k: int, chunk: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Squared distances (ascending) and indices of each query's k nearest bank rows, in query chunks
-    so the (queries x bank) distance matrix never exists whole. No gradient: callers recompute the
-    distances to the chosen rows with autograd when they need it."""
-    bank_sq = (bank * bank).sum(1)
-    dists, idx = [], []
-    with torch.no_grad():
-        for s in range(0, queries.shape[0], chunk):
-            q = queries[s : s + chunk].detach()
-            d2 = torch.addmm(bank_sq[None, :], q, bank.T, alpha=-2.0).add_((q * q).sum(1, keepdim=True))
-            d, i = d2.topk(k, dim=1, largest=False)
-            dists.append(d.clamp_min_(0.0))
-            idx.append(i)
-    return torch.cat(dists), torch.cat(idx)
 
 
 class CFA(TrainableDetector):
@@ -171,7 +156,7 @@ class CFA(TrainableDetector):
             idx = sample_batch(len(x), self.config.batch_size, gen)
             phi = self.descriptor_(self._pool([f[idx].to(self.device, non_blocking=True) for f in levels]))
             phi = phi.flatten(2).transpose(1, 2).reshape(-1, phi.shape[1])  # (B * h * w, C)
-            _, nearest = _k_nearest(phi, self.centres_, k + j, self.config.query_chunk)
+            _, nearest = k_nearest(phi, self.centres_, k + j, self.config.query_chunk)
             d2 = (phi[:, None, :] - self.centres_[nearest]).pow(2).sum(-1)  # (P, K + J), with gradient
             r2 = self.descriptor_.r.pow(2)
             attract = F.relu(d2[:, :k] - r2).mean()
@@ -195,7 +180,7 @@ class CFA(TrainableDetector):
             feats = self.backbone(batch, names)
             phi = self.descriptor_(self._pool([feats[n] for n in names]))
             b, c, h, w = phi.shape
-            d2, _ = _k_nearest(phi.flatten(2).transpose(1, 2).reshape(-1, c), centres, k, self.config.query_chunk)
+            d2, _ = k_nearest(phi.flatten(2).transpose(1, 2).reshape(-1, c), centres, k, self.config.query_chunk)
             d = d2.sqrt()
             # The reference's score: the nearest distance, weighted by its softmin share among the K nearest.
             patch = F.softmin(d, dim=1)[:, 0] * d[:, 0]

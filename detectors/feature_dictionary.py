@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from detectors.base import Detector, DetectorConfig, DetectorOutput, ImageBatch, as_image_tensor
 from detectors.errors import InputError
 from detectors.maps import parse_layers, to_image_maps
-from detectors.patchcore import _nearest
+from detectors.neighbours import nearest
 
 
 @dataclass(frozen=True)
@@ -99,7 +99,7 @@ class FeatureDictionary(Detector):
         for batch in self._batches(x, "predict"):
             p = self._patches(batch)
             b, h, w, c = p.shape
-            dist, _ = _nearest(self._project(p.reshape(-1, c)), words, words_sq, 8192)
+            dist, _ = nearest(self._project(p.reshape(-1, c)), words, words_sq, 8192)
             m = to_image_maps(dist.view(b, h, w), self.image_size_, self.config.blur_sigma)
             maps.append(m.cpu())
             scores.append(m.flatten(1).max(1).values.cpu())

@@ -62,4 +62,16 @@ def parse_layers(layers: str) -> tuple[str, ...]:
     return parts
 
 
-__all__ = ["gaussian_blur", "gaussian_kernel1d", "parse_layers", "pooled_features", "to_image_maps"]
+def parse_numbers(text: str, n: int, option: str, kind: type) -> list:
+    """One positive number per level from a flat option such as ``"200+400+900"`` (configs stay flat)."""
+    parts = [p for p in text.replace(",", "+").split("+") if p.strip()]
+    try:
+        values = [kind(p) for p in parts]
+    except ValueError:
+        values = []
+    if len(values) != n or any(v <= 0 for v in values):
+        raise InputError(f"{option}={text!r}: give {n} positive {kind.__name__}s joined by '+', one per level")
+    return values
+
+
+__all__ = ["gaussian_blur", "gaussian_kernel1d", "parse_layers", "parse_numbers", "pooled_features", "to_image_maps"]

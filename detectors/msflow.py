@@ -51,8 +51,8 @@ from detectors.backbones import STRIDES
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
 from detectors.errors import InputError
 from detectors.flows import AllInOneCoupling, ClippedAdam, ConvLNSubnet, FusionCoupling
-from detectors.maps import gaussian_blur, parse_layers
-from detectors.pfm import _numbers, position_encoding
+from detectors.maps import gaussian_blur, parse_layers, parse_numbers
+from detectors.pfm import position_encoding
 from detectors.training import TrainableConfig, TrainableDetector, load_modules, modules_state, sample_batch
 
 POOL_TYPES = ("avg", "max", "none")
@@ -116,7 +116,7 @@ class MSFlow(TrainableDetector):
     def _validate(self, x: torch.Tensor | None = None) -> tuple[tuple[str, ...], list[int]]:
         cfg = self.config
         names = parse_layers(cfg.layers)
-        blocks = _numbers(cfg.parallel_blocks, len(names), "parallel_blocks", int)
+        blocks = parse_numbers(cfg.parallel_blocks, len(names), "parallel_blocks", int)
         if cfg.pool_type not in POOL_TYPES:
             raise InputError(f"msflow: pool_type must be one of {POOL_TYPES}, got {cfg.pool_type!r}")
         if cfg.condition_dim < 4 or cfg.condition_dim % 4:

@@ -49,7 +49,7 @@ from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
 from detectors.coreset import greedy_coreset
 from detectors.errors import InputError
 from detectors.maps import gaussian_blur, parse_layers
-from detectors.patchcore import _nearest
+from detectors.neighbours import nearest
 from detectors.training import TrainableConfig, TrainableDetector, load_modules, modules_state
 
 N_DIRECTIONS = 12  # relative positions every 30 degrees, as the reference
@@ -305,7 +305,7 @@ class MSPBA(TrainableDetector):
             total = None
             for scale, emb, bank, bank_sq in zip(scales, self._embed(batch), banks, banks_sq, strict=True):
                 b, h, w, d = emb.shape
-                dist, _ = _nearest(emb.reshape(-1, d), bank, bank_sq, self.config.query_chunk)
+                dist, _ = nearest(emb.reshape(-1, d), bank, bank_sq, self.config.query_chunk)
                 m = _spread(dist.view(b, h, w), scale, self.image_size_)
                 total = m if total is None else total + m
             return gaussian_blur(total, self.config.blur_sigma)

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from detectors.base import Detector, DetectorConfig, DetectorOutput, ImageBatch, as_image_tensor
 from detectors.coreset import greedy_coreset
 from detectors.maps import to_image_maps
+from detectors.neighbours import nearest
 
 
 @dataclass(frozen=True)
@@ -43,18 +44,6 @@ class PatchCoreConfig(DetectorConfig):
     blur_sigma: float = 4.0
     half_bank: bool = False
     query_chunk: int = 8192
-
-
-def _nearest(queries: torch.Tensor, bank: torch.Tensor, bank_sq: torch.Tensor, chunk: int):
-    """Distance and index of each query's nearest bank row, in query chunks so memory stays bounded."""
-    dists, idx = [], []
-    for s in range(0, queries.shape[0], chunk):
-        q = queries[s : s + chunk].to(bank.dtype)
-        d2 = torch.addmm(bank_sq[None, :], q, bank.T, alpha=-2.0).add_((q.float() ** 2).sum(1, keepdim=True))
-        d, i = d2.min(dim=1)
-        dists.append(d.float().clamp_min_(0).sqrt_())
-        idx.append(i)
-    return torch.cat(dists), torch.cat(idx)
 
 
 class PatchCore(Detector):
@@ -96,7 +85,7 @@ class PatchCore(Detector):
         for batch in self._batches(x, "predict"):
             emb = self._embed(batch)
             b, h, w, c = emb.shape
-            dist, nn_idx = _nearest(emb.reshape(-1, c), bank, bank_sq, self.config.query_chunk)
+            dist, nn_idx = nearest(emb.reshape(-1, c), bank, bank_sq, self.config.query_chunk)
             patch = dist.view(b, h * w)
             score, arg = patch.max(dim=1)
             if self.config.reweight:

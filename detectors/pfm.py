@@ -34,7 +34,7 @@ from torch import nn
 from detectors.backbones import LAYERS, Backbone, load_backbone
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
 from detectors.errors import InputError
-from detectors.maps import gaussian_blur, parse_layers
+from detectors.maps import gaussian_blur, parse_layers, parse_numbers
 from detectors.training import TrainableConfig, TrainableDetector, load_modules, modules_state, sample_batch
 
 
@@ -55,17 +55,6 @@ class PEFMConfig(PFMConfig):
     latent_dims: str = "200+400+800"
     learning_rates: str = "3e-4+3e-4+3e-4"
     position_encoding: bool = True
-
-
-def _numbers(text: str, n: int, option: str, kind: type) -> list:
-    parts = [p for p in text.replace(",", "+").split("+") if p.strip()]
-    try:
-        values = [kind(p) for p in parts]
-    except ValueError:
-        values = []
-    if len(values) != n or any(v <= 0 for v in values):
-        raise InputError(f"{option}={text!r}: give {n} positive {kind.__name__}s joined by '+', one per level")
-    return values
 
 
 def position_encoding(channels: int, h: int, w: int) -> torch.Tensor:
@@ -169,7 +158,7 @@ class PFM(TrainableDetector):
     # --- the projectors -------------------------------------------------------------------------
     def _build(self, shapes: list[tuple[int, int, int, int]]) -> None:
         """One dual projector per level; ``shapes`` = (source channels, target channels, h, w)."""
-        latents = _numbers(self.config.latent_dims, len(shapes), "latent_dims", int)
+        latents = parse_numbers(self.config.latent_dims, len(shapes), "latent_dims", int)
         torch.manual_seed(self.config.seed)
         self.projectors_ = nn.ModuleList(
             DualProjection(cs, ct, d) for (cs, ct, _, _), d in zip(shapes, latents, strict=True)
@@ -193,8 +182,8 @@ class PFM(TrainableDetector):
         x = as_image_tensor(images, "good images")
         pairs = self._pairs()
         self._require_size(x, sorted({level for pair in pairs for level in pair}), why=", sources and targets")
-        rates = _numbers(self.config.learning_rates, len(pairs), "learning_rates", float)
-        _numbers(self.config.latent_dims, len(pairs), "latent_dims", int)  # fail before the features are computed
+        rates = parse_numbers(self.config.learning_rates, len(pairs), "learning_rates", float)
+        parse_numbers(self.config.latent_dims, len(pairs), "latent_dims", int)  # fail before the features are computed
         gen = self._start_training(x)
         feats = self._all_agents(x)
         self._build([(s.shape[1], t.shape[1], s.shape[2], s.shape[3]) for s, t in feats])
