@@ -32,7 +32,7 @@ Differences from the paper, and why:
 
 Defaults aim at a GPU: 3,000 teacher steps and 5,000 student steps at batch 16 (80,000 image views,
 a little more than the paper's 70,000 at batch 1) take minutes for ``small``. On a CPU, pass small
-``teacher_steps``/``steps`` (and ``out_channels``) for quick experiments.
+``teacher_steps``/``steps`` (and ``out_channels``, ``pdn_width``) for quick experiments.
 """
 
 from __future__ import annotations
@@ -61,6 +61,7 @@ _QUANTILE_A, _QUANTILE_B = 0.9, 0.995  # the paper's map-normalisation quantiles
 class EfficientADConfig(TrainableConfig):
     model_size: str = "small"
     out_channels: int = 384
+    pdn_width: int = 128  # the first convolution's channels; 128 is the paper's (medium doubles it)
     teacher_layers: str = "layer2+layer3"
     teacher_steps: int = 3000
     steps: int = 5000
@@ -73,6 +74,8 @@ class EfficientADConfig(TrainableConfig):
     def __post_init__(self) -> None:
         if self.model_size not in MODEL_SIZES:
             raise InputError(f"model_size must be one of {MODEL_SIZES}, got {self.model_size!r}")
+        if self.pdn_width < 1:
+            raise InputError(f"pdn_width must be at least 1, got {self.pdn_width}")
         if self.out_channels < 1:
             raise InputError(f"out_channels must be at least 1, got {self.out_channels}")
         if not 0.0 < self.hard_quantile < 1.0:
@@ -84,9 +87,12 @@ class EfficientADConfig(TrainableConfig):
 # --- networks -------------------------------------------------------------------------------------
 
 
-def pdn(model_size: str, out_channels: int) -> nn.Sequential:
-    """The patch description network (33 px receptive field), padded so its grid is image/4."""
-    a, b = (128, 256) if model_size == "small" else (256, 512)
+def pdn(model_size: str, out_channels: int, width: int = 128) -> nn.Sequential:
+    """The patch description network (33 px receptive field), padded so its grid is image/4.
+
+    ``width`` 128 gives the paper's channels (128, 256 small; 256, 512 medium); tests shrink it."""
+    a = width if model_size == "small" else 2 * width
+    b = 2 * a
     layers: list[nn.Module] = [
         nn.ZeroPad2d((2, 4, 2, 4)),  # 6 px in all, as the paper's padding 3, but better centred (see above)
         nn.Conv2d(3, a, 4),
@@ -267,8 +273,8 @@ class EfficientAD(TrainableDetector):
         c, size = self.config.out_channels, self.config.model_size
         # Channels-last: faster convolutions on CPU (oneDNN) and on GPU tensor cores alike.
         nhwc = {"device": self.device, "memory_format": torch.channels_last}
-        self.teacher_ = pdn(size, c).to(**nhwc)
-        self.student_ = pdn(size, 2 * c).to(**nhwc)
+        self.teacher_ = pdn(size, c, self.config.pdn_width).to(**nhwc)
+        self.student_ = pdn(size, 2 * c, self.config.pdn_width).to(**nhwc)
         self.autoencoder_ = Autoencoder(image_size, pdn_grid(image_size), c).to(**nhwc)
 
     def _check_input(self, x: torch.Tensor) -> None:

@@ -18,15 +18,18 @@ FAST = {
     "progress": False,
     "batch_size": 2,
     "out_channels": 16,
+    "pdn_width": 32,
     "learning_rate": 1e-3,
     "hard_quantile": 0.9,
 }
 TRAINED = {**FAST, "teacher_steps": 40, "steps": 60}
 QUICK = {**FAST, "teacher_steps": 3, "steps": 3}
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
-def fitted(tiny: TinySet) -> EfficientAD:
+def fitted(tiny: TinySet, one_torch_thread) -> EfficientAD:
     return EfficientAD(**TRAINED).fit(tiny.train)
 
 
