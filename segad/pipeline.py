@@ -34,6 +34,7 @@ from segad.data.shapes import SourceShape
 from segad.manifest import read_manifest
 from segad.mapfolder import GivenMaps, MapInput
 from segad.maps import as_stored, check_maps
+from segad.overlay import MapScale
 from segad.selection import ScoreBlend
 from segad.supervised import SUPERVISED
 
@@ -104,6 +105,12 @@ class SegadPipeline:
     @property
     def n_segments(self) -> int:
         return int(self.segmenter.n_segments_)
+
+    @property
+    def map_scales(self) -> dict[str, MapScale]:
+        """Each detector's overlay colour scale, set on held-out good images at training (segad.overlay);
+        empty for a model saved before scales were kept."""
+        return {n: MapScale(**v) for n, v in self.info.get("map_scales", {}).items()}
 
     @property
     def given_maps(self) -> list[str]:

@@ -23,6 +23,7 @@ from detectors.errors import InputError
 from segad.data.images import resize
 from segad.data.samples import IMAGE_SUFFIXES
 from segad.mapfolder import match_files, parse_maps
+from segad.overlay import map_scale, overlay
 from segad.pipeline import SegadPipeline
 
 # models:/ and runs:/ go through the tracking store (--tracking-uri); the others are artifact stores
@@ -57,12 +58,6 @@ def load_model(model: str, device: str = "auto") -> SegadPipeline:
     return SegadPipeline.load(local, device)
 
 
-def overlay(image: np.ndarray, anomaly_map: np.ndarray, vmax: float) -> np.ndarray:
-    heat = np.clip(anomaly_map / vmax, 0.0, 1.0) if vmax > 0 else np.zeros_like(anomaly_map)
-    colour = cv2.applyColorMap((heat * 255).astype(np.uint8), cv2.COLORMAP_JET)[..., ::-1] / 255.0
-    return (0.55 * image + 0.45 * colour).clip(0, 1)
-
-
 def given_maps(model: SegadPipeline, maps: Mapping[str, Path], files: Sequence[Path], root: Path) -> dict:
     """Each image's map (and score) for every input the model stacks from maps computed elsewhere."""
     if extra := sorted(set(maps) - set(model.given_maps)):
@@ -90,7 +85,7 @@ def predict_folder(
     given_by_file = given_maps(model, maps or {}, files, images)  # every missing map named before any scoring
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    # Maps of the held-out good images would be the ideal scale; the model's threshold is on scores.
+    scales = model.map_scales
     for s in range(0, len(files), batch):
         chunk, read = [], []
         for p in files[s : s + batch]:
@@ -108,11 +103,18 @@ def predict_folder(
             for n, (m, sc) in given_by_file.items()
         }
         result = model.predict_batch(np.stack([r.array for r in read]), names=[str(p) for p in chunk], given=given)
+        if missing := [n for n in result.maps if n not in scales]:  # a model saved before scales were kept
+            print(
+                f"note: the model keeps no overlay scale for {', '.join(missing)}; their overlays are scaled to "
+                "this first batch's maps",
+                file=sys.stderr,
+            )
+            scales.update({n: map_scale(result.maps[n], 0.05) for n in missing})
         for j, p in enumerate(chunk):
             score, decision = float(result.scores[j]), bool(result.decisions[j])
             rows.append({"file": str(p), "score": score, "decision": decision, "error": "", "warning": read[j].note})
             img = resize(read[j].rgb, model.image_size)
-            panels = [img] + [overlay(img, m[j], float(np.percentile(m, 99.9))) for m in result.maps.values()]
+            panels = [img] + [overlay(img, m[j], scales[name]) for name, m in result.maps.items()]
             rel = p.relative_to(images).with_suffix(".png")
             target = out / "overlays" / rel
             target.parent.mkdir(parents=True, exist_ok=True)

@@ -82,8 +82,13 @@ def feature_importances(result: TrainResult, out: Path) -> Path:
 
 
 def overlays(result: TrainResult, out: Path, per_group: int = 4) -> Path:
-    """The best and worst scored test images of seed 1, with each detector's map overlaid."""
+    """The best and worst scored test images of seed 1 under each detector's map, every image of a detector
+    on its one fixed scale (segad.overlay), with a colour bar per detector marking its threshold."""
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+
     from segad.data.images import read_rgb, resize
+    from segad.overlay import overlay
 
     plt = _plt()
     labels, scores = _first_seed(result)
@@ -98,6 +103,7 @@ def overlays(result: TrainResult, out: Path, per_group: int = 4) -> Path:
         ("false alarm", good_idx[order_good[::-1][:per_group]]),
     ]
     dets = list(result.detector_maps)
+    scales = result.pipeline.map_scales
     n_hold = len(next(iter(result.detector_maps.values())).scores) - len(result.dataset_table.test)
     rows = [(title, int(i)) for title, group in picks for i in group]
     fig, axes = plt.subplots(len(rows), 1 + len(dets), figsize=(2.2 * (1 + len(dets)), 2.2 * len(rows)), squeeze=False)
@@ -107,11 +113,20 @@ def overlays(result: TrainResult, out: Path, per_group: int = 4) -> Path:
         axes[r, 0].imshow(img)
         axes[r, 0].set_title(f"{title}\n{sample.image_path.name}", fontsize=7)
         for c, d in enumerate(dets, start=1):
-            axes[r, c].imshow(img)
-            axes[r, c].imshow(result.detector_maps[d].maps[n_hold + i].astype(np.float32), cmap="jet", alpha=0.45)
-            axes[r, c].set_title(d, fontsize=7)
+            m = result.detector_maps[d].maps[n_hold + i].astype(np.float32)
+            axes[r, c].imshow(overlay(img, m, scales[d]))
+            axes[r, c].set_title(f"{d}: max {m.max() / scales[d].threshold:.2f} x thr", fontsize=7)
         for ax in axes[r]:
             ax.axis("off")
+    for c, d in enumerate(dets, start=1):
+        sc = scales[d]
+        bar = fig.colorbar(
+            ScalarMappable(Normalize(sc.low, sc.high), cmap="jet"), ax=axes[:, c], orientation="horizontal",
+            fraction=0.02, pad=0.01,
+        )  # fmt: skip
+        bar.ax.axvline(sc.threshold, color="k", lw=2)
+        bar.ax.tick_params(labelsize=6)
+        bar.set_label(f"{d}: good-image range, | threshold", fontsize=6)
     return _save(fig, out / "overlays.png", dpi=90)
 
 

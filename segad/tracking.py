@@ -7,6 +7,7 @@ unless ``--tracking-uri`` or ``MLFLOW_TRACKING_URI`` points elsewhere, e.g. a te
 from __future__ import annotations
 
 import json
+import os
 import platform
 import resource
 import subprocess
@@ -15,6 +16,7 @@ import tempfile
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
     from segad.results import TrainResult
 
 MODEL_CODE = Path(__file__).with_name("mlflow_model.py")
+# The experiment tag MLflow 3's UI reads to open an experiment on its runs table, not its GenAI (traces)
+# view. MLflow's Python package has no constant for it; these are the key and value of its UI's enum.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
 def experiment_name(cfg: TrainConfig) -> str:
@@ -40,6 +45,28 @@ def experiment_name(cfg: TrainConfig) -> str:
     data = str(cfg.data) if builtin else Path(cfg.data).name
     category = cfg.category or (builtin[0] if builtin else None)
     return f"segad-{data}-{category}" if category else f"segad-{data}"
+
+
+def use_experiment(name: str) -> Any:
+    """Set the active experiment, created (or, if older, tagged) as a model-training one for MLflow's UI."""
+    import mlflow
+
+    exp = mlflow.set_experiment(name)
+    if EXPERIMENT_KIND_TAG not in exp.tags:  # a user's own kind is kept
+        mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return exp
+
+
+def run_name(cfg: TrainConfig, dataset: str | None = None, segments: str | None = None) -> str:
+    """What ran, as the runs table shows it: ``elpv-mono · patchcore+padim · kmeans:8 · brf · 10 shots``.
+
+    At the start the dataset and "auto" segments are as configured; ``log_result`` renames the run with
+    the resolved ones (``dataset`` as ``name/category``)."""
+    if cfg.run_name:
+        return cfg.run_name
+    data = dataset.replace("/", "-") if dataset else experiment_name(replace(cfg, experiment=None))[6:]
+    parts = [data, "+".join(cfg.detector_names), segments or cfg.segments, cfg.classifier, f"{cfg.shots} shots"]
+    return " · ".join(parts)
 
 
 def _git_commit() -> str | None:
@@ -80,9 +107,9 @@ def parent_run(cfg: TrainConfig) -> Iterator[Any]:
 
     if cfg.tracking_uri:
         mlflow.set_tracking_uri(cfg.tracking_uri)
-    exp = mlflow.set_experiment(experiment_name(cfg))
+    exp = use_experiment(experiment_name(cfg))
     report_stale_runs(mlflow.MlflowClient(), exp.experiment_id)
-    run = mlflow.start_run(run_name=cfg.run_name, tags={**_tags(cfg), **owner_tags()})
+    run = mlflow.start_run(run_name=run_name(cfg), tags={**_tags(cfg), **owner_tags()})
     try:
         yield run
     except BaseException as e:
@@ -119,8 +146,15 @@ def log_result(result: TrainResult, register: bool = True) -> None:
     """Params, per-seed metrics, nested detector runs, charts, the summary and the model."""
     import mlflow
 
+    from segad.lineage import ImageSet
+
     cfg = result.config
-    mlflow.log_params(_params(cfg, result))
+    params = _params(cfg, result)
+    mlflow.log_params(params)
+    mlflow.log_input(ImageSet(result.dataset_table), context="train")
+    if not cfg.run_name:  # the dataset and "auto" segments are resolved now: the name says which ran
+        name = run_name(cfg, result.dataset, str(params["segments_resolved"]))
+        mlflow.MlflowClient().update_run(mlflow.active_run().info.run_id, name=name)
     on_parent = ("segad", "ensemble", "classifier", *(b.row for b in result.baselines))
     for m in result.methods:
         if m.name in on_parent:
@@ -277,13 +311,22 @@ def _log_model(result: TrainResult, tmp: Path, register: bool) -> None:
     """The pipeline as a pyfunc model. No signature: a column schema would make MLflow refuse the plain
     lists of paths and the raw image arrays the model also takes (``segad.mlflow_model``)."""
     import mlflow
+    from mlflow.environment_variables import MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR
 
     model_dir = result.pipeline.save(tmp / "pipeline")
     name = f"segad-{result.dataset.replace('/', '-')}" if register else None
-    mlflow.pyfunc.log_model(
-        name="model",
-        python_model=str(MODEL_CODE),
-        artifacts={"pipeline": str(model_dir)},
-        registered_model_name=name,
-        code_paths=None,
-    )
+    before = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
+    os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "true"  # no "Downloading artifacts" bar per run
+    try:
+        mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),
+            artifacts={"pipeline": str(model_dir)},
+            registered_model_name=name,
+            code_paths=None,
+        )
+    finally:
+        if before is None:
+            os.environ.pop(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
+        else:
+            os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = before

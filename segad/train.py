@@ -35,6 +35,7 @@ from segad.console import log
 from segad.crossfit import SupervisedInput, cross_fit
 from segad.evaluate import MethodResult, format_table, good_moments
 from segad.feature_rows import features, stacked_features
+from segad.overlay import map_scales
 from segad.pipeline import SegadPipeline
 from segad.prepare import prepare
 from segad.results import Deployment, TrainResult
@@ -144,6 +145,8 @@ def run(cfg: TrainConfig) -> TrainResult:
                 )
     log("final score per seed (chosen on training rows): " + choice_summary(selections))
 
+    # One colour scale per detector for every overlay, from its held-out good images (segad.overlay).
+    scales = map_scales({n: m.maps[:n_hold] for n, m in prep.maps.items()}, cfg.target_fpr)
     pipeline = SegadPipeline(
         [*(prep.maps[n].detector for n in prep.maps), *first_inputs.values()],
         segmenter,
@@ -157,6 +160,7 @@ def run(cfg: TrainConfig) -> TrainResult:
             "dataset": f"{prep.ds.name}/{prep.ds.category}",
             "segments": str(prep.spec),
             "trained_on_seed": prep.splits[0].seed,
+            "map_scales": {n: scale.as_dict() for n, scale in scales.items()},
         },
         with_scores=with_scores,
     )

@@ -433,7 +433,7 @@ def run_study(args, cfg: TrainConfig) -> dict:
     if cfg.tracking_uri:
         mlflow.set_tracking_uri(cfg.tracking_uri)
     client = mlflow.MlflowClient()
-    exp = mlflow.set_experiment(cfg.experiment)
+    exp = tracking.use_experiment(cfg.experiment)
     tracking.report_stale_runs(client, exp.experiment_id)
     bench = Workbench(cfg, max_gen)
     parent = client.create_run(

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import io
 import json
 import os
 import shutil
@@ -10,13 +12,14 @@ import subprocess
 import sys
 import time
 import urllib.request
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from segad.data.synthetic import SyntheticSpec, write_mvtec
+from segad.data.synthetic import DEFECT_TYPES, SyntheticSpec, write_mvtec
 from segad.train import main
 from tests.postgres import free_port
 
@@ -43,9 +46,12 @@ def store(tmp_path_factory: pytest.TempPathFactory):
     mp.chdir(root)  # MLflow's default artifact root is ./mlruns
     mp.setenv("SEGAD_CACHE_DIR", str(root / "cache"))
     args = ["--data", str(root / "data"), *ARGS, "--tracking-uri", uri, "--model-dir", str(root / "model")]
-    assert main([*args, "--experiment", "tiny"]) == 0
+    stderr = io.StringIO()
+    with warnings.catch_warnings(record=True) as caught, contextlib.redirect_stderr(stderr):
+        warnings.simplefilter("always")
+        assert main([*args, "--experiment", "tiny"]) == 0
     mlflow.set_tracking_uri(uri)
-    yield root, uri, mlflow.MlflowClient(uri)
+    yield root, uri, mlflow.MlflowClient(uri), (caught, stderr.getvalue())
     mp.undo()
 
 
@@ -55,7 +61,7 @@ def _runs(client, experiment: str = "tiny"):
 
 
 def test_parent_and_nested_runs_with_params_metrics_and_tags(store) -> None:
-    _, _, client = store
+    _, _, client, _ = store
     runs = _runs(client)
     parent = next(r for r in runs if "mlflow.parentRunId" not in r.data.tags)
     children = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
@@ -81,8 +87,32 @@ def test_parent_and_nested_runs_with_params_metrics_and_tags(store) -> None:
     assert len(curve) == 10 and curve[-1].value < curve[0].value  # 2 epochs of ceil(72 / 16) steps
 
 
+def test_the_ui_opens_on_named_runs_with_their_dataset(store) -> None:
+    from segad.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING
+
+    root, _, client, _ = store
+    exp = client.get_experiment_by_name("tiny")
+    assert exp.tags[EXPERIMENT_KIND_TAG] == MODEL_TRAINING  # MLflow 3's UI: the runs table, not GenAI traces
+    parent = next(r for r in _runs(client) if "mlflow.parentRunId" not in r.data.tags)
+    assert parent.info.run_name == "data-widget · patchcore+padim+fastflow · whole · brf · 5 shots"
+    [ds_input] = parent.inputs.dataset_inputs
+    ds = ds_input.dataset
+    assert ds.name == "data/widget" and json.loads(ds.source) == {"uri": str(root / "data" / "widget")}
+    counts = json.loads(ds.profile)
+    n_test = SPEC.n_test_good + len(DEFECT_TYPES) * SPEC.n_defects_per_type
+    assert counts["train/good"] == SPEC.n_train and counts["test/good"] == SPEC.n_test_good
+    assert counts["images"] == SPEC.n_train + n_test and counts["test/scratch"] == SPEC.n_defects_per_type
+    assert len(ds.digest) == 16 and [t.value for t in ds_input.tags] == ["train"]
+
+
+def test_logging_the_model_is_quiet(store) -> None:
+    *_, (caught, stderr) = store
+    assert not [w for w in caught if "type hint" in str(w.message)], [str(w.message) for w in caught]
+    assert "Downloading artifacts" not in stderr
+
+
 def test_artifacts_and_summary(store) -> None:
-    _, _, client = store
+    _, _, client, _ = store
     parent = next(r for r in _runs(client) if "mlflow.parentRunId" not in r.data.tags)
     charts = {a.path for a in client.list_artifacts(parent.info.run_id, "charts")}
     assert {"charts/roc_curves.png", "charts/score_histograms.png", "charts/feature_importances.png"} <= charts
@@ -100,7 +130,7 @@ def test_artifacts_and_summary(store) -> None:
 def test_registered_model_loads_as_pyfunc_and_scores(store) -> None:
     import mlflow
 
-    root, _, client = store
+    root, _, client, _ = store
     versions = client.search_model_versions("name='segad-data-widget'")
     assert [int(v.version) for v in versions] == [1]
     model = mlflow.pyfunc.load_model("models:/segad-data-widget/1")
@@ -126,7 +156,7 @@ def test_registered_model_loads_as_pyfunc_and_scores(store) -> None:
 def test_predict_cli_writes_scores_and_overlays_and_skips_unreadable(store, tmp_path: Path) -> None:
     from segad.predict import main as predict
 
-    root, uri, _ = store
+    root, uri, _, _ = store
     images = tmp_path / "in"
     shutil.copytree(root / "data" / "widget" / "test" / "scratch", images / "scratch")
     (images / "broken.png").write_bytes(b"not a png")
@@ -136,6 +166,12 @@ def test_predict_cli_writes_scores_and_overlays_and_skips_unreadable(store, tmp_
         rows = list(csv.DictReader((out / "scores.csv").open()))
         assert len(rows) == 4 and sum(1 for r in rows if r["error"]) == 1
         assert len(list((out / "overlays").rglob("*.png"))) == 3
+    # Overlays are coloured on each detector's scale, kept with the model from its held-out good images.
+    from segad.pipeline import SegadPipeline
+
+    scales = SegadPipeline.load(root / "model").map_scales
+    assert set(scales) == {"patchcore", "padim", "fastflow"}
+    assert all(s.low < s.threshold <= s.high for s in scales.values())
 
 
 @pytest.mark.parametrize(
@@ -153,7 +189,7 @@ def test_predict_names_a_model_uri_it_cannot_load(store, tmp_path: Path, capsys,
 
     from segad.predict import main as predict
 
-    root, tracking, _ = store
+    root, tracking, _, _ = store
     images = root / "data" / "widget" / "test" / "scratch"
     assert predict(["--model", uri, "--images", str(images), "--out", str(tmp_path), "--tracking-uri", tracking]) == 2
     err = capsys.readouterr().err
@@ -167,7 +203,7 @@ def test_images_unlike_the_training_images_are_scored_with_a_warning(store, tmp_
 
     from segad.predict import main as predict
 
-    root, uri, _ = store
+    root, uri, _, _ = store
     assert json.loads((root / "model" / "segad_pipeline.json").read_text())["source_shape"] == {
         "height": [96, 96],
         "width": [96, 96],
@@ -191,7 +227,7 @@ def test_images_unlike_the_training_images_are_scored_with_a_warning(store, tmp_
 
 
 def test_a_failing_run_is_marked_failed_with_the_error(store, tmp_path: Path) -> None:
-    root, uri, client = store
+    root, uri, client, _ = store
     data = tmp_path / "data"
     shutil.copytree(root / "data", data)
     (data / "widget" / "test" / "good" / "000.png").write_bytes(b"broken")
@@ -220,6 +256,7 @@ def test_a_real_tracking_server_on_loopback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend_store: str
 ) -> None:
     from segad.predict import main as predict
+    from segad.tracking import EXPERIMENT_KIND_TAG, MODEL_TRAINING
 
     port = free_port()
     server = subprocess.Popen(
@@ -257,7 +294,9 @@ def test_a_real_tracking_server_on_loopback(
         args = ["--data", str(tmp_path / "data"), *ARGS, "--tracking-uri", url, "--experiment", "served"]
         assert main(args) == 0
         req = urllib.request.Request(f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=served")
-        exp_id = json.load(urllib.request.urlopen(req, timeout=10))["experiment"]["experiment_id"]
+        exp = json.load(urllib.request.urlopen(req, timeout=10))["experiment"]
+        exp_id = exp["experiment_id"]
+        assert {"key": EXPERIMENT_KIND_TAG, "value": MODEL_TRAINING} in exp["tags"]
         body = json.dumps({"experiment_ids": [exp_id]}).encode()
         req = urllib.request.Request(
             f"{url}/api/2.0/mlflow/runs/search", data=body, headers={"Content-Type": "application/json"}
@@ -266,10 +305,13 @@ def test_a_real_tracking_server_on_loopback(
         assert len(runs) == 4 and all(r["info"]["status"] == "FINISHED" for r in runs)  # parent + 3 detectors
         parent = next(r for r in runs if "segad.auroc_mean" in {m["key"] for m in r["data"]["metrics"]})
         assert {"segad.auroc_mean", "segad.fpr95_mean"} <= {m["key"] for m in parent["data"]["metrics"]}
+        assert parent["info"]["run_name"] == "data-widget · patchcore+padim+fastflow · whole · brf · 5 shots"
+        [ds] = parent["inputs"]["dataset_inputs"]  # what fills the UI's Dataset column
+        assert ds["dataset"]["name"] == "data/widget" and json.loads(ds["dataset"]["profile"])["train/good"] == 80
         rid = parent["info"]["run_id"]
         req = urllib.request.Request(f"{url}/api/2.0/mlflow/artifacts/list?run_id={rid}&path=charts")
         charts = {f["path"] for f in json.load(urllib.request.urlopen(req, timeout=10))["files"]}
-        assert {"charts/roc_curves.png", "charts/score_histograms.png"} <= charts  # stored through the server
+        assert {"charts/roc_curves.png", "charts/overlays.png"} <= charts  # stored through the server
         req = urllib.request.Request(f"{url}/api/2.0/mlflow/registered-models/search")
         [model] = json.load(urllib.request.urlopen(req, timeout=10))["registered_models"]
         # the registered model, loaded through the server (its artifacts proxied), scores new images
@@ -289,7 +331,7 @@ def test_ctrl_c_ends_the_run_killed(store) -> None:
     from segad import tracking
     from segad.config import TrainConfig
 
-    _, uri, client = store
+    _, uri, client, _ = store
     with pytest.raises(KeyboardInterrupt), tracking.parent_run(TrainConfig(tracking_uri=uri, experiment="killed")):
         raise KeyboardInterrupt
     run = _runs(client, "killed")[0]
@@ -320,7 +362,7 @@ def test_predict_never_runs_the_code_stored_in_the_registry(store, tmp_path: Pat
 
     from segad.predict import main as predict
 
-    root, uri, _ = store
+    root, uri, _, _ = store
     marker = tmp_path / "stored code ran"
     code_files = [p for p in (root / "mlruns").rglob("*.py") if "class SegadPyfunc" in p.read_text()]
     assert code_files, "the logged model's code file was not found in the artifact store"
