@@ -316,7 +316,7 @@ def _log_model(result: TrainResult, tmp: Path, register: bool) -> None:
     model_dir = result.pipeline.save(tmp / "pipeline")
     name = f"segad-{result.dataset.replace('/', '-')}" if register else None
     before = os.environ.get(MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name)
-    os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "true"  # no "Downloading artifacts" bar per run
+    os.environ[MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR.name] = "false"  # no "Downloading artifacts" bar per run
     try:
         mlflow.pyfunc.log_model(
             name="model",
