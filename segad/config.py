@@ -182,8 +182,11 @@ def parse_assignments(text: str, flag: str, example: str) -> list[tuple[str, str
     return out
 
 
-def build_parser(prog: str = "python -m segad.train", description: str | None = None) -> argparse.ArgumentParser:
-    """The options every command that trains shares (``segad.tune`` adds its own)."""
+def build_parser(
+    prog: str = "python -m segad.train", description: str | None = None, shots_list: bool = False
+) -> argparse.ArgumentParser:
+    """The options every command that trains shares (``segad.tune`` adds its own; ``segad.curve`` takes
+    ``--shots`` as a list, ``shots_list``)."""
     ap = argparse.ArgumentParser(prog=prog, description=description)
     d = TrainConfig()
     ap.add_argument(
@@ -218,7 +221,12 @@ def build_parser(prog: str = "python -m segad.train", description: str | None = 
         choices=INTENSITIES,
         help="per-image brightness adjustment before the backbone (standardise, clahe: local equalisation)",
     )
-    ap.add_argument("--shots", type=int, default=d.shots, help="labelled defects per seed for the classifier")
+    if shots_list:
+        ap.add_argument(
+            "--shots", default="0,5,10,20,50", help="labelled defects per seed, one point each: 0,5,10,20,50"
+        )
+    else:
+        ap.add_argument("--shots", type=int, default=d.shots, help="labelled defects per seed for the classifier")
     ap.add_argument("--generated", type=int, default=d.generated, help="generated defects added to its training set")
     ap.add_argument("--seeds", type=int, default=d.seeds, help="how many of SegAD's 10 seeds to run")
     ap.add_argument("--holdout", type=float, default=d.holdout, help="share of good training images kept for SegAD")

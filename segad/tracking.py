@@ -57,15 +57,23 @@ def use_experiment(name: str) -> Any:
     return exp
 
 
-def run_name(cfg: TrainConfig, dataset: str | None = None, segments: str | None = None) -> str:
+def run_name(
+    cfg: TrainConfig, dataset: str | None = None, segments: str | None = None, shots: str | None = None
+) -> str:
     """What ran, as the runs table shows it: ``elpv-mono · patchcore+padim · kmeans:8 · brf · 10 shots``.
 
     At the start the dataset and "auto" segments are as configured; ``log_result`` renames the run with
-    the resolved ones (``dataset`` as ``name/category``)."""
+    the resolved ones (``dataset`` as ``name/category``). ``shots`` replaces "10 shots" (segad.curve)."""
     if cfg.run_name:
         return cfg.run_name
     data = dataset.replace("/", "-") if dataset else experiment_name(replace(cfg, experiment=None))[6:]
-    parts = [data, "+".join(cfg.detector_names), segments or cfg.segments, cfg.classifier, f"{cfg.shots} shots"]
+    parts = [
+        data,
+        "+".join(cfg.detector_names),
+        segments or cfg.segments,
+        cfg.classifier,
+        shots or f"{cfg.shots} shots",
+    ]
     return " · ".join(parts)
 
 
@@ -196,6 +204,29 @@ def log_result(result: TrainResult, register: bool = True) -> None:
         for path in report.charts(result, tmp):
             mlflow.log_artifact(str(path), artifact_path="charts")
         _log_model(result, tmp, register)
+
+
+def log_curve_point(point: Any) -> None:
+    """One point of ``segad.curve``: each method's AUROC / FPR@95TPR mean and std at step = shots."""
+    import mlflow
+
+    from segad.lineage import ImageSet
+
+    run_id = mlflow.active_run().info.run_id
+    if not mlflow.MlflowClient().get_run(run_id).inputs.dataset_inputs:  # the first point
+        mlflow.log_input(ImageSet(point.dataset), context="train")
+    metrics = {"test_defects": float(point.n_test_defects)}
+    for m in point.methods:
+        for key in ("auroc_mean", "auroc_std", "fpr95_mean", "fpr95_std"):
+            metrics[f"{m.name}.{key}"] = getattr(m, key)
+    mlflow.log_metrics(metrics, step=point.shots)
+
+
+def log_artifacts_of_curve(*paths: Path) -> None:
+    import mlflow
+
+    for path in paths:
+        mlflow.log_artifact(str(path))
 
 
 def _log_detector_run(result: TrainResult, name: str, tmp: Path) -> None:
