@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from detectors.altub import AltUB
+from detectors.anogan import AnoGAN
 from detectors.ast import AST
 from detectors.autoencoder import AutoencoderL2, AutoencoderSSIM
 from detectors.base import Detector, DetectorConfig, load_state, read_metadata
@@ -45,7 +46,9 @@ from detectors.patchcore import PatchCore
 from detectors.pfm import PEFM, PFM
 from detectors.ppdm import PPDM
 from detectors.rd4ad import RD4AD
+from detectors.riad import RIAD
 from detectors.simplenet import SimpleNet
+from detectors.students import Students
 from detectors.variation_model import VariationModel
 
 ENTRY_POINT_GROUP = "segad.detectors"
@@ -73,6 +76,9 @@ BUILTIN = (
     VariationModel,
     AutoencoderL2,
     AutoencoderSSIM,
+    Students,
+    AnoGAN,
+    RIAD,
 )
 # A name goes into comma-separated CLI lists, NAME.OPTION=VALUE pairs, file names and MLflow keys.
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -36,6 +36,7 @@ def test_key_depends_on_config_size_and_fit_set_not_result_neutral_options() -> 
 
 # Another valid value for each string option (numbers and flags are changed generically below).
 OTHER_STRINGS = {
+    "receptive_fields": "17+33+65",
     "backbone": "resnet18",
     "device": "cpu",
     "layers": "layer2",
@@ -50,6 +51,7 @@ OTHER_STRINGS = {
     "image_score": "max",
     "pool_type": "max",
     "parallel_blocks": "1+1+1",
+    "cell_sizes": "4+8",
 }
 
 

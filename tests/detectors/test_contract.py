@@ -52,6 +52,9 @@ FAST = {
     "variation_model": CPU,
     "ae_l2": {**CPU, "steps": 2, "batch_size": 2, "width": 4, "latent_dim": 8},
     "ae_ssim": {**CPU, "steps": 2, "batch_size": 2, "width": 4, "latent_dim": 8},
+    "anogan": {**CPU, "gan_steps": 2, "encoder_steps": 2, "batch_size": 2, "width": 4, "latent_dim": 8, "n_critic": 1},
+    "riad": {**CPU, "epochs": 1, "batch_size": 3, "image_size": 32, "width": 4, "cell_sizes": "8+16"},
+    "students": {**CPU, "epochs": 1, "batch_size": 3, "width": 4, "out_channels": 8},
 }
 OTHER_STRINGS = {
     "backbone": "resnet18",
