@@ -23,6 +23,10 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+# MLflow 3.17's UI picks its GenAI or model-training view from this URL parameter (else the browser's last
+# choice, GenAI at first), no longer from the experiment's kind tag.
+WORKFLOW = "workflowType=machine_learning"
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -98,9 +102,11 @@ def main() -> None:
         if not parents:
             sys.exit(f"experiment {args.experiment} has no segad.train run yet")
         rid = parents[0]["info"]["run_id"]
-        shoot(chromium, f"{url}/#/experiments/{eid}", args.out / "runs_table.png", args.size, args.wait_ms)
-        shoot(chromium, f"{url}/#/experiments/{eid}/runs/{rid}", args.out / "run_overview.png", args.size, args.wait_ms)
-        charts = f"{url}/#/experiments/{eid}/runs/{rid}/artifacts/charts/overlays.png"
+        view = f"?{WORKFLOW}"
+        shoot(chromium, f"{url}/#/experiments/{eid}/runs{view}", args.out / "runs_table.png", args.size, args.wait_ms)
+        run = f"{url}/#/experiments/{eid}/runs/{rid}"
+        shoot(chromium, f"{run}{view}", args.out / "run_overview.png", args.size, args.wait_ms)
+        charts = f"{run}/artifacts/charts/overlays.png{view}"
         shoot(chromium, charts, args.out / "run_overlays.png", args.size, args.wait_ms)
     finally:
         server.terminate()

@@ -139,6 +139,20 @@ class SegadClassifier:
         X = np.asarray(X, np.float32)
         return self.model_.predict(X, base_margin=self._base_margin(prior), output_margin=True).astype(np.float64)
 
+    def contributions(self, X: np.ndarray, prior: np.ndarray | None = None) -> np.ndarray:
+        """(N, F + 1): each feature's additive share of each row's margin, the last column the rest (bias,
+        and the ensemble start for a forest fit with a prior); rows sum to ``decision_function``.
+
+        A forest's are XGBoost's exact TreeSHAP values (``pred_contribs``); logreg's are its terms, each
+        standardised feature times its weight (the feature's share against the training mean)."""
+        if self.is_linear:
+            terms = self._standardise(X) * self.coef_
+            return np.column_stack([terms, np.full(len(terms), self.intercept_)])
+        from xgboost import DMatrix
+
+        dm = DMatrix(np.asarray(X, np.float32), base_margin=self._base_margin(prior))
+        return self.model_.get_booster().predict(dm, pred_contribs=True).astype(np.float64)
+
     def feature_importances(self) -> np.ndarray:
         if self.is_linear:
             w = np.abs(self.coef_)

@@ -64,4 +64,12 @@ def overlay(image: np.ndarray, anomaly_map: np.ndarray, scale: MapScale) -> np.n
     return ((1 - alpha) * image + alpha * colour).clip(0, 1)
 
 
-__all__ = ["MapScale", "map_scale", "map_scales", "overlay"]
+def outline(image: np.ndarray, region: np.ndarray, colour: tuple[float, float, float] = (0.0, 1.0, 0.0)) -> np.ndarray:
+    """The image with the border of a boolean (H, W) region drawn 2 px wide (the segment that drove a score)."""
+    out = np.ascontiguousarray(image, dtype=np.float32).copy()
+    contours, _ = cv2.findContours(region.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_NONE)
+    cv2.drawContours(out, contours, -1, colour, 2)
+    return out
+
+
+__all__ = ["MapScale", "map_scale", "map_scales", "outline", "overlay"]

@@ -31,6 +31,8 @@ from segad.classifier import SegadClassifier
 from segad.crossfit import SupervisedInput
 from segad.data.images import Intensity, as_rgb, model_input
 from segad.data.shapes import SourceShape
+from segad.explain import Explanation
+from segad.explain import explain as explain_scores
 from segad.manifest import read_manifest
 from segad.mapfolder import GivenMaps, MapInput
 from segad.maps import as_stored, check_maps
@@ -50,6 +52,8 @@ class PipelineOutput:
     scores: np.ndarray  # (N,) the final score (the run's chosen blend of margins and detector scores), higher = worse
     decisions: np.ndarray  # (N,) bool, score >= threshold
     maps: dict[str, np.ndarray]  # detector name -> (N, H, W) anomaly maps
+    explanations: list[Explanation] | None = None  # why each score (predict_batch(..., explain=True))
+    segments: np.ndarray | None = None  # (N, H, W) segment labels, with the explanations
 
 
 def image_list(images: Sequence[ImageInput] | np.ndarray) -> list[ImageInput]:
@@ -170,10 +174,14 @@ class SegadPipeline:
         given: GivenBatch | None = None,
     ):
         """Feature rows of a model-ready batch, as training computed them, with ``detect``'s maps and scores."""
+        X, maps, scores, _ = self._rows(batch, segment_paths, names, given)
+        return X, maps, scores
+
+    def _rows(self, batch: np.ndarray, segment_paths=None, names=None, given: GivenBatch | None = None):
         maps, scores = self.detect(batch, names, given)
         segments = self.segmenter.predict(batch, segment_paths)
         X = feature_matrix(maps, scores, segments, self.n_segments, with_scores=self.with_scores)
-        return X, maps, scores
+        return X, maps, scores, segments
 
     def predict(
         self,
@@ -197,18 +205,26 @@ class SegadPipeline:
         segment_paths: Sequence[Path | None] | None = None,
         names=None,
         given: GivenBatch | None = None,
+        explain: bool = False,
     ) -> PipelineOutput:
-        """Score an (N, 3, H, W) batch already prepared by ``prepare`` / ``preprocess``."""
+        """Score an (N, 3, H, W) batch already prepared by ``prepare`` / ``preprocess``; ``explain``: also
+        each score's split into (detector, segment) shares (segad.explain) and the segment maps."""
         batch = np.asarray(batch, np.float32)
-        if self.blend.weight > 0:
-            X, maps, detector_scores = self.features(batch, segment_paths, names, given)
-            prior = None if self.classifier.prior_ is None else self.blend.ensemble_score(detector_scores)
-            margins = self.classifier.decision_function(X, prior)
+        X = prior = segments = None
+        if self.blend.weight > 0 or explain:
+            X, maps, detector_scores, segments = self._rows(batch, segment_paths, names, given)
         else:  # the chosen score is the ensemble or a detector: segments, statistics, forest would be wasted
             maps, detector_scores = self.detect(batch, names, given)
-            margins = np.zeros(len(batch))
+        margins = np.zeros(len(batch))
+        if self.blend.weight > 0:
+            prior = None if self.classifier.prior_ is None else self.blend.ensemble_score(detector_scores)
+            margins = self.classifier.decision_function(X, prior)
         scores = self.blend.score(margins, detector_scores)
-        return PipelineOutput(scores, scores >= self.threshold, {k: m.astype(np.float32) for k, m in maps.items()})
+        why = None
+        if explain:
+            why = explain_scores(self.blend, self.classifier, self.feature_names, X, detector_scores, prior)
+        stored = {k: m.astype(np.float32) for k, m in maps.items()}
+        return PipelineOutput(scores, scores >= self.threshold, stored, why, segments if explain else None)
 
     # --- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

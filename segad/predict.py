@@ -3,9 +3,11 @@
     python -m segad.predict --model outputs/models/elpv_mono --images new_cells/ --out results/
     python -m segad.predict --model models:/segad-elpv-mono/1 --images new_cells/ --out results/
 
-Writes ``scores.csv`` (file, score, decision, error, warning) and one overlay PNG per image (the image
-with each detector's anomaly map). A file that cannot be read is reported in the CSV and skipped; an
-image whose native size or aspect is unlike the training images' is scored, with a warning beside it.
+Writes ``scores.csv`` (file, score, decision, error, warning, reasons: the three largest shares of the
+score towards "defect", per detector and segment, segad.explain) and one overlay PNG per image (the
+image, the segment that drove the score outlined, beside each detector's anomaly map). A file that
+cannot be read is reported in the CSV and skipped; an image whose native size or aspect is unlike the
+training images' is scored, with a warning beside it.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from detectors.errors import InputError
 from segad.data.images import resize
 from segad.data.samples import IMAGE_SUFFIXES
 from segad.mapfolder import match_files, parse_maps
-from segad.overlay import map_scale, overlay
+from segad.overlay import map_scale, outline, overlay
 from segad.pipeline import SegadPipeline
 
 # models:/ and runs:/ go through the tracking store (--tracking-uri); the others are artifact stores
@@ -93,7 +95,9 @@ def predict_folder(
                 read.append(model.read(p))
             except (InputError, OSError) as e:
                 print(f"skipped {p}: {e}", file=sys.stderr)
-                rows.append({"file": str(p), "score": "", "decision": "", "error": str(e), "warning": ""})
+                rows.append(
+                    {"file": str(p), "score": "", "decision": "", "error": str(e), "warning": "", "reasons": ""}
+                )
                 continue
             chunk.append(p)
         if not chunk:
@@ -102,7 +106,8 @@ def predict_folder(
             n: ([m[p] for p in chunk], None if sc is None else [sc[p] for p in chunk])
             for n, (m, sc) in given_by_file.items()
         }
-        result = model.predict_batch(np.stack([r.array for r in read]), names=[str(p) for p in chunk], given=given)
+        arrays = np.stack([r.array for r in read])
+        result = model.predict_batch(arrays, names=[str(p) for p in chunk], given=given, explain=True)
         if missing := [n for n in result.maps if n not in scales]:  # a model saved before scales were kept
             print(
                 f"note: the model keeps no overlay scale for {', '.join(missing)}; their overlays are scaled to "
@@ -112,8 +117,13 @@ def predict_folder(
             scales.update({n: map_scale(result.maps[n], 0.05) for n in missing})
         for j, p in enumerate(chunk):
             score, decision = float(result.scores[j]), bool(result.decisions[j])
-            rows.append({"file": str(p), "score": score, "decision": decision, "error": "", "warning": read[j].note})
+            why = result.explanations[j]
+            reasons = "; ".join(str(r) for r in why.top(3))
+            row = {"file": str(p), "score": score, "decision": decision, "error": "", "warning": read[j].note}
+            rows.append({**row, "reasons": reasons})
             img = resize(read[j].rgb, model.image_size)
+            if (top := why.top_segment) is not None:  # outline the segment that pushed most towards "defect"
+                img = outline(img, result.segments[j] == top.segment)
             panels = [img] + [overlay(img, m[j], scales[name]) for name, m in result.maps.items()]
             rel = p.relative_to(images).with_suffix(".png")
             target = out / "overlays" / rel
@@ -127,7 +137,7 @@ def predict_folder(
             file=sys.stderr,
         )
     with (out / "scores.csv").open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=["file", "score", "decision", "error", "warning"])
+        w = csv.DictWriter(f, fieldnames=["file", "score", "decision", "error", "warning", "reasons"])
         w.writeheader()
         w.writerows(rows)
     return rows

@@ -1,6 +1,7 @@
 """Charts a person would rather look at than read: ROC curves, score histograms, feature
-importances by detector and segment, anomaly-map overlays of the best and worst test images, and
-AUPIMO per detector. Each function writes one PNG and returns its path."""
+importances by detector and segment, anomaly-map overlays of the best and worst test images (with why
+each was scored so), AUPIMO per detector, and the table of missed defects and false alarms with their
+reasons. Each function writes one file and returns its path."""
 
 from __future__ import annotations
 
@@ -106,12 +107,13 @@ def overlays(result: TrainResult, out: Path, per_group: int = 4) -> Path:
     scales = result.pipeline.map_scales
     n_hold = len(next(iter(result.detector_maps.values())).scores) - len(result.dataset_table.test)
     rows = [(title, int(i)) for title, group in picks for i in group]
-    fig, axes = plt.subplots(len(rows), 1 + len(dets), figsize=(2.2 * (1 + len(dets)), 2.2 * len(rows)), squeeze=False)
+    fig, axes = plt.subplots(len(rows), 1 + len(dets), figsize=(2.2 * (1 + len(dets)), 2.6 * len(rows)), squeeze=False)
     for r, (title, i) in enumerate(rows):
         sample = result.dataset_table.test[i]
         img = resize(read_rgb(sample.image_path), result.pipeline.image_size)
         axes[r, 0].imshow(img)
-        axes[r, 0].set_title(f"{title}\n{sample.image_path.name}", fontsize=7)
+        why = _why(result, i)
+        axes[r, 0].set_title(f"{title}\n{sample.image_path.name}{why}", fontsize=7)
         for c, d in enumerate(dets, start=1):
             m = result.detector_maps[d].maps[n_hold + i].astype(np.float32)
             axes[r, c].imshow(overlay(img, m, scales[d]))
@@ -128,6 +130,35 @@ def overlays(result: TrainResult, out: Path, per_group: int = 4) -> Path:
         bar.ax.tick_params(labelsize=6)
         bar.set_label(f"{d}: good-image range, | threshold", fontsize=6)
     return _save(fig, out / "overlays.png", dpi=90)
+
+
+def _why(result: TrainResult, test_index: int) -> str:
+    """The top two reasons of a first-seed test image's score, as title lines."""
+    if not result.first_seed_explanations:
+        return ""
+    pos = int(np.flatnonzero(result.first_seed_test == test_index)[0])
+    return "".join(f"\n{r}" for r in result.first_seed_explanations[pos].top(2))
+
+
+def reasons_table(result: TrainResult, out: Path) -> Path | None:
+    """``reasons.csv``: every missed defect and false alarm of the saved model on the first seed's test
+    set, with its score, the threshold and the three largest shares of its score (segad.explain)."""
+    if not result.first_seed_explanations:
+        return None
+    labels, scores = _first_seed(result)
+    s, threshold = scores["segad"], result.deployment.calibration.threshold
+    rows = ["image,defect_type,kind,score,threshold,reason_1,reason_2,reason_3"]
+    for pos, i in enumerate(result.first_seed_test):
+        missed, alarm = labels[pos] == 1 and s[pos] < threshold, labels[pos] == 0 and s[pos] >= threshold
+        if not (missed or alarm):
+            continue
+        sample = result.dataset_table.test[int(i)]
+        top = [str(r) for r in result.first_seed_explanations[pos].top(3)]
+        cells = [str(sample.image_path), sample.defect_type, "missed defect" if missed else "false alarm"]
+        rows.append(",".join([*cells, f"{s[pos]:.4g}", f"{threshold:.4g}", *(top + [""] * (3 - len(top)))]))
+    path = out / "reasons.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
 
 
 def aupimo_boxplot(result: TrainResult, out: Path) -> Path | None:
@@ -159,6 +190,8 @@ def aupimo_boxplot(result: TrainResult, out: Path) -> Path | None:
 def charts(result: TrainResult, out: Path) -> list[Path]:
     paths = [roc_curves(result, out), score_histograms(result, out), feature_importances(result, out)]
     paths.append(overlays(result, out))
+    if (p := reasons_table(result, out)) is not None:
+        paths.append(p)
     if (p := aupimo_boxplot(result, out)) is not None:
         paths.append(p)
     return paths

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -11,6 +11,7 @@ from segad.calibration import Calibration
 from segad.config import TrainConfig
 from segad.data import Dataset
 from segad.evaluate import MethodResult
+from segad.explain import Explanation
 from segad.maps import DetectorMaps
 from segad.pipeline import SegadPipeline
 from segad.selection import Selection
@@ -30,6 +31,7 @@ class TrainResult:
     deployments: list[Deployment]  # per seed: its model's calibrated threshold on its test set; [0] is saved
     selections: list[Selection]  # per seed: the final score chosen on the training rows, and why
     baselines: tuple[BaselineRun, ...] = ()  # supervised baselines (--supervised), fit per seed
+    first_seed_explanations: list[Explanation] = field(default_factory=list)  # why each first_seed_test score
 
     @property
     def seeds(self) -> list[int]:

@@ -57,6 +57,14 @@ def use_experiment(name: str) -> Any:
     return exp
 
 
+def ui_link(run: Any) -> str:
+    """Where ``mlflow ui`` (run in this folder, default port) shows the run, in its model-training view:
+    MLflow 3.17's UI picks that view from the URL's ``workflowType`` (else the browser's last choice,
+    GenAI at first), not from the experiment's kind tag, which older MLflow 3 UIs read."""
+    info = run.info
+    return f"http://127.0.0.1:5000/#/experiments/{info.experiment_id}/runs/{info.run_id}?workflowType=machine_learning"
+
+
 def run_name(
     cfg: TrainConfig, dataset: str | None = None, segments: str | None = None, shots: str | None = None
 ) -> str:

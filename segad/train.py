@@ -34,6 +34,7 @@ from segad.config import TrainConfig, build_parser, config_from
 from segad.console import log
 from segad.crossfit import SupervisedInput, cross_fit
 from segad.evaluate import MethodResult, format_table, good_moments
+from segad.explain import explain
 from segad.feature_rows import features, stacked_features
 from segad.overlay import map_scales
 from segad.pipeline import SegadPipeline
@@ -71,7 +72,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     normal = good_training_images(prep, cfg.supervised_good) if baselines else None
     generated = generated_images(prep) if baselines else None
     from_ensemble = cfg.classifier_start == "ensemble"
-    first_clf, first_scores, importances, blend, first_inputs = None, {}, [], None, {}
+    first_clf, first_scores, importances, blend, first_inputs, first_why = None, {}, [], None, {}, []
     selections: list[Selection] = []
     deployments: list[Deployment] = []
     for sp in prep.splits:
@@ -128,6 +129,9 @@ def run(cfg: TrainConfig) -> TrainResult:
         deployments.append(Deployment.measure(calibration, y, scores["segad"]))
         if first_clf is None:  # the saved model
             first_clf, first_scores, blend = clf, scores, sel.blend
+            # Why each of its test images got its score (segad.explain): the report's misses and false alarms.
+            test_prior = ensemble if prior is not None else None
+            first_why = explain(blend, clf, feature_names(names, k, with_scores), X_test[sp.test], scores, test_prior)
             first_inputs = {n: SupervisedInput(fits[n][1]) for n in stacked}
             if np.ptp(blend.score(clf.decision_function(X_train, prior), train_scores)) == 0:
                 # A constant score flags every image or none: saving or registering it would ship a model
@@ -177,6 +181,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         deployments,
         selections,
         tuple(baselines.values()),
+        first_why,
     )
 
 
@@ -195,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     cfg = parse_args(argv)
     try:
-        with nullcontext() if cfg.no_mlflow else tracking.parent_run(cfg):
+        with nullcontext() if cfg.no_mlflow else tracking.parent_run(cfg) as mlflow_run:
             result = run(cfg)
             if not cfg.no_mlflow:
                 tracking.log_result(result)
@@ -218,6 +223,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for b in result.baselines:  # after the pipeline: its save replaces the whole folder
         b.model.save(model_dir / "baselines" / f"{b.name}.safetensors")
     print(f"model saved to {model_dir}")
+    if mlflow_run is not None:
+        print(f"in MLflow: {tracking.ui_link(mlflow_run)}")
     return 0
 
 

@@ -1,6 +1,12 @@
 from __future__ import annotations
 
 import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Each worker has a core: one OpenMP / numba thread each, set before torch and numba start their pools,
+    # or two workers' threads contend and tiny networks' steps get many times slower.
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 from dataclasses import dataclass
 from pathlib import Path
 

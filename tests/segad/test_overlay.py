@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from detectors.errors import InputError
-from segad.overlay import MapScale, map_scale, overlay
+from segad.overlay import MapScale, map_scale, outline, overlay
 
 
 def _good_maps(n: int = 40) -> np.ndarray:
@@ -43,3 +43,14 @@ def test_bad_input() -> None:
         map_scale(np.zeros((0, 4, 4)), 0.05)
     with pytest.raises(InputError, match="target_fpr"):
         map_scale(_good_maps(), 1.5)
+
+
+def test_outline_draws_the_border_of_a_region_only() -> None:
+    image = np.zeros((20, 20, 3), np.float32)
+    region = np.zeros((20, 20), bool)
+    region[5:15, 5:15] = True
+    drawn = outline(image, region)
+    changed = drawn.any(axis=2)
+    assert changed[5, 5:15].all() and changed[5:15, 5].all()  # the border
+    assert not changed[9:11, 9:11].any() and not changed[0].any()  # not the inside, not elsewhere
+    assert not image.any()  # the input is left as it was

@@ -117,6 +117,12 @@ def test_artifacts_and_summary(store) -> None:
     charts = {a.path for a in client.list_artifacts(parent.info.run_id, "charts")}
     assert {"charts/roc_curves.png", "charts/score_histograms.png", "charts/feature_importances.png"} <= charts
     assert "charts/overlays.png" in charts
+    # Every missed defect and false alarm of the saved model, with the reasons for its score.
+    table = Path(client.download_artifacts(parent.info.run_id, "charts/reasons.csv")).read_text().splitlines()
+    assert table[0] == "image,defect_type,kind,score,threshold,reason_1,reason_2,reason_3"
+    dep = parent.data.metrics
+    assert all(row.split(",")[2] in ("missed defect", "false alarm") for row in table[1:])
+    assert dep["deploy.fpr"] > 0 or not any(",false alarm," in row for row in table[1:])
     local = client.download_artifacts(parent.info.run_id, "summary.json")
     summary = json.loads(Path(local).read_text())
     assert set(summary["methods"]) == {"patchcore", "padim", "fastflow", "ensemble", "segad", "classifier"}
@@ -165,6 +171,12 @@ def test_predict_cli_writes_scores_and_overlays_and_skips_unreadable(store, tmp_
         assert predict(["--model", model, "--images", str(images), "--out", str(out), "--tracking-uri", uri]) == 0
         rows = list(csv.DictReader((out / "scores.csv").open()))
         assert len(rows) == 4 and sum(1 for r in rows if r["error"]) == 1
+        # Why: the three largest shares of each flagged score, per detector and segment (segad.explain).
+        flagged = [r for r in rows if r["decision"] == "True"]
+        assert flagged and all(r["reasons"] for r in flagged)
+        assert all(
+            part.split()[0] in ("patchcore", "padim", "fastflow") for r in flagged for part in r["reasons"].split("; ")
+        )
         assert len(list((out / "overlays").rglob("*.png"))) == 3
     # Overlays are coloured on each detector's scale, kept with the model from its held-out good images.
     from segad.pipeline import SegadPipeline
