@@ -26,9 +26,13 @@ class Reason:
     segment: int | None  # None: the detector's image score
     value: float  # this part's additive share of the final score; > 0 pushes towards "defect"
 
+    @property
+    def part(self) -> str:
+        """``padim segment 3`` or ``patchcore image score``."""
+        return f"{self.detector} {'image score' if self.segment is None else f'segment {self.segment}'}"
+
     def __str__(self) -> str:
-        where = "image score" if self.segment is None else f"segment {self.segment}"
-        return f"{self.detector} {where} {self.value:+.2f}"
+        return f"{self.part} {self.value:+.2f}"
 
 
 @dataclass(frozen=True)

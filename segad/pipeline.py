@@ -54,6 +54,7 @@ class PipelineOutput:
     maps: dict[str, np.ndarray]  # detector name -> (N, H, W) anomaly maps
     explanations: list[Explanation] | None = None  # why each score (predict_batch(..., explain=True))
     segments: np.ndarray | None = None  # (N, H, W) segment labels, with the explanations
+    detector_scores: dict[str, np.ndarray] | None = None  # each detector's image scores, with the explanations
 
 
 def image_list(images: Sequence[ImageInput] | np.ndarray) -> list[ImageInput]:
@@ -224,7 +225,9 @@ class SegadPipeline:
         if explain:
             why = explain_scores(self.blend, self.classifier, self.feature_names, X, detector_scores, prior)
         stored = {k: m.astype(np.float32) for k, m in maps.items()}
-        return PipelineOutput(scores, scores >= self.threshold, stored, why, segments if explain else None)
+        if not explain:
+            return PipelineOutput(scores, scores >= self.threshold, stored)
+        return PipelineOutput(scores, scores >= self.threshold, stored, why, segments, dict(detector_scores))
 
     # --- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

@@ -7,7 +7,8 @@ Writes ``scores.csv`` (file, score, decision, error, warning, reasons: the three
 score towards "defect", per detector and segment, segad.explain) and one overlay PNG per image (the
 image, the segment that drove the score outlined, beside each detector's anomaly map). A file that
 cannot be read is reported in the CSV and skipped; an image whose native size or aspect is unlike the
-training images' is scored, with a warning beside it.
+training images' is scored, with a warning beside it. ``--suggest N`` also writes ``suggest.csv``: the
+N images to label next (segad.suggest).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from segad.data.samples import IMAGE_SUFFIXES
 from segad.mapfolder import match_files, parse_maps
 from segad.overlay import map_scale, outline, overlay
 from segad.pipeline import SegadPipeline
+from segad.suggest import suggest
 
 # models:/ and runs:/ go through the tracking store (--tracking-uri); the others are artifact stores
 # holding a logged model folder (what mlflow.artifacts.download_artifacts reads).
@@ -79,7 +81,12 @@ def given_maps(model: SegadPipeline, maps: Mapping[str, Path], files: Sequence[P
 
 
 def predict_folder(
-    model: SegadPipeline, images: Path, out: Path, batch: int = 16, maps: Mapping[str, Path] | None = None
+    model: SegadPipeline,
+    images: Path,
+    out: Path,
+    batch: int = 16,
+    maps: Mapping[str, Path] | None = None,
+    n_suggest: int = 0,
 ) -> list[dict]:
     files = sorted(p for p in images.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
@@ -87,6 +94,8 @@ def predict_folder(
     given_by_file = given_maps(model, maps or {}, files, images)  # every missing map named before any scoring
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
+    scored: list[tuple[str, float, dict[str, float], str]] = []  # file, score, detector z-scores, driver
+    moments = model.blend.detector_moments  # each detector's (mean, std) on held-out good images
     scales = model.map_scales
     for s in range(0, len(files), batch):
         chunk, read = [], []
@@ -119,6 +128,9 @@ def predict_folder(
             score, decision = float(result.scores[j]), bool(result.decisions[j])
             why = result.explanations[j]
             reasons = "; ".join(str(r) for r in why.top(3))
+            dets = [d for d in result.detector_scores if d in moments]
+            z = {d: (float(result.detector_scores[d][j]) - moments[d][0]) / moments[d][1] for d in dets}
+            scored.append((str(p), score, z, top[0].part if (top := why.top(1)) else ""))
             row = {"file": str(p), "score": score, "decision": decision, "error": "", "warning": read[j].note}
             rows.append({**row, "reasons": reasons})
             img = resize(read[j].rgb, model.image_size)
@@ -136,11 +148,28 @@ def predict_folder(
             f"(the 'warning' column of scores.csv), e.g. {unlike[0]['file']}: {unlike[0]['warning']}",
             file=sys.stderr,
         )
+    if n_suggest:
+        write_suggestions(scored, model.threshold, n_suggest, out / "suggest.csv")
     with (out / "scores.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["file", "score", "decision", "error", "warning", "reasons"])
         w.writeheader()
         w.writerows(rows)
     return rows
+
+
+def write_suggestions(scored: Sequence[tuple], threshold: float, n: int, path: Path) -> Path:
+    """``suggest.csv``: the images to label next, in order (segad.suggest)."""
+    if not scored:
+        raise InputError("--suggest: no image could be scored")
+    files, scores, zs, drivers = zip(*scored, strict=True)
+    z = {d: np.array([row[d] for row in zs]) for d in zs[0]}
+    picks = suggest(np.array(scores), threshold, z, list(drivers), n)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["rank", "file", "score", "threshold", "distance", "disagreement", "driver"])
+        for rank, s in enumerate(picks, start=1):
+            w.writerow([rank, files[s.index], scores[s.index], threshold, s.distance, s.disagreement, s.driver])
+    return path
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,6 +189,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="for a model that stacks maps computed elsewhere: each image's map of input NAME, at its path "
         "under --images in DIR (or by file name), .npy|.tiff|.png, with DIR/scores.csv if it was trained on scores",
     )
+    ap.add_argument(
+        "--suggest",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also write suggest.csv: the N images whose labels would teach the model most (near the "
+        "threshold, detectors disagreeing, spread over segments)",
+    )
     a = ap.parse_args(argv)
     if a.tracking_uri:
         import mlflow
@@ -169,13 +206,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         model = load_model(a.model, a.device)
         if model.segmenter.__class__.__name__ == "FolderSegments":
             raise InputError("this model's segments are user-provided label maps; score it from Python with them")
-        rows = predict_folder(model, a.images, a.out, maps=parse_maps(",".join(a.maps)))
+        if a.suggest < 0:
+            raise InputError(f"--suggest must be >= 0, got {a.suggest}")
+        rows = predict_folder(model, a.images, a.out, maps=parse_maps(",".join(a.maps)), n_suggest=a.suggest)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     flagged = sum(1 for r in rows if r["decision"] is True)
     failed = sum(1 for r in rows if r["error"])
     print(f"{len(rows)} images: {flagged} flagged as defective, {failed} unreadable; see {a.out / 'scores.csv'}")
+    if a.suggest:
+        print(f"the {a.suggest} to label next: {a.out / 'suggest.csv'}")
     return 0
 
 

@@ -62,7 +62,9 @@ def test_two_shards_fill_one_cache_and_train_finds_every_map(tmp_path: Path, mon
     whole = prepare(_config(tmp_path / "data"))  # one process, its own fit: the same maps
     for name in ("patchcore", "padim"):
         assert whole.maps[name].cached_maps == 0
-        np.testing.assert_array_equal(whole.maps[name].maps, prep.maps[name].maps)
+        # Equal to float16's precision: with one thread per xdist worker, a shard's other batch sizes can move
+        # a float32 map value across a float16 rounding edge (one ulp).
+        np.testing.assert_allclose(whole.maps[name].maps, prep.maps[name].maps, rtol=2**-10, atol=0)
 
 
 def test_a_fit_waits_for_the_lock_holder_and_goes_on_when_it_is_killed(

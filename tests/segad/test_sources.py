@@ -86,7 +86,7 @@ def test_a_saved_model_needs_the_maps_and_scores_what_the_run_reported(maps_run,
         given = {r["image"]: float(r["score"]) for r in csv.DictReader(f)}
     scores = [given[f"{s.split}/{s.defect_type}/{s.image_path.name}"] for s in test]
     out = model.predict(files, [s.segment_path for s in test], maps={"ext": map_files}, map_scores={"ext": scores})
-    np.testing.assert_allclose(out.scores, maps_run.first_seed_scores["segad"], rtol=0, atol=1e-5)
+    np.testing.assert_allclose(out.scores, maps_run.first_seed_scores["segad"], rtol=0, atol=1e-4)
 
 
 def test_the_predict_command_and_the_pyfunc_take_the_maps(small: Path, exported: Path, tmp_path: Path) -> None:
@@ -118,13 +118,15 @@ def test_the_predict_command_and_the_pyfunc_take_the_maps(small: Path, exported:
     files = sorted(rows)
     map_files = [half / "test" / p.relative_to(images).with_suffix(".npy") for p in files]
     direct = SegadPipeline.load(model_dir, device="cpu").predict(files, maps={"ext": map_files})
-    np.testing.assert_allclose([rows[p] for p in files], direct.scores, rtol=0, atol=1e-5)
+    # 1e-4, not exact: one thread's float32 detector scores move in the 7th digit with the batch, and the
+    # final score's z-scoring scales that up.
+    np.testing.assert_allclose([rows[p] for p in files], direct.scores, rtol=0, atol=1e-4)
     pyfunc = SegadPyfunc()
     pyfunc.pipeline = SegadPipeline.load(model_dir, device="cpu")
     with pytest.raises(InputError, match="ext_map column"):
         pyfunc.predict(None, pd.DataFrame({"image_path": [str(p) for p in files]}))
     frame = pd.DataFrame({"image_path": [str(p) for p in files], "ext_map": [str(p) for p in map_files]})
-    np.testing.assert_allclose(pyfunc.predict(None, frame)["score"], direct.scores, rtol=0, atol=1e-5)
+    np.testing.assert_allclose(pyfunc.predict(None, frame)["score"], direct.scores, rtol=0, atol=1e-4)
 
 
 def test_bad_folders_stop_the_run_before_any_fit(small: Path, exported: Path, tmp_path: Path, monkeypatch) -> None:

@@ -168,8 +168,14 @@ def test_predict_cli_writes_scores_and_overlays_and_skips_unreadable(store, tmp_
     (images / "broken.png").write_bytes(b"not a png")
     for model in ("models:/segad-data-widget/1", str(root / "model")):
         out = tmp_path / "out" / model.replace(":", "_").replace("/", "_")
-        assert predict(["--model", model, "--images", str(images), "--out", str(out), "--tracking-uri", uri]) == 0
+        args = ["--model", model, "--images", str(images), "--out", str(out), "--tracking-uri", uri]
+        assert predict([*args, "--suggest", "2"]) == 0
         rows = list(csv.DictReader((out / "scores.csv").open()))
+        # The two to label next, ranked: scored images only, each with what drove its score.
+        with (out / "suggest.csv").open() as f:
+            picks = list(csv.DictReader(f))
+        assert [r["rank"] for r in picks] == ["1", "2"] and {r["file"] for r in picks} <= {r["file"] for r in rows}
+        assert all(float(r["distance"]) == pytest.approx(abs(float(r["score"]) - float(r["threshold"]))) for r in picks)
         assert len(rows) == 4 and sum(1 for r in rows if r["error"]) == 1
         # Why: the three largest shares of each flagged score, per detector and segment (segad.explain).
         flagged = [r for r in rows if r["decision"] == "True"]
