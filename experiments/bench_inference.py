@@ -4,7 +4,9 @@
     python experiments/bench_inference.py --model outputs/models/elpv_mono --n 128
 
 The SegAD layer is segments + per-segment features + classifier; the target is under 10% of the
-detectors' time. The last line is end to end: files decoded, maps, SegAD score, in batches of
+detectors' time. ``explain`` is what ``segad.predict``'s reasons add (segad.explain; for a model whose
+final score skips the layer, the segments and features too).
+The last line is end to end: files decoded, maps, SegAD score, in batches of
 ``--batch``, as ``SegadPipeline.predict`` serves them.
 """
 
@@ -62,6 +64,13 @@ def main() -> None:
     t0 = time.perf_counter()
     model.classifier.decision_function(X)
     t["classifier"] = time.perf_counter() - t0
+    from segad.explain import explain
+
+    scores = {k: o.scores for k, o in outs.items()}
+    prior = model.blend.ensemble_score(scores) if model.classifier.prior_ is not None else None
+    t0 = time.perf_counter()
+    explain(model.blend, model.classifier, model.feature_names, X, scores, prior)
+    t["explain"] = time.perf_counter() - t0
     n = len(x)
     layer = t["segments"] + t["features"] + t["classifier"]
     for k, v in t.items():
@@ -71,6 +80,8 @@ def main() -> None:
         f"{t['detectors'] / n * 1000:.1f} ms/image ({', '.join(d.name for d in model.detectors)}; "
         f"segments {model.info.get('segments')}); {np.prod(x.shape[-2:])} px images"
     )
+    why = t["explain"] if model.blend.weight > 0 else t["explain"] + t["segments"] + t["features"]
+    print(f"segad.predict's reasons (--suggest needs nothing more) add {why / n * 1000:.2f} ms/image")
     if args.full_layer:
         model.blend = ScoreBlend.classifier_only([d.name for d in model.detectors])
     files = [s.image_path for s in test]

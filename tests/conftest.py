@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import sys
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Each worker has a core: one OpenMP / numba thread each, set before torch and numba start their pools,
@@ -27,6 +28,17 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytes
     work = tmp_path_factory.mktemp("cwd")
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
     monkeypatch.chdir(work)  # MLflow's artifacts (./mlruns) and segad's outputs/ go here
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _tracking_uri_left_unset():
+    """A test file that sets MLflow's process-wide tracking URI (``--tracking-uri``, its own store fixture)
+    leaves it unset, so the next file on the same xdist worker logs where MLFLOW_TRACKING_URI says."""
+    yield
+    if "mlflow" in sys.modules:
+        from mlflow.tracking._tracking_service import utils
+
+        utils._tracking_uri = None  # what set_tracking_uri sets; None: follow the environment again
 
 
 @pytest.fixture(autouse=True)

@@ -90,4 +90,5 @@ def test_segad_train_stacks_an_anomalib_model_caches_it_and_reloads_it(tiny_mvte
     model = SegadPipeline.load(result.pipeline.save(tmp_path / "model"), device="cpu")
     test = [result.dataset_table.test[i] for i in result.first_seed_test]
     out = model.predict([s.image_path for s in test], [s.segment_path for s in test])
-    np.testing.assert_allclose(out.scores, result.first_seed_scores["segad"], rtol=0, atol=1e-4)
+    # To 1e-4 (relative too): one thread's float32 scores move with the batch, and z-scoring scales that.
+    np.testing.assert_allclose(out.scores, result.first_seed_scores["segad"], rtol=1e-4, atol=1e-4)
