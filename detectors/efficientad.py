@@ -49,7 +49,7 @@ from torch import nn
 from detectors.backbones import from_unit, to_unit
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
 from detectors.errors import InputError
-from detectors.maps import parse_layers, to_image_maps
+from detectors.maps import ChannelStats, parse_layers, semi_orthogonal, to_image_maps
 from detectors.training import TrainableConfig, TrainableDetector, sample_batch
 
 MODEL_SIZES = ("small", "medium")
@@ -231,33 +231,11 @@ def _projection(channels: int, out_channels: int, seed: int) -> torch.Tensor | N
     """A fixed (out, channels) semi-orthogonal map, scaled so each output keeps about unit variance."""
     if channels == out_channels:
         return None
-    gen = torch.Generator().manual_seed(seed)
-    a = torch.randn(max(channels, out_channels), min(channels, out_channels), generator=gen, dtype=torch.float64)
-    q, _ = torch.linalg.qr(a)  # orthonormal columns
-    p = q if out_channels > channels else q.T
-    return (p * math.sqrt(max(1.0, out_channels / channels))).float()
+    return semi_orthogonal(channels, out_channels, seed) * math.sqrt(max(1.0, out_channels / channels))
 
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last)
-
-
-class _Stats:
-    """Streaming per-channel mean and std of (B, C, h, w) batches, summed in float64."""
-
-    def __init__(self) -> None:
-        self.n, self.s1, self.s2 = 0, 0.0, 0.0
-
-    def add(self, t: torch.Tensor) -> None:
-        t = t.double()
-        self.n += t.shape[0] * t.shape[2] * t.shape[3]
-        self.s1 = self.s1 + t.sum((0, 2, 3))
-        self.s2 = self.s2 + (t * t).sum((0, 2, 3))
-
-    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.s1 / self.n
-        var = (self.s2 / self.n - mean * mean).clamp_min(0) * self.n / max(self.n - 1, 1)
-        return mean.float(), var.sqrt().clamp_min(1e-6).float()
 
 
 # --- the detector ---------------------------------------------------------------------------------
@@ -349,7 +327,7 @@ class EfficientAD(TrainableDetector):
         bs = cfg.batch_size
 
         # Teacher: distil the backbone's standardised features into the PDN.
-        stats = _Stats()
+        stats = ChannelStats()
         for batch in self._batches(x_train, "target statistics"):
             stats.add(self._raw_target(batch))
         self._target_mean, self._target_std = stats.result()
@@ -366,7 +344,7 @@ class EfficientAD(TrainableDetector):
 
         # The paper's teacher normalisation: per-channel mean and std on the training images, frozen.
         self.teacher_.eval().requires_grad_(False)
-        stats = _Stats()
+        stats = ChannelStats()
         with torch.inference_mode():
             for batch in self._batches(x_train, "teacher statistics"):
                 stats.add(self.teacher_(_nhwc(batch)).float())

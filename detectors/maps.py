@@ -75,3 +75,33 @@ def parse_numbers(text: str, n: int, option: str, kind: type) -> list:
 
 
 __all__ = ["gaussian_blur", "gaussian_kernel1d", "parse_layers", "parse_numbers", "pooled_features", "to_image_maps"]
+
+
+def semi_orthogonal(channels: int, out_channels: int, seed: int) -> torch.Tensor:
+    """A fixed, seeded (out_channels, channels) map with orthonormal rows or columns (distances kept up to
+    scale); the identity when the counts agree. For a teacher's features of another width (EfficientAD,
+    Uninformed Students)."""
+    if channels == out_channels:
+        return torch.eye(channels)
+    gen = torch.Generator().manual_seed(seed)
+    a = torch.randn(max(channels, out_channels), min(channels, out_channels), generator=gen, dtype=torch.float64)
+    q, _ = torch.linalg.qr(a)  # orthonormal columns
+    return (q if out_channels > channels else q.T).float()
+
+
+class ChannelStats:
+    """Streaming per-channel mean and std of (B, C, h, w) batches, summed in float64."""
+
+    def __init__(self) -> None:
+        self.n, self.s1, self.s2 = 0, 0.0, 0.0
+
+    def add(self, t: torch.Tensor) -> None:
+        t = t.double()
+        self.n += t.shape[0] * t.shape[2] * t.shape[3]
+        self.s1 = self.s1 + t.sum((0, 2, 3))
+        self.s2 = self.s2 + (t * t).sum((0, 2, 3))
+
+    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
+        mean = self.s1 / self.n
+        var = (self.s2 / self.n - mean * mean).clamp_min(0) * self.n / max(self.n - 1, 1)
+        return mean.float(), var.sqrt().clamp_min(1e-6).float()

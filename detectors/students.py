@@ -55,7 +55,7 @@ from torch import nn
 
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
 from detectors.errors import InputError
-from detectors.maps import parse_layers, to_image_maps
+from detectors.maps import ChannelStats, parse_layers, semi_orthogonal, to_image_maps
 from detectors.training import TrainableConfig, TrainableDetector, load_modules, modules_state, sample_batch
 
 STRIDE = 4  # two 2x2 max pools: one descriptor every 4 px
@@ -149,34 +149,6 @@ def _upsampled(levels: list[torch.Tensor], size: tuple[int, int]) -> torch.Tenso
     return torch.cat([F.interpolate(f, size=g, mode="bilinear", align_corners=False) for f in levels], 1)
 
 
-def _projection(channels: int, out_channels: int, seed: int) -> torch.Tensor:
-    """A fixed (out, channels) semi-orthogonal map; the identity when the counts agree."""
-    if channels == out_channels:
-        return torch.eye(channels)
-    gen = torch.Generator().manual_seed(seed)
-    a = torch.randn(max(channels, out_channels), min(channels, out_channels), generator=gen, dtype=torch.float64)
-    q, _ = torch.linalg.qr(a)  # orthonormal columns
-    return (q if out_channels > channels else q.T).float()
-
-
-class _Stats:
-    """Streaming per-channel mean and std of (B, C, h, w) batches, summed in float64."""
-
-    def __init__(self) -> None:
-        self.n, self.s1, self.s2 = 0, 0.0, 0.0
-
-    def add(self, t: torch.Tensor) -> None:
-        t = t.double()
-        self.n += t.shape[0] * t.shape[2] * t.shape[3]
-        self.s1 = self.s1 + t.sum((0, 2, 3))
-        self.s2 = self.s2 + (t * t).sum((0, 2, 3))
-
-    def result(self) -> tuple[torch.Tensor, torch.Tensor]:
-        mean = self.s1 / self.n
-        var = (self.s2 / self.n - mean * mean).clamp_min(0) * self.n / max(self.n - 1, 1)
-        return mean.float(), var.sqrt().clamp_min(1e-6).float()
-
-
 # --- the detector ---------------------------------------------------------------------------------
 
 
@@ -245,13 +217,13 @@ class Students(TrainableDetector):
         # The teacher's levels of every training image, once; then the two standardisations.
         levels = self._frozen_features(x_train, cfg.teacher_layers)
         chunks = [[f[i : i + cfg.batch_size] for f in levels] for i in range(0, len(x_train), cfg.batch_size)]
-        stats = _Stats()
+        stats = ChannelStats()
         for chunk in chunks:
             stats.add(_upsampled(chunk, size))
         mean, std = stats.result()
         self.feature_mean_, self.feature_std_ = mean.to(self.device), std.to(self.device)
-        self.projection_ = _projection(mean.numel(), cfg.out_channels, cfg.seed).to(self.device)
-        stats = _Stats()
+        self.projection_ = semi_orthogonal(mean.numel(), cfg.out_channels, cfg.seed).to(self.device)
+        stats = ChannelStats()
         for chunk in chunks:
             stats.add(self._descriptors([f.to(self.device) for f in chunk], size, final=False))
         mean, std = stats.result()
