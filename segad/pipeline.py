@@ -209,10 +209,11 @@ class SegadPipeline:
         explain: bool = False,
     ) -> PipelineOutput:
         """Score an (N, 3, H, W) batch already prepared by ``prepare`` / ``preprocess``; ``explain``: also
-        each score's split into (detector, segment) shares (segad.explain) and the segment maps."""
+        each score's split into (detector, segment) shares (segad.explain) and the segment maps (None when
+        the saved score is the ensemble or a detector: its shares are the detectors' image scores)."""
         batch = np.asarray(batch, np.float32)
         X = prior = segments = None
-        if self.blend.weight > 0 or explain:
+        if self.blend.weight > 0:
             X, maps, detector_scores, segments = self._rows(batch, segment_paths, names, given)
         else:  # the chosen score is the ensemble or a detector: segments, statistics, forest would be wasted
             maps, detector_scores = self.detect(batch, names, given)
