@@ -36,6 +36,7 @@ class CurvePoint:
     methods: tuple[MethodResult, ...]
     n_test_defects: int  # the first seed's: more shots leave fewer defects to test on
     dataset: Dataset
+    segments: str  # as resolved ("auto" -> the dataset's own maps or kmeans:8)
 
 
 def parse_shots(text: str) -> list[int]:
@@ -59,7 +60,8 @@ def run_curve(cfg: TrainConfig, shots: Sequence[int], on_point=None) -> list[Cur
         log(f"shots curve: {k} shots")
         result = run(replace(cfg, shots=k))
         labels = [s.label for s in (result.dataset_table.test[i] for i in result.first_seed_test)]
-        point = CurvePoint(k, tuple(result.methods), int(sum(labels)), result.dataset_table)
+        segments = str(result.pipeline.info.get("segments", cfg.segments))
+        point = CurvePoint(k, tuple(result.methods), int(sum(labels)), result.dataset_table, segments)
         points.append(point)
         if on_point:
             on_point(point)
@@ -121,8 +123,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         shots = parse_shots(cfg_values.pop("shots"))
         cfg = config_from({**cfg_values, "shots": shots[0]})
-        if not cfg.run_name:
-            cfg = replace(cfg, run_name=tracking.run_name(cfg, shots=f"shots curve {','.join(map(str, shots))}"))
+        label = f"shots curve {','.join(map(str, shots))}"
+        unnamed = cfg if not cfg.run_name else None  # named for what ran, once the dataset is resolved
+        cfg = replace(cfg, run_name=tracking.run_name(cfg, shots=label))
         with nullcontext() if cfg.no_mlflow else tracking.parent_run(cfg):
             logged = None if cfg.no_mlflow else tracking.log_curve_point
             points = run_curve(cfg, shots, logged)
@@ -130,9 +133,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             out = Path("outputs") / "curves" / f"{ds.name}-{ds.category}"
             out.mkdir(parents=True, exist_ok=True)
             table = write_table(points, out / "shots_curve.csv")
-            figure = plot(points, out / "shots_curve.png", cfg.run_name or "shots curve")
+            title = cfg.run_name
+            if unnamed is not None:
+                title = tracking.run_name(unnamed, f"{ds.name}/{ds.category}", points[0].segments, label)
+            figure = plot(points, out / "shots_curve.png", title)
             if not cfg.no_mlflow:
                 tracking.log_artifacts_of_curve(table, figure)
+                if title != cfg.run_name:  # the dataset and segments as resolved, as segad.train's runs are named
+                    tracking.rename_active_run(title)
     except InputError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

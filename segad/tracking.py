@@ -169,8 +169,7 @@ def log_result(result: TrainResult, register: bool = True) -> None:
     mlflow.log_params(params)
     mlflow.log_input(ImageSet(result.dataset_table), context="train")
     if not cfg.run_name:  # the dataset and "auto" segments are resolved now: the name says which ran
-        name = run_name(cfg, result.dataset, str(params["segments_resolved"]))
-        mlflow.MlflowClient().update_run(mlflow.active_run().info.run_id, name=name)
+        rename_active_run(run_name(cfg, result.dataset, str(params["segments_resolved"])))
     on_parent = ("segad", "ensemble", "classifier", *(b.row for b in result.baselines))
     for m in result.methods:
         if m.name in on_parent:
@@ -228,6 +227,12 @@ def log_curve_point(point: Any) -> None:
         for key in ("auroc_mean", "auroc_std", "fpr95_mean", "fpr95_std"):
             metrics[f"{m.name}.{key}"] = getattr(m, key)
     mlflow.log_metrics(metrics, step=point.shots)
+
+
+def rename_active_run(name: str) -> None:
+    import mlflow
+
+    mlflow.MlflowClient().update_run(mlflow.active_run().info.run_id, name=name)
 
 
 def log_artifacts_of_curve(*paths: Path) -> None:
