@@ -89,7 +89,7 @@ def overlays(result: TrainResult, out: Path, per_group: int = 4) -> Path:
     from matplotlib.colors import Normalize
 
     from segad.data.images import read_rgb, resize
-    from segad.overlay import overlay
+    from segad.overlay import outline, overlay
 
     plt = _plt()
     labels, scores = _first_seed(result)
@@ -111,6 +111,8 @@ def overlays(result: TrainResult, out: Path, per_group: int = 4) -> Path:
     for r, (title, i) in enumerate(rows):
         sample = result.dataset_table.test[i]
         img = resize(read_rgb(sample.image_path), result.pipeline.image_size)
+        if (region := _driving_segment(result, i)) is not None:
+            img = outline(img, region)  # the segment that pushed this score most towards "defect"
         axes[r, 0].imshow(img)
         why = _why(result, i)
         axes[r, 0].set_title(f"{title}\n{sample.image_path.name}{why}", fontsize=7)
@@ -130,6 +132,15 @@ def overlays(result: TrainResult, out: Path, per_group: int = 4) -> Path:
         bar.ax.tick_params(labelsize=6)
         bar.set_label(f"{d}: good-image range, | threshold", fontsize=6)
     return _save(fig, out / "overlays.png", dpi=90)
+
+
+def _driving_segment(result: TrainResult, test_index: int) -> np.ndarray | None:
+    """The (H, W) mask of the segment behind a first-seed test image's top reason, if a segment is."""
+    if not result.first_seed_explanations or result.test_segments is None:
+        return None
+    pos = int(np.flatnonzero(result.first_seed_test == test_index)[0])
+    top = result.first_seed_explanations[pos].top_segment
+    return None if top is None else result.test_segments[test_index] == top.segment
 
 
 def _why(result: TrainResult, test_index: int) -> str:

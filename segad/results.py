@@ -32,6 +32,7 @@ class TrainResult:
     selections: list[Selection]  # per seed: the final score chosen on the training rows, and why
     baselines: tuple[BaselineRun, ...] = ()  # supervised baselines (--supervised), fit per seed
     first_seed_explanations: list[Explanation] = field(default_factory=list)  # why each first_seed_test score
+    test_segments: np.ndarray | None = None  # (N, H, W) segment labels of dataset_table.test (a view, no copy)
 
     @property
     def seeds(self) -> list[int]:

@@ -182,6 +182,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         selections,
         tuple(baselines.values()),
         first_why,
+        seg[prep.n_hold :],
     )
 
 

@@ -171,6 +171,9 @@ def test_the_saved_model_scores_what_the_run_reported(
          "--intensity", intensity, "--segments", segments, "--classifier-start", start, "--no-mlflow"]
     )  # fmt: skip
     result = run(cfg)
+    # What the report needs to say why: an explanation per first-seed test image, every test image's segments.
+    assert len(result.first_seed_explanations) == len(result.first_seed_test)
+    assert result.test_segments.shape == (len(result.dataset_table.test), 96, 96)
     model = SegadPipeline.load(result.pipeline.save(tmp_path / "model"), device="cpu")
     test = [result.dataset_table.test[i] for i in result.first_seed_test]
     seg_paths = [s.segment_path for s in test] if segments == "auto" else None
