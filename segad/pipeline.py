@@ -190,15 +190,16 @@ class SegadPipeline:
         segment_paths: Sequence[Path | None] | None = None,
         maps: Mapping[str, Sequence[MapInput]] | None = None,
         map_scores: Mapping[str, Sequence[float]] | None = None,
+        explain: bool = False,
     ) -> PipelineOutput:
         """Score files or raw RGB images (paths, (H, W[, C]) arrays, or an (N, H, W, C) stack); ``maps``:
         each image's map for every input computed elsewhere (``given_maps``), ``map_scores`` their image
-        scores when the model was trained on given scores."""
+        scores when the model was trained on given scores; ``explain``: why each score (segad.explain)."""
         names = None
         if not isinstance(images, np.ndarray) and all(isinstance(im, str | Path) for im in images):
             names = [str(im) for im in images]
         given = {n: (m, (map_scores or {}).get(n)) for n, m in (maps or {}).items()}
-        return self.predict_batch(self.preprocess(images), segment_paths, names, given)
+        return self.predict_batch(self.preprocess(images), segment_paths, names, given, explain)
 
     def predict_batch(
         self,

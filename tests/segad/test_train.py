@@ -177,10 +177,13 @@ def test_the_saved_model_scores_what_the_run_reported(
     model = SegadPipeline.load(result.pipeline.save(tmp_path / "model"), device="cpu")
     test = [result.dataset_table.test[i] for i in result.first_seed_test]
     seg_paths = [s.segment_path for s in test] if segments == "auto" else None
-    out = model.predict([s.image_path for s in test], seg_paths)
+    out = model.predict([s.image_path for s in test], seg_paths, explain=True)
     # 1e-4: a detector's float32 image scores move in the 7th digit with the batch and thread count (one
     # thread per xdist worker), and the z-scoring of the final score scales that up.
     np.testing.assert_allclose(out.scores, result.first_seed_scores["segad"], rtol=0, atol=1e-4)
+    # The saved model explains its scores: the shares add up to each score, whatever the final score is.
+    totals = [sum(r.value for r in e.reasons) + e.constant for e in out.explanations]
+    np.testing.assert_allclose(totals, out.scores, rtol=0, atol=1e-6)
     # The classifier's own margins too (the final score may not use them): a forest started from the
     # ensemble needs the same ensemble score at deployment as in training.
     X, _, det_scores = model.features(model.preprocess([s.image_path for s in test]), seg_paths)
