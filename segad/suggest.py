@@ -7,7 +7,7 @@ Three signals, as active learning for few-shot inspection uses them:
   does not), so the label settles which to trust;
 - **diversity**: the picks are spread over what drove each score (the (detector, segment) of its top
   reason, segad.explain): the ranked images are taken in turn from each driver, so ten picks are not ten
-  views of one scratch.
+  views of one scratch; images with no share towards "defect" at all come last.
 
 The first two are combined as the mean of their ranks (no scale to tune); diversity then orders the picks.
 """
@@ -58,12 +58,16 @@ def suggest(
     groups: dict[str, list[int]] = {}
     for i in order:  # each driver's images, best first; groups in order of their best image
         groups.setdefault(drivers[i], []).append(int(i))
+    # Round robin over the drivers; images with no share towards "defect" (driver "") sit well below the
+    # threshold and teach least, so they come only when the others run out.
+    unexplained = groups.pop("", [])
     picks: list[int] = []
     queues = list(groups.values())
-    while len(picks) < min(n, len(scores)):
-        for q in queues:  # round robin over the drivers
+    while len(picks) < min(n, len(scores) - len(unexplained)):
+        for q in queues:
             if q and len(picks) < n:
                 picks.append(q.pop(0))
+    picks += unexplained[: n - len(picks)]
     return [Suggestion(i, float(distance[i]), float(spread[i]), drivers[i]) for i in picks]
 
 

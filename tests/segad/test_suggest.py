@@ -26,6 +26,12 @@ def test_picks_are_spread_over_what_drove_the_scores() -> None:
     assert [p.driver for p in picks][:2] == ["padim segment 1", "padim segment 2"]
 
 
+def test_images_with_nothing_towards_defect_come_last() -> None:
+    scores = np.array([-3.0, 0.5, 0.6, 0.7])
+    picks = suggest(scores, 0.0, {"a": np.zeros(4)}, ["", "a segment 1", "a segment 1", "a segment 2"], n=4)
+    assert [p.index for p in picks] == [1, 3, 2, 0]
+
+
 def test_more_than_there_are_and_bad_input() -> None:
     z = {"a": np.zeros(2)}
     assert len(suggest(np.zeros(2), 0.0, z, ["", ""], n=5)) == 2
