@@ -130,12 +130,13 @@ def predict_folder(
             reasons = "; ".join(str(r) for r in why.top(3))
             dets = [d for d in result.detector_scores if d in moments]
             z = {d: (float(result.detector_scores[d][j]) - moments[d][0]) / moments[d][1] for d in dets}
-            scored.append((str(p), score, z, top[0].part if (top := why.top(1)) else ""))
+            first = why.top(1)
+            scored.append((str(p), score, z, first[0].part if first else ""))  # for --suggest
             row = {"file": str(p), "score": score, "decision": decision, "error": "", "warning": read[j].note}
             rows.append({**row, "reasons": reasons})
             img = resize(read[j].rgb, model.image_size)
-            if (top := why.top_segment) is not None:  # outline the segment that pushed most towards "defect"
-                img = outline(img, result.segments[j] == top.segment)
+            if (driver := why.top_segment) is not None:  # outline the segment that pushed most towards "defect"
+                img = outline(img, result.segments[j] == driver.segment)
             panels = [img] + [overlay(img, m[j], scales[name]) for name, m in result.maps.items()]
             rel = p.relative_to(images).with_suffix(".png")
             target = out / "overlays" / rel
