@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectors.backbones import to_unit
+from detectors.backbones import to_unit_square
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
 from detectors.errors import InputError
 from detectors.maps import gaussian_blur
@@ -164,8 +164,7 @@ class AnoGAN(TrainableDetector):
     @staticmethod
     def _prepare(x: torch.Tensor) -> torch.Tensor:
         """Model-ready images -> the generator's range: resized whole to 64 x 64, in [-1, 1]."""
-        small = F.interpolate(to_unit(x), size=(SIZE, SIZE), mode="bilinear", align_corners=False, antialias=True)
-        return 2 * small - 1
+        return 2 * to_unit_square(x, SIZE) - 1
 
     def fit(self, images: ImageBatch) -> Self:
         x = as_image_tensor(images, "good images")

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectors.backbones import to_unit
+from detectors.backbones import to_unit_square
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
 from detectors.errors import InputError
-from detectors.maps import gaussian_blur, gaussian_kernel1d
+from detectors.maps import gaussian_blur, ssim_map
 from detectors.training import TrainableConfig, TrainableDetector, load_modules, modules_state, sample_batch
 
 SIZE = 128  # the paper's input side; the 8 x 8 latent convolution needs exactly this
@@ -70,25 +70,6 @@ class ConvAutoencoder(nn.Module):
         return self.decoder(self.encoder(x))
 
 
-def ssim_map(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """(B, C, H, W) per-pixel SSIM of images in [0, 1], Gaussian-weighted over ``window`` pixels."""
-    k1 = gaussian_kernel1d(sigma, a.device)
-    r = window // 2
-    k1 = k1[len(k1) // 2 - r : len(k1) // 2 + r + 1]
-    k1 = k1 / k1.sum()
-    kernel = (k1[:, None] * k1[None, :]).to(a.dtype)[None, None].repeat(a.shape[1], 1, 1, 1)
-
-    def blur(x: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(F.pad(x, (r, r, r, r), mode="reflect"), kernel, groups=a.shape[1])
-
-    mu_a, mu_b = blur(a), blur(b)
-    var_a = blur(a * a) - mu_a**2
-    var_b = blur(b * b) - mu_b**2
-    cov = blur(a * b) - mu_a * mu_b
-    c1, c2 = 0.01**2, 0.03**2
-    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-
-
 class _Autoencoder(TrainableDetector):
     config_class = AutoencoderConfig
     config: AutoencoderConfig
@@ -104,7 +85,7 @@ class _Autoencoder(TrainableDetector):
         if self.config.latent_dim < 1 or self.config.width < 1:
             raise InputError(f"{self.name}: latent_dim and width must be at least 1")
         gen = self._start_training(x)
-        data = F.interpolate(to_unit(x), size=(SIZE, SIZE), mode="bilinear", align_corners=False, antialias=True)
+        data = to_unit_square(x, SIZE)
         torch.manual_seed(self.config.seed)
         self.net_ = ConvAutoencoder(self.config.width, self.config.latent_dim).to(self.device)
         opt = torch.optim.Adam(
@@ -126,7 +107,7 @@ class _Autoencoder(TrainableDetector):
         self.net_.eval()
 
         def anomaly_map(batch: torch.Tensor) -> torch.Tensor:
-            x = F.interpolate(to_unit(batch), size=(SIZE, SIZE), mode="bilinear", align_corners=False, antialias=True)
+            x = to_unit_square(batch, SIZE)
             res = self._residual(x, self.net_(x))
             up = F.interpolate(res[:, None], size=self.image_size_, mode="bilinear", align_corners=False)[:, 0]
             return gaussian_blur(up, self.config.blur_sigma)
@@ -155,4 +136,4 @@ class AutoencoderSSIM(_Autoencoder):
         return 1.0 - ssim_map(x, y.float()).mean(1)
 
 
-__all__ = ["AutoencoderL2", "AutoencoderSSIM", "ConvAutoencoder", "ssim_map"]
+__all__ = ["AutoencoderL2", "AutoencoderSSIM", "ConvAutoencoder"]

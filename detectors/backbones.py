@@ -36,6 +36,15 @@ def to_unit(x: torch.Tensor) -> torch.Tensor:
     return (x * std + mean).clamp(0.0, 1.0)
 
 
+def to_unit_square(x: torch.Tensor, side: int) -> torch.Tensor:
+    """``to_unit``, resized whole (antialiased bilinear) to ``side`` x ``side``: the fixed input of the
+    reconstruction detectors (autoencoders, AnoGAN, RIAD)."""
+    unit = to_unit(x)
+    if tuple(unit.shape[-2:]) == (side, side):
+        return unit
+    return F.interpolate(unit, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+
+
 def from_unit(y: torch.Tensor) -> torch.Tensor:
     """Inverse of ``to_unit``."""
     return (y - y.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / y.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -41,7 +41,7 @@ from torch import nn
 from detectors.backbones import to_unit
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
 from detectors.errors import InputError
-from detectors.maps import gaussian_blur
+from detectors.maps import gaussian_blur, ssim_map
 from detectors.synthesis import draem_blend, draw_beta, jitter_texture, perlin_mask
 from detectors.training import TrainableConfig, TrainableDetector, load_modules, modules_state, sample_batch
 
@@ -158,32 +158,9 @@ class DiscriminativeNet(nn.Module):
 
 # --- losses -----------------------------------------------------------------------------------
 def ssim(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean structural similarity of two (B, C, H, W) batches in [0, 1], Gaussian window, no padding.
-
-    Always float32, even inside the training loop's bfloat16 autocast: the variances are differences
-    of near-equal local means, which bfloat16's 8 bits of mantissa would turn into noise.
-    """
-    with torch.autocast(a.device.type, enabled=False):
-        return _ssim(a.float(), b.float(), window, sigma)
-
-
-def _ssim(a: torch.Tensor, b: torch.Tensor, window: int, sigma: float) -> torch.Tensor:
-    r = torch.arange(window, dtype=torch.float32, device=a.device) - window // 2
-    k1 = torch.exp(-0.5 * (r / sigma) ** 2)
-    k1 = k1 / k1.sum()
-    c = a.shape[1]
-    k2 = (k1[:, None] * k1[None, :]).expand(c, 1, -1, -1)
-
-    def filt(t: torch.Tensor) -> torch.Tensor:
-        return F.conv2d(t, k2, groups=c)
-
-    mu_a, mu_b = filt(a), filt(b)
-    var_a = filt(a * a) - mu_a**2
-    var_b = filt(b * b) - mu_b**2
-    cov = filt(a * b) - mu_a * mu_b
-    c1, c2 = 0.01**2, 0.03**2
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
-    return s.mean()
+    """Mean structural similarity of two (B, C, H, W) batches in [0, 1], Gaussian window, no padding
+    (float32 even under autocast; ``maps.ssim_map``)."""
+    return ssim_map(a, b, window, sigma, pad=False).mean()
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:

@@ -105,3 +105,31 @@ class ChannelStats:
         mean = self.s1 / self.n
         var = (self.s2 / self.n - mean * mean).clamp_min(0) * self.n / max(self.n - 1, 1)
         return mean.float(), var.sqrt().clamp_min(1e-6).float()
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 1.5, pad: bool = True) -> torch.Tensor:
+    """Per-pixel structural similarity of (B, C, H, W) images in [0, 1], Gaussian-weighted over ``window``
+    pixels: (B, C, H, W) with reflect padding, or the valid (B, C, H - window + 1, ...) part without.
+
+    Always float32, even inside the training loop's bfloat16 autocast: the variances are differences of
+    near-equal local means, which bfloat16's 8 bits of mantissa would turn into noise."""
+    with torch.autocast(a.device.type, enabled=False):
+        a, b = a.float(), b.float()
+        h = window // 2
+        k1 = gaussian_kernel1d(sigma, a.device)
+        if h > len(k1) // 2:
+            raise ValueError(f"ssim_map: window {window} is wider than sigma {sigma}'s 4-sigma kernel")
+        k1 = k1[len(k1) // 2 - h : len(k1) // 2 + h + 1]  # the window's part of the 4-sigma kernel
+        k1 = k1 / k1.sum()
+        c = a.shape[1]
+        kernel = (k1[:, None] * k1[None, :])[None, None].repeat(c, 1, 1, 1)
+
+        def blur(t: torch.Tensor) -> torch.Tensor:
+            return F.conv2d(F.pad(t, (h, h, h, h), mode="reflect") if pad else t, kernel, groups=c)
+
+        mu_a, mu_b = blur(a), blur(b)
+        var_a = blur(a * a) - mu_a**2
+        var_b = blur(b * b) - mu_b**2
+        cov = blur(a * b) - mu_a * mu_b
+        c1, c2 = 0.01**2, 0.03**2
+        return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))

@@ -41,11 +41,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from detectors.autoencoder import ssim_map
-from detectors.backbones import to_unit
+from detectors.backbones import to_unit_square
 from detectors.base import DetectorOutput, ImageBatch, as_image_tensor
 from detectors.errors import InputError
-from detectors.maps import gaussian_blur
+from detectors.maps import gaussian_blur, ssim_map
 from detectors.training import TrainableConfig, TrainableDetector, load_modules, modules_state, sample_batch
 
 _DOWNSAMPLING = 16  # four stride-2 convolutions in the U-Net
@@ -198,11 +197,7 @@ class RIAD(TrainableDetector):
 
     def _working(self, x: torch.Tensor) -> torch.Tensor:
         """Detector input -> [0, 1] pixels at the working resolution."""
-        s = self.config.image_size
-        unit = to_unit(x)
-        if tuple(unit.shape[-2:]) == (s, s):
-            return unit
-        return F.interpolate(unit, size=(s, s), mode="bilinear", align_corners=False, antialias=True)
+        return to_unit_square(x, self.config.image_size)
 
     def _check_config(self) -> None:
         s, cells = self.config.image_size, self.config.cells

@@ -8,8 +8,9 @@ import torch
 from sklearn.metrics import roc_auc_score
 
 from detectors import DETECTORS, load_detector, make_detector
-from detectors.autoencoder import AutoencoderL2, AutoencoderSSIM, ssim_map
+from detectors.autoencoder import AutoencoderL2, AutoencoderSSIM
 from detectors.errors import InputError
+from detectors.maps import ssim_map
 from tests.conftest import TinySet
 
 # A narrow net and a short schedule; the paper's widths and 15,600 steps at batch 128 are the defaults.
