@@ -24,12 +24,13 @@ from features import make_segmenter
 from features.vector import feature_names
 from segad.classifier import SegadClassifier
 from segad.config import build_parser, config_from
+from segad.evaluate import good_moments
 from segad.explain import explain
 from segad.feature_rows import features
 from segad.metrics import image_auroc
 from segad.prepare import prepare
 from segad.segmenting import fit_segmenter, segment
-from segad.selection import ENSEMBLE, ScoreBlend
+from segad.selection import ENSEMBLE, ScoreBlend, z_score
 from segad.suggest import suggest
 
 
@@ -68,10 +69,7 @@ def main() -> None:
     fnames = feature_names(names, segmenter.n_segments_, True)
     n_hold, labels = prep.n_hold, prep.labels
     X_test = X[n_hold:]
-    moments = {}
-    for n in names:
-        good = prep.maps[n].scores[:n_hold].astype(np.float64)
-        moments[n] = (float(good.mean()), float(good.std() or 1.0))
+    moments = {n: good_moments(prep.maps[n].scores[:n_hold]) for n in names}
     rows = []
     for sp in prep.splits:
         rng = np.random.default_rng(sp.seed)
@@ -88,7 +86,7 @@ def main() -> None:
         threshold = float(np.quantile(blend.score(good_margins, {}), 1 - cfg.target_fpr))
         why = explain(blend, clf0, fnames, X_test[pool], scores)
         drivers = [top[0].part if (top := w.top(1)) else "" for w in why]
-        z = {n: (scores[n] - moments[n][0]) / moments[n][1] for n in names}
+        z = {n: z_score(scores[n], *moments[n]) for n in names}
         picks = [s.index for s in suggest(final, threshold, z, drivers, n_label)]
         _, auroc_suggest = start.fit_and_score(cfg, sp.seed, pool[picks])
         random = [start.fit_and_score(cfg, sp.seed, rng.choice(pool, n_label, replace=False))[1] for _ in range(draws)]

@@ -50,7 +50,7 @@ def parse_shots(text: str) -> list[int]:
 
 
 def run_curve(cfg: TrainConfig, shots: Sequence[int], on_point=None) -> list[CurvePoint]:
-    """The protocol at each shot count; ``on_point(point)`` is called as each one finishes."""
+    """The protocol at each shot count; ``on_point(point, first)`` is called as each one finishes."""
     from segad.train import run
 
     if 0 in shots and cfg.generated == 0:
@@ -62,9 +62,9 @@ def run_curve(cfg: TrainConfig, shots: Sequence[int], on_point=None) -> list[Cur
         labels = [s.label for s in (result.dataset_table.test[i] for i in result.first_seed_test)]
         segments = str(result.pipeline.info.get("segments", cfg.segments))
         point = CurvePoint(k, tuple(result.methods), int(sum(labels)), result.dataset_table, segments)
-        points.append(point)
         if on_point:
-            on_point(point)
+            on_point(point, not points)
+        points.append(point)
     return points
 
 

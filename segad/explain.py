@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from segad.classifier import SegadClassifier
-from segad.selection import ScoreBlend
+from segad.selection import ScoreBlend, z_score
 
 
 @dataclass(frozen=True)
@@ -84,8 +84,7 @@ def explain(
         for d, a in blend.base_weights.items():
             if a <= 0:
                 continue
-            mu, sd = blend.detector_moments[d]
-            z = (np.asarray(detector_scores[d], np.float64) - mu) / sd
+            z = z_score(detector_scores[d], *blend.detector_moments[d])
             parts[(d, None)] = parts.get((d, None), 0.0) + (1 - blend.weight) * a * z
     out = []
     for i in range(n):

@@ -28,6 +28,7 @@ from segad.data.samples import IMAGE_SUFFIXES
 from segad.mapfolder import match_files, parse_maps
 from segad.overlay import map_scale, outline, overlay
 from segad.pipeline import SegadPipeline
+from segad.selection import z_score
 from segad.suggest import suggest
 
 # models:/ and runs:/ go through the tracking store (--tracking-uri); the others are artifact stores
@@ -94,7 +95,8 @@ def predict_folder(
     given_by_file = given_maps(model, maps or {}, files, images)  # every missing map named before any scoring
     out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []
-    scored: list[tuple[str, float, dict[str, float], str]] = []  # file, score, detector z-scores, driver
+    scored: list[tuple[str, float, str]] = []  # for --suggest: file, score, driver
+    z_batches: list[dict[str, np.ndarray]] = []  # and each batch's detector z-scores
     moments = model.blend.detector_moments  # each detector's (mean, std) on held-out good images
     scales = model.map_scales
     for s in range(0, len(files), batch):
@@ -124,14 +126,13 @@ def predict_folder(
                 file=sys.stderr,
             )
             scales.update({n: map_scale(result.maps[n], 0.05) for n in missing})
+        z_batches.append({d: z_score(v, *moments[d]) for d, v in result.detector_scores.items() if d in moments})
         for j, p in enumerate(chunk):
             score, decision = float(result.scores[j]), bool(result.decisions[j])
             why = result.explanations[j]
             reasons = "; ".join(str(r) for r in why.top(3))
-            dets = [d for d in result.detector_scores if d in moments]
-            z = {d: (float(result.detector_scores[d][j]) - moments[d][0]) / moments[d][1] for d in dets}
             first = why.top(1)
-            scored.append((str(p), score, z, first[0].part if first else ""))  # for --suggest
+            scored.append((str(p), score, first[0].part if first else ""))
             row = {"file": str(p), "score": score, "decision": decision, "error": "", "warning": read[j].note}
             rows.append({**row, "reasons": reasons})
             img = resize(read[j].rgb, model.image_size)
@@ -150,7 +151,8 @@ def predict_folder(
             file=sys.stderr,
         )
     if n_suggest:
-        write_suggestions(scored, model.threshold, n_suggest, out / "suggest.csv")
+        z = {d: np.concatenate([b[d] for b in z_batches]) for d in (z_batches[0] if z_batches else {})}
+        write_suggestions(scored, z, model.threshold, n_suggest, out / "suggest.csv")
     with (out / "scores.csv").open("w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=["file", "score", "decision", "error", "warning", "reasons"])
         w.writeheader()
@@ -158,12 +160,14 @@ def predict_folder(
     return rows
 
 
-def write_suggestions(scored: Sequence[tuple], threshold: float, n: int, path: Path) -> Path:
-    """``suggest.csv``: the images to label next, in order (segad.suggest)."""
+def write_suggestions(
+    scored: Sequence[tuple[str, float, str]], z: dict[str, np.ndarray], threshold: float, n: int, path: Path
+) -> Path:
+    """``suggest.csv``: the images to label next, in order (segad.suggest); ``z``: the scored images'
+    detector z-scores, in ``scored``'s order."""
     if not scored:
         raise InputError("--suggest: no image could be scored")
-    files, scores, zs, drivers = zip(*scored, strict=True)
-    z = {d: np.array([row[d] for row in zs]) for d in zs[0]}
+    files, scores, drivers = zip(*scored, strict=True)
     picks = suggest(np.array(scores), threshold, z, list(drivers), n)
     with path.open("w", newline="") as f:
         w = csv.writer(f)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
+    from segad.explain import Explanation
     from segad.results import TrainResult
 
 
@@ -111,11 +112,13 @@ def overlays(result: TrainResult, out: Path, per_group: int = 4) -> Path:
     for r, (title, i) in enumerate(rows):
         sample = result.dataset_table.test[i]
         img = resize(read_rgb(sample.image_path), result.pipeline.image_size)
-        if (region := _driving_segment(result, i)) is not None:
-            img = outline(img, region)  # the segment that pushed this score most towards "defect"
+        why = _explanation(result, i)
+        top = why.top_segment if why is not None else None
+        if top is not None and result.test_segments is not None:  # the segment that pushed most towards "defect"
+            img = outline(img, result.test_segments[i] == top.segment)
         axes[r, 0].imshow(img)
-        why = _why(result, i)
-        axes[r, 0].set_title(f"{title}\n{sample.image_path.name}{why}", fontsize=7)
+        reasons = "".join(f"\n{reason}" for reason in why.top(2)) if why is not None else ""
+        axes[r, 0].set_title(f"{title}\n{sample.image_path.name}{reasons}", fontsize=7)
         for c, d in enumerate(dets, start=1):
             m = result.detector_maps[d].maps[n_hold + i].astype(np.float32)
             axes[r, c].imshow(overlay(img, m, scales[d]))
@@ -134,21 +137,11 @@ def overlays(result: TrainResult, out: Path, per_group: int = 4) -> Path:
     return _save(fig, out / "overlays.png", dpi=90)
 
 
-def _driving_segment(result: TrainResult, test_index: int) -> np.ndarray | None:
-    """The (H, W) mask of the segment behind a first-seed test image's top reason, if a segment is."""
-    if not result.first_seed_explanations or result.test_segments is None:
-        return None
-    pos = int(np.flatnonzero(result.first_seed_test == test_index)[0])
-    top = result.first_seed_explanations[pos].top_segment
-    return None if top is None else result.test_segments[test_index] == top.segment
-
-
-def _why(result: TrainResult, test_index: int) -> str:
-    """The top two reasons of a first-seed test image's score, as title lines."""
+def _explanation(result: TrainResult, test_index: int) -> Explanation | None:
+    """Why a first-seed test image (an index into ``dataset_table.test``) got its score, when kept."""
     if not result.first_seed_explanations:
-        return ""
-    pos = int(np.flatnonzero(result.first_seed_test == test_index)[0])
-    return "".join(f"\n{r}" for r in result.first_seed_explanations[pos].top(2))
+        return None
+    return result.first_seed_explanations[int(np.flatnonzero(result.first_seed_test == test_index)[0])]
 
 
 def reasons_table(result: TrainResult, out: Path) -> Path | None:

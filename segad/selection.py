@@ -63,13 +63,14 @@ WEIGHTED = "weighted ensemble"
 CLASSIFIER = "classifier"
 
 
-def _z(values: np.ndarray, mean: float, std: float) -> np.ndarray:
+def z_score(values: np.ndarray, mean: float, std: float) -> np.ndarray:
+    """Scores against a (mean, std) of good images' (``evaluate.good_moments``)."""
     return (np.asarray(values, np.float64) - mean) / std
 
 
 def ensemble_score(detector_scores: Mapping[str, np.ndarray], moments: Mapping[str, tuple[float, float]]) -> np.ndarray:
     """The naive ensemble: each detector's z-score against good images (``moments``), averaged."""
-    return np.mean([_z(detector_scores[d], *m) for d, m in moments.items()], axis=0)
+    return np.mean([z_score(detector_scores[d], *m) for d, m in moments.items()], axis=0)
 
 
 def weighted_score(
@@ -79,7 +80,7 @@ def weighted_score(
 ) -> np.ndarray:
     """``sum_d weights[d] * z_d``; detectors with no weight are not read (they need not be computed)."""
     used = [(d, a) for d, a in weights.items() if a > 0]
-    return np.sum([a * _z(detector_scores[d], *moments[d]) for d, a in used], axis=0)
+    return np.sum([a * z_score(detector_scores[d], *moments[d]) for d, a in used], axis=0)
 
 
 def detector_weights(defect_z: Mapping[str, np.ndarray], quantile: float = WEIGHT_QUANTILE) -> dict[str, float]:
@@ -135,7 +136,7 @@ class ScoreBlend:
     def score(self, margins: np.ndarray, detector_scores: Mapping[str, np.ndarray]) -> np.ndarray:
         out = np.zeros(len(margins), np.float64)
         if self.weight > 0:
-            out += self.weight * _z(margins, *self.margin_moments)
+            out += self.weight * z_score(margins, *self.margin_moments)
         if self.weight < 1:
             out += (1.0 - self.weight) * self.base_score(detector_scores)
         return out
@@ -270,10 +271,10 @@ def select(
     judged = np.isfinite(oof) & (real | (y == 0)) if (real & (y == 1)).any() else np.isfinite(oof)
     margin_moments = good_moments(oof[(y == 0) & np.isfinite(oof)])
     yj = y[judged]
-    z = {d: _z(np.asarray(v)[judged], *detector_moments[d]) for d, v in detector_scores.items()}
+    z = {d: z_score(np.asarray(v)[judged], *detector_moments[d]) for d, v in detector_scores.items()}
     weights = detector_weights({d: v[yj == 1] for d, v in z.items()}) if base == "weighted" else None
     cands = candidates(list(detector_scores), detector_moments, margin_moments, weights)
-    zm = _z(oof[judged], *margin_moments)
+    zm = z_score(oof[judged], *margin_moments)
     bases = {c.base: _base_scores(z, yj == 1, c) for c in cands}
     judged_scores = {c.label: c.weight * zm + (1 - c.weight) * bases[c.base] for c in cands}
     inner = {label: image_auroc(yj, s) for label, s in judged_scores.items()}

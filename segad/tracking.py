@@ -162,12 +162,10 @@ def log_result(result: TrainResult, register: bool = True) -> None:
     """Params, per-seed metrics, nested detector runs, charts, the summary and the model."""
     import mlflow
 
-    from segad.lineage import ImageSet
-
     cfg = result.config
     params = _params(cfg, result)
     mlflow.log_params(params)
-    mlflow.log_input(ImageSet(result.dataset_table), context="train")
+    log_dataset(result.dataset_table)
     if not cfg.run_name:  # the dataset and "auto" segments are resolved now: the name says which ran
         rename_active_run(run_name(cfg, result.dataset, str(params["segments_resolved"])))
     on_parent = ("segad", "ensemble", "classifier", *(b.row for b in result.baselines))
@@ -213,15 +211,22 @@ def log_result(result: TrainResult, register: bool = True) -> None:
         _log_model(result, tmp, register)
 
 
-def log_curve_point(point: Any) -> None:
-    """One point of ``segad.curve``: each method's AUROC / FPR@95TPR mean and std at step = shots."""
+def log_dataset(ds: Any) -> None:
+    """The image set as the active run's dataset input (segad.lineage)."""
     import mlflow
 
     from segad.lineage import ImageSet
 
-    run_id = mlflow.active_run().info.run_id
-    if not mlflow.MlflowClient().get_run(run_id).inputs.dataset_inputs:  # the first point
-        mlflow.log_input(ImageSet(point.dataset), context="train")
+    mlflow.log_input(ImageSet(ds), context="train")
+
+
+def log_curve_point(point: Any, first: bool) -> None:
+    """One point of ``segad.curve``: each method's AUROC / FPR@95TPR mean and std at step = shots (and,
+    with the first, the dataset: every point reads the same images)."""
+    import mlflow
+
+    if first:
+        log_dataset(point.dataset)
     metrics = {"test_defects": float(point.n_test_defects)}
     for m in point.methods:
         for key in ("auroc_mean", "auroc_std", "fpr95_mean", "fpr95_std"):

@@ -34,7 +34,7 @@ def test_a_clean_image_stays_clean_and_a_defect_is_hot_on_the_same_scale() -> No
     defect[4:8, 4:8] = 10 * scale.high  # far above anything good: saturated, the rest untouched
     shown = overlay(image, defect, scale)
     assert not np.allclose(shown[4:8, 4:8], image[4:8, 4:8]) and np.allclose(shown[10:, 10:], image[10:, 10:])
-    # The same map looks the same whatever else is in the batch: no per-image or per-batch rescaling.
+    # The scale as the pipeline saves it (as_dict, in its JSON) colours exactly as the one training made.
     assert np.array_equal(overlay(image, defect, scale), overlay(image, defect, MapScale(**scale.as_dict())))
 
 
