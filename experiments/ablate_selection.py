@@ -39,13 +39,14 @@ from features import make_segmenter
 from segad.classifier import SegadClassifier
 from segad.config import build_parser, config_from
 from segad.evaluate import MethodResult, format_table, good_moments
-from segad.feature_rows import features
+from segad.feature_rows import features, judge_features
 from segad.metrics import image_auroc
 from segad.prepare import prepare
-from segad.seed import fit_seed_model
+from segad.seed import JudgeRows, fit_seed_model
 from segad.segmenting import fit_segmenter, segment
 from segad.selection import (
     ENSEMBLE,
+    JudgedGood,
     auroc_standard_error,
     candidates,
     ensemble_score,
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     X, X_gen = features(prep, names, *segment(prep, segmenter), segmenter.n_segments_, cfg.feature_set == "full")
     n_hold, labels = prep.n_hold, prep.labels
     moments = {n: good_moments(prep.maps[n].scores[:n_hold]) for n in names}
+    judge_X = judge_features(prep, segmenter, segmenter.n_segments_, cfg.feature_set == "full") if prep.judge else None
     rules = [
         "weighted ensemble",
         "argmax",
@@ -94,14 +96,29 @@ def main(argv: list[str] | None = None) -> None:
             return SegadClassifier(cfg.classifier, seed=seed, **cfg.classifier_overrides())
 
         n_real = n_hold + len(sp.train_defects)  # generated defects train, never judge
-        model = fit_seed_model(make, X_train, y_train, groups, train_scores, moments, n_real, sp.seed, False, 0.01)
+        judge, judged = None, {}
+        if prep.judge is not None:
+            judge_scores = prep.judge.training_scores(sp.train_defects, n_hold, len(X_gen))
+            judge = JudgeRows(judge_scores, judge_X, prep.judge.good_scores)
+        model = fit_seed_model(
+            make, X_train, y_train, groups, train_scores, moments, n_real, sp.seed, False, 0.01, judge
+        )
         margins, oof, shipped = model.margins(X_test, None), model.oof, model.selection
         real = np.arange(len(y_train)) < n_real
+        if judge is not None:  # every rule judges on the same cross-fitted evidence as the shipped one
+            extra = JudgedGood(model.classifier.decision_function(judge.good_X, None), judge.good_scores)
+            judged = {"judge_scores": judge.train_scores, "extra_good": extra}
         # Every rule decides on the shipped rule's evidence: the same candidates and inner AUROCs.
         inner, n_defects, n_good = shipped.inner_auroc, shipped.n_defects, shipped.n_good
         cands = candidates(names, moments, shipped.blend.margin_moments, shipped.weights)
         base_cands = [c for c in cands if c.base == cands[0].base]  # the default base's blends
         test_auroc = {c.label: image_auroc(y, c.score(margins, test_scores)) for c in cands}
+
+        evidence = (oof, train_scores, y_train, real, moments)
+
+        def rule(evidence=evidence, judged=judged, **kw):
+            return select(*evidence, **kw, **judged).blend
+
         picks = {
             "weighted ensemble": cands[0],
             "argmax": choose(cands, inner, n_defects, n_good, False),
@@ -109,10 +126,14 @@ def main(argv: list[str] | None = None) -> None:
             "default-base argmax": choose(base_cands, inner, n_defects, n_good, False),
             "default-base 1se": choose(base_cands, inner, n_defects, n_good, True),
             "segad (shipped)": shipped.blend,
-            "equal base": select(oof, train_scores, y_train, real, moments, base="equal").blend,
-            "paired lead": select(oof, train_scores, y_train, real, moments, lead="paired").blend,
-            "paired 1se weight": select(oof, train_scores, y_train, real, moments, weight_rule="paired-1se").blend,
-            "separation weight": select(oof, train_scores, y_train, real, moments, weight_rule="separation").blend,
+            "equal base": rule(base="equal"),
+            "paired lead": rule(lead="paired"),
+            "paired 1se weight": select(
+                oof, train_scores, y_train, real, moments, weight_rule="paired-1se", **judged
+            ).blend,
+            "separation weight": select(
+                oof, train_scores, y_train, real, moments, weight_rule="separation", **judged
+            ).blend,
             "oracle": max(cands, key=lambda c: test_auroc[c.label]),
         }
         for n in names:

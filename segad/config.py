@@ -21,6 +21,7 @@ from segad.baselines import (
 from segad.classifier import PRESETS
 from segad.crossfit import STACK_FOLDS, check_stackable
 from segad.data.images import INTENSITIES
+from segad.judging import JUDGE_FOLDS
 from segad.mapfolder import parse_maps
 from segad.supervised import SUPERVISED, SupervisedConfig
 
@@ -58,6 +59,9 @@ class TrainConfig:
     supervised: str = ""  # supervised baselines fit per seed next to SegAD: "devnet"
     supervised_good: str = "all"  # their good images: all (the papers') or holdout (SegAD's classifier's)
     stack_folds: int = STACK_FOLDS  # folds a stacked supervised input (--detectors devnet) is cross-fitted over
+    # Folds the detectors are cross-fitted over to judge the final score on (segad.judging); None: JUDGE_FOLDS when
+    # every detector fits without training (PatchCore, PaDiM, ...), else 0 (judge on the held-out rows only).
+    judge_folds: int | None = None
     maps: str = ""  # inputs computed elsewhere: "anomalib_patchcore=exported/,efficientad=maps/" (segad.mapfolder)
 
     @property
@@ -270,6 +274,14 @@ def build_parser(
         type=int,
         default=d.stack_folds,
         help="folds a supervised input in --detectors (devnet, dra) is cross-fitted over: K extra fits per seed",
+    )
+    ap.add_argument(
+        "--judge-folds",
+        type=int,
+        default=d.judge_folds,
+        help="choose the final score on every good training image, each mapped by a detector fit without it: "
+        f"K extra fits per detector (0: on the held-out good images only; default {JUDGE_FOLDS} when no detector "
+        "trains, else 0)",
     )
     ap.add_argument("--device", default=d.device, choices=("auto", "cpu", "cuda"))
     ap.add_argument("--model-dir", default=d.model_dir, help="save the fitted pipeline here (default: outputs/...)")

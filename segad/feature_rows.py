@@ -9,6 +9,7 @@ import numpy as np
 from features.vector import feature_matrix, join_features
 from segad.crossfit import SeedMaps
 from segad.prepare import Prepared
+from segad.segmenting import segment_images, segment_paths
 
 
 def pooled(
@@ -28,6 +29,15 @@ def features(
         return X, np.empty((0, X.shape[1]))
     gen = {n: (prep.gen_maps[n].maps, prep.gen_maps[n].scores) for n in names}
     return X, pooled(gen, gen_seg, k, with_scores)
+
+
+def judge_features(prep: Prepared, segmenter, k: int, with_scores: bool) -> np.ndarray:
+    """Feature rows of the detectors' fit images from their out-of-fold maps (``segad.judging``)."""
+    if prep.judge is None:
+        raise ValueError("no cross-fitted maps: prepare ran with --judge-folds 0")
+    paths = segment_paths(prep.spec, prep.ds, prep.fs.fit_good)
+    seg = segment_images(segmenter, prep.fit_set, paths)
+    return pooled({n: (prep.judge.good_maps[n], prep.judge.good_scores[n]) for n in prep.maps}, seg, k, with_scores)
 
 
 def stacked_features(

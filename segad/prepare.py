@@ -10,9 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
+from detectors.anomalib_models import PREFIX as ANOMALIB_PREFIX
 from detectors.backbones import check_backbone
 from detectors.device import resolve_device
 from detectors.errors import InputError
+from detectors.registry import detector_class
+from detectors.training import TrainableDetector
 from features import SegmentSpec
 from segad.baselines import check_good_images
 from segad.calibration import check_target_fpr
@@ -24,6 +27,7 @@ from segad.data import Dataset, DatasetError, load_dataset
 from segad.data.images import check_intensity
 from segad.data.shapes import SourceShape, source_shapes
 from segad.defects import generate_defects
+from segad.judging import JUDGE_FOLDS, JudgeMaps, cross_fit
 from segad.mapfolder import MapFolder
 from segad.maps import DetectorMaps, ImageSet, default_cache
 from segad.paths import cache_root, check_writable_dir
@@ -53,6 +57,7 @@ class Prepared:
     maps: dict[str, DetectorMaps]
     gen_maps: dict[str, DetectorMaps]
     source: SourceShape  # the training images' native sizes, kept in the model for segad.predict's notes
+    judge: JudgeMaps | None = None  # the detectors cross-fitted over their fit images (segad.judging), or None
 
     @property
     def n_hold(self) -> int:
@@ -146,6 +151,8 @@ def prepare(cfg: TrainConfig, stacking: str = "") -> Prepared:
         if gen is not None:
             gen_maps[name] = gen
     r = p.request
+    folds = judge_folds(cfg, p.sources)
+    judge = cross_fit(p.sources, r, folds, log) if folds else None  # type: ignore[arg-type]: all FittedDetector
     return Prepared(
         p.ds,
         p.splits,
@@ -161,7 +168,27 @@ def prepare(cfg: TrainConfig, stacking: str = "") -> Prepared:
         maps,
         gen_maps,
         p.source,
+        judge,
     )
+
+
+def judge_folds(cfg: TrainConfig, sources: Mapping[str, MapSource]) -> int:
+    """How many folds the detectors are cross-fitted over to judge the final score on (``segad.judging``):
+    ``--judge-folds``, or by default ``JUDGE_FOLDS`` when every detector fits without training (a refit is
+    seconds) and 0 when one trains (a refit is its whole schedule again)."""
+    if cfg.judge_folds is not None:
+        return cfg.judge_folds
+    if cfg.stacked_names or not all(isinstance(s, FittedDetector) for s in sources.values()):
+        return 0  # maps from a folder cannot be refit; a stacked input is cross-fitted per seed already
+    # anomalib's models refit through its engine: minutes each, even its PatchCore (see README, Against anomalib)
+    trains = [n for n in sources if n.startswith(ANOMALIB_PREFIX) or issubclass(detector_class(n), TrainableDetector)]
+    if trains:
+        log(
+            f"judging the final score on the held-out good images only: {', '.join(trains)} train, so refitting "
+            f"on {JUDGE_FOLDS} folds would repeat their training {JUDGE_FOLDS} times (--judge-folds {JUDGE_FOLDS}: do)"
+        )
+        return 0
+    return JUDGE_FOLDS
 
 
 def plan(cfg: TrainConfig, stacking: str = "") -> Plan:
@@ -208,6 +235,15 @@ def plan(cfg: TrainConfig, stacking: str = "") -> Plan:
         raise InputError(f"--generated must be >= 0, got {cfg.generated}")
     if cfg.stack_folds < 2:
         raise InputError(f"--stack-folds must be at least 2 (a fit per fold), got {cfg.stack_folds}")
+    if cfg.judge_folds is not None and (cfg.judge_folds == 1 or cfg.judge_folds < 0):
+        raise InputError(
+            f"--judge-folds must be 0 (judge on the held-out good images only) or at least 2, got {cfg.judge_folds}"
+        )
+    if cfg.judge_folds and (cfg.stacked_names or cfg.map_folders):
+        raise InputError(
+            f"--judge-folds {cfg.judge_folds}: only segad's own detectors can be refit without a fold; maps from "
+            "--maps cannot, and a stacked supervised input is cross-fitted per seed already: drop --judge-folds"
+        )
     ds: Dataset = load_dataset(cfg.data, cfg.category)
     check_evaluable(ds)
     source = SourceShape.of(source_shapes([s.image_path for s in ds.train_good], "training images"))
@@ -220,6 +256,12 @@ def plan(cfg: TrainConfig, stacking: str = "") -> Plan:
     fs = maps_fit_split(ds, folders, bool(configs)) if folders else fit_split(ds, cfg.holdout)
     if not fs.holdout_good:
         raise DatasetError(f"{ds.name}/{ds.category}: too few good training images to hold any out for SegAD")
+    folds = JUDGE_FOLDS if cfg.judge_folds is None else cfg.judge_folds
+    if configs and not folders and folds and len(fs.fit_good) < 2 * folds:
+        raise InputError(
+            f"--judge-folds {folds}: the detectors fit on {len(fs.fit_good)} good images, too few to refit each "
+            f"without one of {folds} folds; give --judge-folds 0 (judge on the held-out images only)"
+        )
     if cfg.stacked_names and (cfg.shots < 2 or len(fs.holdout_good) < 2):
         raise InputError(
             f"--detectors {','.join(cfg.stacked_names)}: a stacked input is cross-fitted over the classifier's rows, "

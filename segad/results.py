@@ -31,6 +31,7 @@ class TrainResult:
     deployments: list[Deployment]  # per seed: its model's calibrated threshold on its test set; [0] is saved
     selections: list[Selection]  # per seed: the final score chosen on the training rows, and why
     baselines: tuple[BaselineRun, ...] = ()  # supervised baselines (--supervised), fit per seed
+    judge_folds: int = 0  # folds the detectors were cross-fitted over to judge the final score (segad.judging)
     first_seed_explanations: list[Explanation] = field(default_factory=list)  # why each first_seed_test score
     test_segments: np.ndarray | None = None  # (N, H, W) segment labels of dataset_table.test (a view, no copy)
 
@@ -53,6 +54,7 @@ class TrainResult:
             "config": asdict(self.config),
             "dataset": self.dataset,
             "seconds": round(self.seconds, 1),
+            "judge_folds": self.judge_folds,
             "deploy": self.deployment.to_dict(),
             "deploy_per_seed": [
                 {"fpr": d.fpr, "tpr": d.tpr, "threshold": d.calibration.threshold} for d in self.deployments
@@ -63,6 +65,8 @@ class TrainResult:
                     "chosen": sel.blend.label,
                     "base_weights": sel.blend.base_weights,
                     "inner_auroc": sel.inner_auroc,
+                    "judged_good": sel.n_good,  # held-out good images, plus every fit image when cross-fitted
+                    "judged_defects": sel.n_defects,
                 }
                 for sp_seed, sel in zip(self.seeds, self.selections, strict=True)
             ],

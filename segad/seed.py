@@ -12,7 +12,17 @@ import numpy as np
 
 from segad.calibration import Calibration, calibrate, out_of_fold_scores
 from segad.classifier import SegadClassifier
-from segad.selection import Selection, ensemble_score, select
+from segad.selection import JudgedGood, Selection, ensemble_score, select
+
+
+@dataclass(frozen=True)
+class JudgeRows:
+    """``segad.judging``'s evidence for one seed's final score: the detectors' fold-model scores of the
+    classifier's rows, and the fit images' feature rows and scores, each out of fold."""
+
+    train_scores: dict[str, np.ndarray]  # in the classifier's row order (Prepared.training_rows)
+    good_X: np.ndarray
+    good_scores: dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)
@@ -39,16 +49,25 @@ def fit_seed_model(
     seed: int,
     from_ensemble: bool,
     target_fpr: float,
+    judge: JudgeRows | None = None,
 ) -> SeedModel:
     """Fit on one seed's rows (held-out good, shots, then generated defects: the first ``n_real`` are
-    real and judge the final score; generated ones only train)."""
+    real and judge the final score; generated ones only train). ``judge``: the final score is judged on
+    the detectors' fold models and on every good training image (``segad.judging``)."""
     prior = ensemble_score(train_scores, moments) if from_ensemble else None  # the forest's starting score
     clf = make_classifier(seed).fit(X_train, y_train, prior)
     oof = out_of_fold_scores(make_classifier, X_train, y_train, groups, seed=seed, prior=prior)
     real = np.arange(len(y_train)) < n_real
-    sel = select(oof, train_scores, y_train, real, moments, prefer_classifier=from_ensemble)
+    extra = None
+    if judge is not None:
+        good_prior = ensemble_score(judge.good_scores, moments) if from_ensemble else None
+        extra = JudgedGood(clf.decision_function(judge.good_X, good_prior), judge.good_scores)
+    sel = select(
+        oof, train_scores, y_train, real, moments, prefer_classifier=from_ensemble,
+        judge_scores=judge.train_scores if judge is not None else None, extra_good=extra,
+    )  # fmt: skip
     calibration = calibrate(sel.blend.score(oof, train_scores), y_train, target_fpr)
     return SeedModel(clf, sel, oof, prior, calibration)
 
 
-__all__ = ["SeedModel", "fit_seed_model"]
+__all__ = ["JudgeRows", "SeedModel", "fit_seed_model"]

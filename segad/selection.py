@@ -167,6 +167,14 @@ class ScoreBlend:
 
 
 @dataclass(frozen=True)
+class JudgedGood:
+    """Good images beyond the classifier's rows that the final score is also judged on (``segad.judging``)."""
+
+    margins: np.ndarray  # the seed's classifier's margins (it never trained on them)
+    scores: Mapping[str, np.ndarray]  # each detector's image scores, from a fold model that never saw them
+
+
+@dataclass(frozen=True)
 class Selection:
     """The chosen blend and every candidate's AUROC on the training rows (the evidence for the choice)."""
 
@@ -253,6 +261,8 @@ def select(
     lead: Lead = "hanley",
     base: Base = "weighted",
     weight_rule: WeightRule = "argmax",
+    judge_scores: Mapping[str, np.ndarray] | None = None,
+    extra_good: JudgedGood | None = None,
 ) -> Selection:
     """The final score for one seed, decided on the classifier's training rows (see the module's rule).
 
@@ -264,14 +274,26 @@ def select(
     detector's image scores on the same rows, ``real`` marks rows that are real images (held-out good
     and shots; generated defects are judged only when there are no shots), ``detector_moments`` each
     detector's (mean, std) on the held-out good images (``good_moments``, its z-score reference).
+
+    ``judge_scores``: the detectors' scores of the same rows to judge on instead, from the fold models
+    of ``segad.judging`` (their z-scores then against the judged good rows: the fold models' own
+    reference); ``extra_good``: more good rows to judge on, the fit images out of fold.
     """
     y = np.asarray(y).astype(int)
     real = np.asarray(real, bool)
     oof = np.asarray(oof_margins, np.float64)
+    rows = {d: np.asarray(v, np.float64) for d, v in (judge_scores or detector_scores).items()}
+    if extra_good is not None:
+        n_extra = len(extra_good.margins)
+        oof = np.r_[oof, np.asarray(extra_good.margins, np.float64)]
+        y, real = np.r_[y, np.zeros(n_extra, int)], np.r_[real, np.ones(n_extra, bool)]
+        rows = {d: np.r_[v, np.asarray(extra_good.scores[d], np.float64)] for d, v in rows.items()}
     judged = np.isfinite(oof) & (real | (y == 0)) if (real & (y == 1)).any() else np.isfinite(oof)
     margin_moments = good_moments(oof[(y == 0) & np.isfinite(oof)])
     yj = y[judged]
-    z = {d: z_score(np.asarray(v)[judged], *detector_moments[d]) for d, v in detector_scores.items()}
+    own = judge_scores is None and extra_good is None  # judged on the deployed detectors' held-out rows
+    judge_moments = detector_moments if own else {d: good_moments(v[judged][yj == 0]) for d, v in rows.items()}
+    z = {d: z_score(v[judged], *judge_moments[d]) for d, v in rows.items()}
     weights = detector_weights({d: v[yj == 1] for d, v in z.items()}) if base == "weighted" else None
     cands = candidates(list(detector_scores), detector_moments, margin_moments, weights)
     zm = z_score(oof[judged], *margin_moments)

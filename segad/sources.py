@@ -57,7 +57,7 @@ class FittedDetector:
 
     def maps(self, request: MapRequest, log) -> tuple[DetectorMaps, DetectorMaps | None]:
         log(f"{self.name}: fitting / predicting {len(request.score_set) + len(request.gen_set)} images ...")
-        det, entry, fit_seconds = self._fitted(request, log)  # once, for scored and generated images
+        det, entry, fit_seconds = self.fitted(request, log)  # once, for scored and generated images
         scored = predict_maps(det, request.score_set, request.size, entry, fit_seconds)
         gen = predict_maps(det, request.gen_set, request.size, entry, fit_seconds) if len(request.gen_set) else None
         log(f"{self.name}: fit {fit_seconds:.1f}s, {scored.cached_maps} maps from cache")
@@ -67,7 +67,7 @@ class FittedDetector:
         """Put one shard's maps in the map cache (``request.cache``): the detector is fitted once per cache
         entry (the first shard to get there fits, the others wait and load that fit), then each shard
         predicts its own images that are not cached yet. Returns how many maps it computed."""
-        det, entry, fit_seconds = self._fitted(request, log)
+        det, entry, fit_seconds = self.fitted(request, log)
         computed = 0
         for images in (request.score_set, request.gen_set):
             part = shard.of(images)
@@ -77,7 +77,7 @@ class FittedDetector:
         log(f"{self.name}: shard {shard.index}/{shard.count}: {fitted}, {computed} maps computed")
         return computed
 
-    def _fitted(self, request: MapRequest, log) -> tuple[Detector, CacheEntry | None, float]:
+    def fitted(self, request: MapRequest, log) -> tuple[Detector, CacheEntry | None, float]:
         """The fitted detector (the cached fit, or fitted now), its cache entry, and the fit's seconds."""
         det = detector_class(self.name)(self.config)
         cache = request.cache

@@ -148,6 +148,7 @@ def _params(cfg: TrainConfig, result: TrainResult) -> dict[str, Any]:
     params = {k: v for k, v in cfg.__dict__.items() if v is not None and k not in ("summary_json", "tracking_uri")}
     params["dataset"] = result.dataset
     params["segments_resolved"] = pipe.info.get("segments", cfg.segments)
+    params["judge_folds_resolved"] = result.judge_folds
     params["n_segments"] = pipe.n_segments
     params["n_features"] = len(pipe.feature_names)
     for k, v in pipe.classifier.params.items():

@@ -35,12 +35,12 @@ from segad.console import log
 from segad.crossfit import SupervisedInput, cross_fit
 from segad.evaluate import MethodResult, format_table, good_moments
 from segad.explain import explain
-from segad.feature_rows import features, stacked_features
+from segad.feature_rows import features, judge_features, stacked_features
 from segad.overlay import map_scales
 from segad.pipeline import SegadPipeline
 from segad.prepare import prepare
 from segad.results import Deployment, TrainResult
-from segad.seed import fit_seed_model
+from segad.seed import JudgeRows, fit_seed_model
 from segad.segmenting import fit_segmenter, segment
 from segad.selection import CLASSIFIER, Selection, choice_summary, ensemble_score
 
@@ -59,6 +59,8 @@ def run(cfg: TrainConfig) -> TrainResult:
     seg, gen_seg = segment(prep, segmenter)
     shared = features(prep, list(prep.maps), seg, gen_seg, k, with_scores)
     n_features = len(feature_names(names, k, with_scores))
+    # The final score's extra evidence: every good training image, mapped by a fold model without it.
+    judge_X = judge_features(prep, segmenter, k, with_scores) if prep.judge is not None else None
     log(f"segments: {prep.spec} ({k}); {n_features} features per image; {len(shared[1])} generated defects")
 
     # 4. classifier per seed -> scores -> metrics
@@ -99,9 +101,13 @@ def run(cfg: TrainConfig) -> TrainResult:
 
         # 5. the classifier, and the final score chosen on its out-of-fold margins (segad.seed)
         n_real = n_hold + len(sp.train_defects)
+        judge = None
+        if prep.judge is not None and judge_X is not None:
+            judge_scores = prep.judge.training_scores(sp.train_defects, n_hold, len(X_gen))
+            judge = JudgeRows(judge_scores, judge_X, prep.judge.good_scores)
         seed_model = fit_seed_model(
             make_classifier, X_train, y_train, groups, train_scores, moments, n_real, sp.seed, from_ensemble,
-            cfg.target_fpr,
+            cfg.target_fpr, judge,
         )  # fmt: skip
         clf, sel, prior, calibration = (
             seed_model.classifier,
@@ -181,6 +187,7 @@ def run(cfg: TrainConfig) -> TrainResult:
         deployments,
         selections,
         tuple(baselines.values()),
+        prep.judge.folds if prep.judge is not None else 0,
         first_why,
         seg[prep.n_hold :],
     )

@@ -7,6 +7,7 @@ from segad.selection import (
     CLASSIFIER,
     ENSEMBLE,
     WEIGHTED,
+    JudgedGood,
     ScoreBlend,
     _base_scores,
     auroc_standard_error,
@@ -253,3 +254,45 @@ def test_the_separation_weight_rule_follows_how_far_the_weaker_defects_sit_out()
         clear_weights.append(select(clear, scores, y, real, moments, weight_rule="separation").blend.weight)
     assert np.mean(noise_weights) < 0.15 and np.mean(np.array(noise_weights) == 0) > 0.5
     assert min(clear_weights) >= 0.75
+
+
+def test_more_good_images_out_of_fold_show_what_the_held_out_ones_cannot() -> None:
+    """20 good rows and 10 shots: both detectors separate them perfectly. The fit images, out of fold
+    (segad.judging), show that "b" puts a fifth of the good images above the shots: its inner AUROC
+    falls and the weighted ensemble moves its weight to "a"."""
+    rng, y, real = _rows(n_good=20, n_bad=10)
+    det = {
+        "a": np.r_[rng.normal(0, 1, 20), rng.normal(6, 0.5, 10)],
+        "b": np.r_[rng.normal(0, 1, 20), rng.normal(4, 0.5, 10)],
+    }
+    ref = {k: good_moments(v[y == 0]) for k, v in det.items()}
+    oof = rng.normal(0, 1, len(y))
+    held_out = select(oof, det, y, real, ref)
+    assert held_out.inner_auroc["a"] == held_out.inner_auroc["b"] == 1.0
+    n = 300
+    good_b = np.where(rng.random(n) < 0.2, rng.normal(8, 1, n), rng.normal(0, 1, n))
+    extra = JudgedGood(rng.normal(0, 1, n), {"a": rng.normal(0, 1, n), "b": good_b})
+    judged = select(oof, det, y, real, ref, extra_good=extra)
+    assert judged.n_good == 20 + n
+    assert judged.inner_auroc["b"] < 0.85 < judged.inner_auroc["a"]
+    assert judged.weights["a"] > held_out.weights["a"] + 0.2
+    assert judged.blend.base in (WEIGHTED, "a")
+    # The deployed blend keeps the deployed detectors' reference: z-scores against the held-out images.
+    assert judged.blend.detector_moments == ref
+
+
+def test_fold_model_scores_are_judged_against_their_own_good_images() -> None:
+    """Fold models score everything a little higher than the full one: judged against their own good rows,
+    a constant shift changes nothing; against the full model's reference it would move every z-score."""
+    rng, y, real = _rows()
+    det = {"a": rng.normal(0, 1, len(y)) + 2.0 * y, "b": rng.normal(0, 1, len(y)) + 1.0 * y}
+    ref = {k: good_moments(v[y == 0]) for k, v in det.items()}
+    oof = rng.normal(0, 1, len(y)) + 0.5 * y
+    extra = JudgedGood(rng.normal(0, 1, 50), {"a": rng.normal(0, 1, 50), "b": rng.normal(0, 1, 50)})
+    plain = select(oof, det, y, real, ref, judge_scores=det, extra_good=extra)
+    shifted = {"a": det["a"] + 3.0, "b": det["b"] - 2.0}
+    moved = {"a": extra.scores["a"] + 3.0, "b": extra.scores["b"] - 2.0}
+    other = select(oof, det, y, real, ref, judge_scores=shifted, extra_good=JudgedGood(extra.margins, moved))
+    assert other.inner_auroc == pytest.approx(plain.inner_auroc)
+    assert other.weights == pytest.approx(plain.weights)
+    assert other.blend.label == plain.blend.label

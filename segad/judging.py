@@ -1,0 +1,98 @@
+"""More good images to choose the final score on: each detector cross-fitted over its own fit images.
+
+The final score is chosen on the classifier's training rows (``segad.selection``): the held-out good
+images (10%: 20 on a texture set) and ten shots. There every candidate scores 0.96-1.00, so no rule
+can see that PatchCore alone leads the ensemble by a point on grass, or that a forest blend costs a
+third of a point on gravel. The good images the detectors were fit on are nine times as many, but a
+detector scores its own fit images in-sample. So each detector is fit ``folds`` more times, each time
+without one fold of its fit images, and every fit image gets its map from the fold model that never
+saw it: the judged good images grow from the held-out ones to all good training images.
+
+Judged rows must be scored alike, so the held-out good images, the shots and the generated defects get
+their image scores from a fold model too (image ``i`` from fold ``i mod folds``): every judged score
+comes from a model fit on ``(folds - 1) / folds`` of the images, and what is judged is that model, not
+a mix of it and the full one (fold models score good images a little higher; mixed, the shots would
+look further out than they are). The deployed detectors are still the ones fit on every image: the
+folds only decide the blend, its detector weights and its classifier share.
+
+Cost: ``folds`` extra fits per detector and one more prediction of every image, cached like any fit
+(``--judge-folds 0`` judges on the held-out rows only, as before).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from segad.maps import ImageSet, predict_maps
+from segad.sources import FittedDetector, MapRequest
+
+JUDGE_FOLDS = 5
+FOLD_SEED = 0
+
+
+@dataclass(frozen=True)
+class JudgeMaps:
+    """Every detector's out-of-fold maps of its fit images, and fold-model scores of every other image."""
+
+    folds: int
+    good_maps: dict[str, np.ndarray]  # detector -> (n_fit, H, W) float16, each from the fold model without it
+    good_scores: dict[str, np.ndarray]  # detector -> (n_fit,)
+    scored_scores: dict[str, np.ndarray]  # detector -> scores of the scored images (held-out good, then test)
+    gen_scores: dict[str, np.ndarray]  # detector -> scores of the generated defects
+
+    def training_scores(self, train_defects: np.ndarray, n_hold: int, n_gen: int) -> dict[str, np.ndarray]:
+        """Fold-model scores of one seed's classifier rows, in ``Prepared.training_rows`` order."""
+        return {
+            n: np.concatenate([s[:n_hold], s[n_hold:][train_defects], self.gen_scores[n][:n_gen]])
+            for n, s in self.scored_scores.items()
+        }
+
+
+def fold_of(n: int, folds: int, seed: int = FOLD_SEED) -> np.ndarray:
+    """Each of ``n`` fit images' fold: a seeded shuffle dealt round-robin, so folds differ by at most one."""
+    return np.random.default_rng(seed).permutation(n) % folds
+
+
+def cross_fit(
+    sources: Mapping[str, FittedDetector], request: MapRequest, folds: int, log: Callable[[str], None]
+) -> JudgeMaps:
+    """Fit each detector ``folds`` times, each without one fold of ``request.fit_set``; map every fit
+    image with the model that never saw it, and score every other image with fold ``i mod folds``."""
+    if folds < 2:
+        raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
+    n_fit = len(request.fit_set)
+    if n_fit < folds:
+        raise ValueError(f"{n_fit} fit images cannot be dealt into {folds} folds")
+    fold = fold_of(n_fit, folds)
+    good_maps: dict[str, np.ndarray] = {}
+    good_scores: dict[str, np.ndarray] = {}
+    scored: dict[str, np.ndarray] = {}
+    gen: dict[str, np.ndarray] = {}
+    for name, source in sources.items():
+        maps = np.empty((n_fit, *request.size), np.float16)
+        scores = np.empty(n_fit, np.float32)
+        scored[name] = np.empty(len(request.score_set), np.float32)
+        gen[name] = np.empty(len(request.gen_set), np.float32)
+        for k in range(folds):
+            inside = np.flatnonzero(fold == k)
+            part = replace(request, fit_set=request.fit_set.subset(np.flatnonzero(fold != k).tolist()))
+            det, entry, _ = source.fitted(part, log)
+            out = predict_maps(det, request.fit_set.subset(inside.tolist()), request.size, entry)
+            maps[inside], scores[inside] = out.maps, out.scores
+            for images, into in ((request.score_set, scored[name]), (request.gen_set, gen[name])):
+                mine = np.arange(k, len(images), folds)
+                if len(mine):
+                    into[mine] = _scores(det, images, mine, request.size, entry)
+        good_maps[name], good_scores[name] = maps, scores
+        log(f"{name}: cross-fitted over {folds} folds of its {n_fit} fit images (judging the final score)")
+    return JudgeMaps(folds, good_maps, good_scores, scored, gen)
+
+
+def _scores(det, images: ImageSet, idx: np.ndarray, size: tuple[int, int], entry) -> np.ndarray:
+    return predict_maps(det, images.subset(idx.tolist()), size, entry).scores
+
+
+__all__ = ["JUDGE_FOLDS", "JudgeMaps", "cross_fit", "fold_of"]
