@@ -106,6 +106,7 @@ def main() -> None:
         seeds=args.seeds,
         detector_options=",".join(args.options),
         no_mlflow=True,
+        judge_folds=0,  # the classifier alone: no final score is chosen
     )
     prep = prepare(cfg, stacking="ablate_classifier.py")
     names = list(prep.maps)

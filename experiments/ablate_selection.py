@@ -46,7 +46,6 @@ from segad.seed import JudgeRows, fit_seed_model
 from segad.segmenting import fit_segmenter, segment
 from segad.selection import (
     ENSEMBLE,
-    JudgedGood,
     auroc_standard_error,
     candidates,
     ensemble_score,
@@ -67,10 +66,12 @@ def main(argv: list[str] | None = None) -> None:
     prep = prepare(cfg, stacking="ablate_selection.py")
     names = list(prep.maps)
     segmenter = fit_segmenter(make_segmenter(prep.spec, cfg.backbone, cfg.device), prep)
-    X, X_gen = features(prep, names, *segment(prep, segmenter), segmenter.n_segments_, cfg.feature_set == "full")
+    seg, gen_seg = segment(prep, segmenter)
+    k, with_scores = segmenter.n_segments_, cfg.feature_set == "full"
+    X, X_gen = features(prep, names, seg, gen_seg, k, with_scores)
+    judge_X = judge_features(prep, segmenter, seg, gen_seg, k, with_scores) if prep.judge else None
     n_hold, labels = prep.n_hold, prep.labels
     moments = {n: good_moments(prep.maps[n].scores[:n_hold]) for n in names}
-    judge_X = judge_features(prep, segmenter, segmenter.n_segments_, cfg.feature_set == "full") if prep.judge else None
     rules = [
         "weighted ensemble",
         "argmax",
@@ -96,18 +97,17 @@ def main(argv: list[str] | None = None) -> None:
             return SegadClassifier(cfg.classifier, seed=seed, **cfg.classifier_overrides())
 
         n_real = n_hold + len(sp.train_defects)  # generated defects train, never judge
-        judge, judged = None, {}
-        if prep.judge is not None:
+        judge = None
+        if prep.judge is not None and judge_X is not None:
+            judge_train_X = prep.training_rows(judge_X[1], judge_X[2], sp)[0]
             judge_scores = prep.judge.training_scores(sp.train_defects, n_hold, len(X_gen))
-            judge = JudgeRows(judge_scores, judge_X, prep.judge.good_scores)
+            judge = JudgeRows(judge_train_X, judge_scores, judge_X[0], prep.judge.good_scores)
         model = fit_seed_model(
             make, X_train, y_train, groups, train_scores, moments, n_real, sp.seed, False, 0.01, judge
         )
         margins, oof, shipped = model.margins(X_test, None), model.oof, model.selection
         real = np.arange(len(y_train)) < n_real
-        if judge is not None:  # every rule judges on the same cross-fitted evidence as the shipped one
-            extra = JudgedGood(model.classifier.decision_function(judge.good_X, None), judge.good_scores)
-            judged = {"judge_scores": judge.train_scores, "extra_good": extra}
+        judged = {"evidence": model.evidence}  # every rule judges on the shipped rule's evidence
         # Every rule decides on the shipped rule's evidence: the same candidates and inner AUROCs.
         inner, n_defects, n_good = shipped.inner_auroc, shipped.n_defects, shipped.n_good
         cands = candidates(names, moments, shipped.blend.margin_moments, shipped.weights)

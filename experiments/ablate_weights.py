@@ -76,7 +76,8 @@ RULES: dict[str, Rule] = {
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = replace(config_from(vars(build_parser("ablate_weights.py").parse_args(argv))), no_mlflow=True)
+    # Classifier-free: the weights are read from the held-out good images, as before judging existed.
+    cfg = replace(config_from(vars(build_parser("ablate_weights.py").parse_args(argv))), no_mlflow=True, judge_folds=0)
     prep = prepare(cfg, stacking="ablate_weights.py")
     names, n_hold = list(prep.maps), prep.n_hold
     moments = {n: good_moments(prep.maps[n].scores[:n_hold]) for n in names}

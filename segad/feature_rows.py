@@ -31,13 +31,21 @@ def features(
     return X, pooled(gen, gen_seg, k, with_scores)
 
 
-def judge_features(prep: Prepared, segmenter, k: int, with_scores: bool) -> np.ndarray:
-    """Feature rows of the detectors' fit images from their out-of-fold maps (``segad.judging``)."""
-    if prep.judge is None:
+def judge_features(
+    prep: Prepared, segmenter, seg: np.ndarray, gen_seg: np.ndarray | None, k: int, with_scores: bool
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Feature rows from the fold models' maps (``segad.judging``): of the fit images (each out of fold),
+    of the scored images and of the generated defects (``seg``, ``gen_seg``: their segments)."""
+    judge = prep.judge
+    if judge is None:
         raise ValueError("no cross-fitted maps: prepare ran with --judge-folds 0")
-    paths = segment_paths(prep.spec, prep.ds, prep.fs.fit_good)
-    seg = segment_images(segmenter, prep.fit_set, paths)
-    return pooled({n: (prep.judge.good_maps[n], prep.judge.good_scores[n]) for n in prep.maps}, seg, k, with_scores)
+    fit_seg = segment_images(segmenter, prep.fit_set, segment_paths(prep.spec, prep.ds, prep.fs.fit_good))
+    good = pooled({n: (judge.good_maps[n], judge.good_scores[n]) for n in prep.maps}, fit_seg, k, with_scores)
+    scored = pooled({n: (judge.scored_maps[n], judge.scored_scores[n]) for n in prep.maps}, seg, k, with_scores)
+    if gen_seg is None:
+        return good, scored, np.empty((0, good.shape[1]))
+    gen = pooled({n: (judge.gen_maps[n], judge.gen_scores[n]) for n in prep.maps}, gen_seg, k, with_scores)
+    return good, scored, gen
 
 
 def stacked_features(

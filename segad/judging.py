@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from segad.maps import ImageSet, predict_maps
+from segad.maps import predict_maps
 from segad.sources import FittedDetector, MapRequest
 
 JUDGE_FOLDS = 5
@@ -40,8 +40,10 @@ class JudgeMaps:
     folds: int
     good_maps: dict[str, np.ndarray]  # detector -> (n_fit, H, W) float16, each from the fold model without it
     good_scores: dict[str, np.ndarray]  # detector -> (n_fit,)
-    scored_scores: dict[str, np.ndarray]  # detector -> scores of the scored images (held-out good, then test)
-    gen_scores: dict[str, np.ndarray]  # detector -> scores of the generated defects
+    scored_maps: dict[str, np.ndarray]  # detector -> maps of the scored images (held-out good, then test)
+    scored_scores: dict[str, np.ndarray]
+    gen_maps: dict[str, np.ndarray]  # detector -> maps of the generated defects
+    gen_scores: dict[str, np.ndarray]
 
     def training_scores(self, train_defects: np.ndarray, n_hold: int, n_gen: int) -> dict[str, np.ndarray]:
         """Fold-model scores of one seed's classifier rows, in ``Prepared.training_rows`` order."""
@@ -67,32 +69,30 @@ def cross_fit(
     if n_fit < folds:
         raise ValueError(f"{n_fit} fit images cannot be dealt into {folds} folds")
     fold = fold_of(n_fit, folds)
-    good_maps: dict[str, np.ndarray] = {}
-    good_scores: dict[str, np.ndarray] = {}
-    scored: dict[str, np.ndarray] = {}
-    gen: dict[str, np.ndarray] = {}
+    out: dict[str, tuple[np.ndarray, ...]] = {}
     for name, source in sources.items():
-        maps = np.empty((n_fit, *request.size), np.float16)
-        scores = np.empty(n_fit, np.float32)
-        scored[name] = np.empty(len(request.score_set), np.float32)
-        gen[name] = np.empty(len(request.gen_set), np.float32)
+        good = _empty(n_fit, request.size)
+        scored, gen = _empty(len(request.score_set), request.size), _empty(len(request.gen_set), request.size)
         for k in range(folds):
             inside = np.flatnonzero(fold == k)
             part = replace(request, fit_set=request.fit_set.subset(np.flatnonzero(fold != k).tolist()))
             det, entry, _ = source.fitted(part, log)
-            out = predict_maps(det, request.fit_set.subset(inside.tolist()), request.size, entry)
-            maps[inside], scores[inside] = out.maps, out.scores
-            for images, into in ((request.score_set, scored[name]), (request.gen_set, gen[name])):
-                mine = np.arange(k, len(images), folds)
-                if len(mine):
-                    into[mine] = _scores(det, images, mine, request.size, entry)
-        good_maps[name], good_scores[name] = maps, scores
+            for images, idx, into in (
+                (request.fit_set, inside, good),
+                (request.score_set, np.arange(k, len(request.score_set), folds), scored),
+                (request.gen_set, np.arange(k, len(request.gen_set), folds), gen),
+            ):
+                if len(idx):
+                    dm = predict_maps(det, images.subset(idx.tolist()), request.size, entry)
+                    into[0][idx], into[1][idx] = dm.maps, dm.scores
+        out[name] = (*good, *scored, *gen)
         log(f"{name}: cross-fitted over {folds} folds of its {n_fit} fit images (judging the final score)")
-    return JudgeMaps(folds, good_maps, good_scores, scored, gen)
+    parts = [{n: v[i] for n, v in out.items()} for i in range(6)]
+    return JudgeMaps(folds, *parts)
 
 
-def _scores(det, images: ImageSet, idx: np.ndarray, size: tuple[int, int], entry) -> np.ndarray:
-    return predict_maps(det, images.subset(idx.tolist()), size, entry).scores
+def _empty(n: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    return np.empty((n, *size), np.float16), np.empty(n, np.float32)
 
 
 __all__ = ["JUDGE_FOLDS", "JudgeMaps", "cross_fit", "fold_of"]

@@ -12,15 +12,16 @@ import numpy as np
 
 from segad.calibration import Calibration, calibrate, out_of_fold_scores
 from segad.classifier import SegadClassifier
-from segad.selection import JudgedGood, Selection, ensemble_score, select
+from segad.selection import Evidence, Selection, ensemble_score, select
 
 
 @dataclass(frozen=True)
 class JudgeRows:
-    """``segad.judging``'s evidence for one seed's final score: the detectors' fold-model scores of the
-    classifier's rows, and the fit images' feature rows and scores, each out of fold."""
+    """``segad.judging``'s rows for one seed's final score, all from the detectors' fold models: the
+    classifier's rows (same order and labels as ``Prepared.training_rows``) and the fit images."""
 
-    train_scores: dict[str, np.ndarray]  # in the classifier's row order (Prepared.training_rows)
+    train_X: np.ndarray
+    train_scores: dict[str, np.ndarray]
     good_X: np.ndarray
     good_scores: dict[str, np.ndarray]
 
@@ -32,6 +33,7 @@ class SeedModel:
     oof: np.ndarray  # each training row's margin from a classifier fit without its fold
     prior: np.ndarray | None  # the ensemble score the forest started from, on the training rows (or None)
     calibration: Calibration  # the threshold, conformal on the good rows' out-of-fold final scores
+    evidence: Evidence | None = None  # what the final score was judged on, when not the rows above
 
     def margins(self, X: np.ndarray, ensemble: np.ndarray | None) -> np.ndarray:
         """The classifier's margins of new rows; ``ensemble``: their ensemble score, when it started from it."""
@@ -53,21 +55,23 @@ def fit_seed_model(
 ) -> SeedModel:
     """Fit on one seed's rows (held-out good, shots, then generated defects: the first ``n_real`` are
     real and judge the final score; generated ones only train). ``judge``: the final score is judged on
-    the detectors' fold models and on every good training image (``segad.judging``)."""
+    the detectors' fold models instead, and on every good training image (``segad.judging``): a second
+    classifier, fit as this one on the fold models' features, gives the margins judged there."""
     prior = ensemble_score(train_scores, moments) if from_ensemble else None  # the forest's starting score
     clf = make_classifier(seed).fit(X_train, y_train, prior)
     oof = out_of_fold_scores(make_classifier, X_train, y_train, groups, seed=seed, prior=prior)
     real = np.arange(len(y_train)) < n_real
-    extra = None
-    if judge is not None:
+    evidence = None
+    if judge is not None:  # the same classifier and protocol, on the fold models' features
+        judge_prior = ensemble_score(judge.train_scores, moments) if from_ensemble else None
         good_prior = ensemble_score(judge.good_scores, moments) if from_ensemble else None
-        extra = JudgedGood(clf.decision_function(judge.good_X, good_prior), judge.good_scores)
-    sel = select(
-        oof, train_scores, y_train, real, moments, prefer_classifier=from_ensemble,
-        judge_scores=judge.train_scores if judge is not None else None, extra_good=extra,
-    )  # fmt: skip
+        judge_oof = out_of_fold_scores(make_classifier, judge.train_X, y_train, groups, seed=seed, prior=judge_prior)
+        judge_clf = make_classifier(seed).fit(judge.train_X, y_train, judge_prior)
+        good_margins = judge_clf.decision_function(judge.good_X, good_prior)
+        evidence = Evidence(judge_oof, judge.train_scores, good_margins, judge.good_scores)
+    sel = select(oof, train_scores, y_train, real, moments, prefer_classifier=from_ensemble, evidence=evidence)
     calibration = calibrate(sel.blend.score(oof, train_scores), y_train, target_fpr)
-    return SeedModel(clf, sel, oof, prior, calibration)
+    return SeedModel(clf, sel, oof, prior, calibration, evidence)
 
 
 __all__ = ["JudgeRows", "SeedModel", "fit_seed_model"]

@@ -167,11 +167,14 @@ class ScoreBlend:
 
 
 @dataclass(frozen=True)
-class JudgedGood:
-    """Good images beyond the classifier's rows that the final score is also judged on (``segad.judging``)."""
+class Evidence:
+    """What the candidates are judged on when it is not the deployed models' own rows (``segad.judging``):
+    the classifier's rows scored by the detectors' fold models, and every fit image, out of fold."""
 
-    margins: np.ndarray  # the seed's classifier's margins (it never trained on them)
-    scores: Mapping[str, np.ndarray]  # each detector's image scores, from a fold model that never saw them
+    margins: np.ndarray  # the classifier's out-of-fold margins of its rows, from the fold models' features
+    scores: Mapping[str, np.ndarray]  # each detector's fold-model scores of the same rows
+    good_margins: np.ndarray  # the fit images' margins, from a classifier fit on those rows (never on them)
+    good_scores: Mapping[str, np.ndarray]  # each detector's score of them, from the fold model without them
 
 
 @dataclass(frozen=True)
@@ -261,8 +264,7 @@ def select(
     lead: Lead = "hanley",
     base: Base = "weighted",
     weight_rule: WeightRule = "argmax",
-    judge_scores: Mapping[str, np.ndarray] | None = None,
-    extra_good: JudgedGood | None = None,
+    evidence: Evidence | None = None,
 ) -> Selection:
     """The final score for one seed, decided on the classifier's training rows (see the module's rule).
 
@@ -275,28 +277,28 @@ def select(
     and shots; generated defects are judged only when there are no shots), ``detector_moments`` each
     detector's (mean, std) on the held-out good images (``good_moments``, its z-score reference).
 
-    ``judge_scores``: the detectors' scores of the same rows to judge on instead, from the fold models
-    of ``segad.judging`` (their z-scores then against the judged good rows: the fold models' own
-    reference); ``extra_good``: more good rows to judge on, the fit images out of fold.
+    ``evidence``: judge on it instead (``segad.judging``): every score there comes from the detectors'
+    fold models and a classifier on their features, so its z-scores are against its own good rows; the
+    deployed blend keeps the deployed models' references (``detector_moments``, ``oof_margins``' good rows).
     """
     y = np.asarray(y).astype(int)
     real = np.asarray(real, bool)
     oof = np.asarray(oof_margins, np.float64)
-    rows = {d: np.asarray(v, np.float64) for d, v in (judge_scores or detector_scores).items()}
-    if extra_good is not None:
-        n_extra = len(extra_good.margins)
-        oof = np.r_[oof, np.asarray(extra_good.margins, np.float64)]
+    margin_moments = good_moments(oof[(y == 0) & np.isfinite(oof)])  # the deployed classifier's reference
+    rows = {d: np.asarray(v, np.float64) for d, v in detector_scores.items()}
+    if evidence is not None:
+        n_extra = len(evidence.good_margins)
+        oof = np.r_[np.asarray(evidence.margins, np.float64), np.asarray(evidence.good_margins, np.float64)]
         y, real = np.r_[y, np.zeros(n_extra, int)], np.r_[real, np.ones(n_extra, bool)]
-        rows = {d: np.r_[v, np.asarray(extra_good.scores[d], np.float64)] for d, v in rows.items()}
+        rows = {d: np.r_[np.asarray(evidence.scores[d]), np.asarray(evidence.good_scores[d])] for d in rows}
     judged = np.isfinite(oof) & (real | (y == 0)) if (real & (y == 1)).any() else np.isfinite(oof)
-    margin_moments = good_moments(oof[(y == 0) & np.isfinite(oof)])
     yj = y[judged]
-    own = judge_scores is None and extra_good is None  # judged on the deployed detectors' held-out rows
+    own = evidence is None  # judged on the deployed models' own rows, against their own references
     judge_moments = detector_moments if own else {d: good_moments(v[judged][yj == 0]) for d, v in rows.items()}
     z = {d: z_score(v[judged], *judge_moments[d]) for d, v in rows.items()}
     weights = detector_weights({d: v[yj == 1] for d, v in z.items()}) if base == "weighted" else None
     cands = candidates(list(detector_scores), detector_moments, margin_moments, weights)
-    zm = z_score(oof[judged], *margin_moments)
+    zm = z_score(oof[judged], *(margin_moments if own else good_moments(oof[judged][yj == 0])))
     bases = {c.base: _base_scores(z, yj == 1, c) for c in cands}
     judged_scores = {c.label: c.weight * zm + (1 - c.weight) * bases[c.base] for c in cands}
     inner = {label: image_auroc(yj, s) for label, s in judged_scores.items()}

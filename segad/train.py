@@ -60,7 +60,7 @@ def run(cfg: TrainConfig) -> TrainResult:
     shared = features(prep, list(prep.maps), seg, gen_seg, k, with_scores)
     n_features = len(feature_names(names, k, with_scores))
     # The final score's extra evidence: every good training image, mapped by a fold model without it.
-    judge_X = judge_features(prep, segmenter, k, with_scores) if prep.judge is not None else None
+    judge_X = judge_features(prep, segmenter, seg, gen_seg, k, with_scores) if prep.judge is not None else None
     log(f"segments: {prep.spec} ({k}); {n_features} features per image; {len(shared[1])} generated defects")
 
     # 4. classifier per seed -> scores -> metrics
@@ -103,8 +103,10 @@ def run(cfg: TrainConfig) -> TrainResult:
         n_real = n_hold + len(sp.train_defects)
         judge = None
         if prep.judge is not None and judge_X is not None:
+            judge_good_X, judge_scored_X, judge_gen_X = judge_X
+            judge_train_X = prep.training_rows(judge_scored_X, judge_gen_X, sp)[0]
             judge_scores = prep.judge.training_scores(sp.train_defects, n_hold, len(X_gen))
-            judge = JudgeRows(judge_scores, judge_X, prep.judge.good_scores)
+            judge = JudgeRows(judge_train_X, judge_scores, judge_good_X, prep.judge.good_scores)
         seed_model = fit_seed_model(
             make_classifier, X_train, y_train, groups, train_scores, moments, n_real, sp.seed, from_ensemble,
             cfg.target_fpr, judge,

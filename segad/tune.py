@@ -67,8 +67,9 @@ class Workbench:
                 f"--tuning-share {cfg.tuning_share} reserves {len(self.pool)} defects; tuning needs --shots "
                 f"{cfg.shots} of them to train and at least 2 to validate: raise --tuning-share or lower --shots"
             )
-        # segments="auto": only the dataset's own maps count for "folder"; the search picks the rest.
-        self.prep = prepare(replace(cfg, generated=max_generated, segments="auto"))
+        # segments="auto": only the dataset's own maps count for "folder"; the search picks the rest. The trials
+        # score a classifier on validation defects, never a chosen final score: no cross-fitted judging.
+        self.prep = prepare(replace(cfg, generated=max_generated, segments="auto", judge_folds=0))
         self.stacked = cfg.stacked_names
         self._segments: dict[str, tuple] = {}
         self._features: dict[tuple, tuple] = {}

@@ -7,7 +7,7 @@ from segad.selection import (
     CLASSIFIER,
     ENSEMBLE,
     WEIGHTED,
-    JudgedGood,
+    Evidence,
     ScoreBlend,
     _base_scores,
     auroc_standard_error,
@@ -271,28 +271,35 @@ def test_more_good_images_out_of_fold_show_what_the_held_out_ones_cannot() -> No
     assert held_out.inner_auroc["a"] == held_out.inner_auroc["b"] == 1.0
     n = 300
     good_b = np.where(rng.random(n) < 0.2, rng.normal(8, 1, n), rng.normal(0, 1, n))
-    extra = JudgedGood(rng.normal(0, 1, n), {"a": rng.normal(0, 1, n), "b": good_b})
-    judged = select(oof, det, y, real, ref, extra_good=extra)
+    evidence = Evidence(oof, det, rng.normal(0, 1, n), {"a": rng.normal(0, 1, n), "b": good_b})
+    judged = select(oof, det, y, real, ref, evidence=evidence)
     assert judged.n_good == 20 + n
     assert judged.inner_auroc["b"] < 0.85 < judged.inner_auroc["a"]
     assert judged.weights["a"] > held_out.weights["a"] + 0.2
     assert judged.blend.base in (WEIGHTED, "a")
-    # The deployed blend keeps the deployed detectors' reference: z-scores against the held-out images.
+    # The deployed blend keeps the deployed models' references: the held-out images, the deployed margins.
     assert judged.blend.detector_moments == ref
+    assert judged.blend.margin_moments == good_moments(oof[y == 0])
 
 
-def test_fold_model_scores_are_judged_against_their_own_good_images() -> None:
-    """Fold models score everything a little higher than the full one: judged against their own good rows,
-    a constant shift changes nothing; against the full model's reference it would move every z-score."""
+def test_the_evidence_is_judged_against_its_own_good_rows() -> None:
+    """Fold models score everything a little higher than the full one, and a classifier on their features
+    has margins on its own scale: judged against the evidence's own good rows, a change of scale and
+    offset changes nothing; against the deployed references it would reweigh every blend."""
     rng, y, real = _rows()
     det = {"a": rng.normal(0, 1, len(y)) + 2.0 * y, "b": rng.normal(0, 1, len(y)) + 1.0 * y}
     ref = {k: good_moments(v[y == 0]) for k, v in det.items()}
-    oof = rng.normal(0, 1, len(y)) + 0.5 * y
-    extra = JudgedGood(rng.normal(0, 1, 50), {"a": rng.normal(0, 1, 50), "b": rng.normal(0, 1, 50)})
-    plain = select(oof, det, y, real, ref, judge_scores=det, extra_good=extra)
-    shifted = {"a": det["a"] + 3.0, "b": det["b"] - 2.0}
-    moved = {"a": extra.scores["a"] + 3.0, "b": extra.scores["b"] - 2.0}
-    other = select(oof, det, y, real, ref, judge_scores=shifted, extra_good=JudgedGood(extra.margins, moved))
-    assert other.inner_auroc == pytest.approx(plain.inner_auroc)
-    assert other.weights == pytest.approx(plain.weights)
-    assert other.blend.label == plain.blend.label
+    oof = rng.normal(0, 1, len(y)) + 1.5 * y
+    good, good_margins = {"a": rng.normal(0, 1, 50), "b": rng.normal(0, 1, 50)}, rng.normal(0, 1, 50)
+    base = select(oof, det, y, real, ref, evidence=Evidence(oof, det, good_margins, good))
+    shift = {"a": 3.0, "b": -2.0}
+    moved = Evidence(
+        3.0 * oof + 5.0,
+        {d: 2.0 * v + shift[d] for d, v in det.items()},
+        3.0 * good_margins + 5.0,
+        {d: 2.0 * v + shift[d] for d, v in good.items()},
+    )
+    other = select(oof, det, y, real, ref, evidence=moved)
+    assert other.inner_auroc == pytest.approx(base.inner_auroc)
+    assert other.weights == pytest.approx(base.weights)
+    assert other.blend.label == base.blend.label
