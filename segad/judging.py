@@ -8,15 +8,20 @@ detector scores its own fit images in-sample. So each detector is fit ``folds`` 
 without one fold of its fit images, and every fit image gets its map from the fold model that never
 saw it: the judged good images grow from the held-out ones to all good training images.
 
-Judged rows must be scored alike, so the held-out good images, the shots and the generated defects get
-their image scores from a fold model too (image ``i`` from fold ``i mod folds``): every judged score
-comes from a model fit on ``(folds - 1) / folds`` of the images, and what is judged is that model, not
-a mix of it and the full one (fold models score good images a little higher; mixed, the shots would
-look further out than they are). The deployed detectors are still the ones fit on every image: the
-folds only decide the blend, its detector weights and its classifier share.
+Judged rows must be scored alike, so the held-out good images, the shots and the generated defects
+get their maps from a fold model too (image ``i`` from fold ``i mod folds``), and the classifier's
+judged margins come from a second classifier fit the same way on those maps' features (out of fold
+on its own rows; the fit images are never its rows). Every judged score then comes from a model fit on
+``(folds - 1) / folds`` of the images and is z-scored against the judged good rows. Mixing the two
+would mislead: fold models score good images a little higher (PaDiM's covariances from fewer images),
+and the deployed classifier, reading their features, flagged so many fit images that on the complex
+board it lost to the ensemble it beats by ten points. The deployed detectors and classifier are still
+the ones fit on everything: the folds only decide the blend, its detector weights and its classifier
+share.
 
-Cost: ``folds`` extra fits per detector and one more prediction of every image, cached like any fit
-(``--judge-folds 0`` judges on the held-out rows only, as before).
+Cost: ``folds`` extra fits per detector, one more prediction of every image (both cached like any fit)
+and a second classifier per seed. ``--judge-folds 0`` judges on the held-out rows only, as before; the
+default cross-fits only when no detector trains (see ``segad.prepare.judge_folds``).
 """
 
 from __future__ import annotations

@@ -151,7 +151,7 @@ def prepare(cfg: TrainConfig, stacking: str = "") -> Prepared:
         if gen is not None:
             gen_maps[name] = gen
     r = p.request
-    folds = judge_folds(cfg, p.sources)
+    folds = judge_folds(cfg, p.sources, len(r.fit_set))
     judge = cross_fit(p.sources, r, folds, log) if folds else None  # type: ignore[arg-type]: all FittedDetector
     return Prepared(
         p.ds,
@@ -172,12 +172,15 @@ def prepare(cfg: TrainConfig, stacking: str = "") -> Prepared:
     )
 
 
-def judge_folds(cfg: TrainConfig, sources: Mapping[str, MapSource]) -> int:
+def judge_folds(cfg: TrainConfig, sources: Mapping[str, MapSource], n_fit: int) -> int:
     """How many folds the detectors are cross-fitted over to judge the final score on (``segad.judging``):
     ``--judge-folds``, or by default ``JUDGE_FOLDS`` when every detector fits without training (a refit is
-    seconds) and 0 when one trains (a refit is its whole schedule again)."""
+    seconds) and 0 when one trains (a refit is its whole schedule again) or when ``n_fit`` fit images
+    are too few to leave a fold out."""
     if cfg.judge_folds is not None:
         return cfg.judge_folds
+    if n_fit < 2 * JUDGE_FOLDS:
+        return 0
     if cfg.stacked_names or not all(isinstance(s, FittedDetector) for s in sources.values()):
         return 0  # maps from a folder cannot be refit; a stacked input is cross-fitted per seed already
     # anomalib's models refit through its engine: minutes each, even its PatchCore (see README, Against anomalib)
@@ -256,11 +259,10 @@ def plan(cfg: TrainConfig, stacking: str = "") -> Plan:
     fs = maps_fit_split(ds, folders, bool(configs)) if folders else fit_split(ds, cfg.holdout)
     if not fs.holdout_good:
         raise DatasetError(f"{ds.name}/{ds.category}: too few good training images to hold any out for SegAD")
-    folds = JUDGE_FOLDS if cfg.judge_folds is None else cfg.judge_folds
-    if configs and not folders and folds and len(fs.fit_good) < 2 * folds:
+    if configs and not folders and cfg.judge_folds and len(fs.fit_good) < 2 * cfg.judge_folds:
         raise InputError(
-            f"--judge-folds {folds}: the detectors fit on {len(fs.fit_good)} good images, too few to refit each "
-            f"without one of {folds} folds; give --judge-folds 0 (judge on the held-out images only)"
+            f"--judge-folds {cfg.judge_folds}: the detectors fit on {len(fs.fit_good)} good images, too few to refit "
+            f"each without one of {cfg.judge_folds} folds; give --judge-folds 0 (judge on the held-out images only)"
         )
     if cfg.stacked_names and (cfg.shots < 2 or len(fs.holdout_good) < 2):
         raise InputError(

@@ -12,6 +12,10 @@ z-scores against good images (detectors: the held-out good images; the classifie
 margins on them), ``w`` in ``BLEND_WEIGHTS``, and a base ``a``: the weighted ensemble (below), the naive
 ensemble (equal ``a_d``) or one detector. ``w = 0`` is the base alone, ``w = 1`` the classifier alone.
 
+The rows it is judged on: by default every good training image, not only the held-out ones, each
+scored by a detector fit without it, with the shots and a classifier scored the same way
+(``segad.judging``, ``Evidence``); with ``--judge-folds 0``, the held-out good images and the shots.
+
 The rule (measured against others by ``experiments/ablate_selection.py``):
 
 - the default base is the **weighted ensemble**: each detector's weight is how far the weaker

@@ -141,7 +141,7 @@ def run(cfg: TrainConfig) -> TrainResult:
             test_prior = ensemble if prior is not None else None
             first_why = explain(blend, clf, feature_names(names, k, with_scores), X_test[sp.test], scores, test_prior)
             first_inputs = {n: SupervisedInput(fits[n][1]) for n in stacked}
-            if np.ptp(blend.score(clf.decision_function(X_train, prior), train_scores)) == 0:
+            if _learned_nothing(blend, clf.decision_function(X_train, prior), train_scores):
                 # A constant score flags every image or none: saving or registering it would ship a model
                 # that cannot tell a defect from a good image, with a threshold that looks valid.
                 raise InputError(
@@ -193,6 +193,20 @@ def run(cfg: TrainConfig) -> TrainResult:
         first_why,
         seg[prep.n_hold :],
     )
+
+
+def _constant(values: np.ndarray) -> bool:
+    """Constant up to float32 rounding: identical images scored in other batches differ by a few ulps,
+    which z-scoring against a spread of a few ulps would blow up into a score that looks informative."""
+    v = np.asarray(values, np.float64)
+    return bool(np.ptp(v) <= 1e-5 * max(1.0, float(np.abs(v).max())))
+
+
+def _learned_nothing(blend, margins: np.ndarray, detector_scores: dict[str, np.ndarray]) -> bool:
+    """Every part of the final score (the classifier's margins, each base detector's scores) is constant."""
+    parts = [margins] if blend.weight > 0 else []
+    parts += [detector_scores[d] for d in blend.base_detectors] if blend.weight < 1 else []
+    return all(_constant(p) for p in parts)
 
 
 def write_json(path: str | Path, payload: dict) -> Path:

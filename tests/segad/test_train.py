@@ -209,13 +209,18 @@ def two_torch_threads():
 
 @pytest.mark.usefixtures("two_torch_threads")
 def test_a_model_that_learned_nothing_is_not_saved(small_mvtec: Path, tmp_path: Path, capsys) -> None:
-    """Every image the same picture: every score is constant, so no threshold can mean anything."""
+    """Every image the same picture with the same components: every score is constant, so no threshold can
+    mean anything. (Their own component maps would differ: a classifier can learn from those alone.)"""
     import cv2
 
     pictures = [p for p in small_mvtec.rglob("*.png") if "ground_truth" not in p.parts and "segments" not in p.parts]
     same = cv2.imread(str(pictures[0]))
     for p in pictures:
         cv2.imwrite(str(p), same)
+    segments = [p for p in small_mvtec.rglob("*.png") if "segments" in p.parts]
+    one = cv2.imread(str(segments[0]), cv2.IMREAD_UNCHANGED)
+    for p in segments:
+        cv2.imwrite(str(p), one)
     args = ["--data", str(small_mvtec), "--image-size", "96", "--shots", "2", "--seeds", "1", "--device", "cpu"]
     args += ["--no-mlflow", "--model-dir", str(tmp_path / "model")]
     assert main(args) == 2
