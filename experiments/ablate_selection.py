@@ -15,8 +15,11 @@ only (held-out good images and shots; the classifier's part out of fold). Rows:
 - ``equal base``: the shipped rule with the naive ensemble as the default base (the rule before the
   weighted ensemble);
 - ``paired lead``: the shipped rule, a lead judged by DeLong's paired error of the difference;
-- ``paired 1se weight``: the shipped rule, but within each base the smallest classifier weight whose
-  inner AUROC is within one paired (DeLong) standard error of the base's best weight;
+- ``argmax weight`` / ``paired 1se weight``: the shipped rule with the blend weight chosen, within each
+  base, as the best inner AUROC (ties to the smaller weight), or as the smallest classifier weight whose
+  inner AUROC is within one paired (DeLong) standard error of the base's best weight (Breiman's one-SE
+  rule); the shipped rule is the one-SE rule when judged on every good image (``segad.judging``), the
+  argmax on the held-out images only (``--judge-folds 0``);
 - ``separation weight``: the shipped rule, but within each base the classifier weight whose judged
   defects' 0.3 quantile sits furthest above the good rows, in their standard deviations (the distance
   the detector weights are read from, instead of the inner AUROC, which ties near 1);
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None) -> None:
         "segad (shipped)",
         "equal base",
         "paired lead",
+        "argmax weight",
         "paired 1se weight",
         "separation weight",
         "oracle",
@@ -114,10 +118,10 @@ def main(argv: list[str] | None = None) -> None:
         base_cands = [c for c in cands if c.base == cands[0].base]  # the default base's blends
         test_auroc = {c.label: image_auroc(y, c.score(margins, test_scores)) for c in cands}
 
-        evidence = (oof, train_scores, y_train, real, moments)
+        rows = (oof, train_scores, y_train, real, moments)
 
-        def rule(evidence=evidence, judged=judged, **kw):
-            return select(*evidence, **kw, **judged).blend
+        def variant(rows=rows, judged=judged, **kw):
+            return select(*rows, **kw, **judged).blend
 
         picks = {
             "weighted ensemble": cands[0],
@@ -126,14 +130,11 @@ def main(argv: list[str] | None = None) -> None:
             "default-base argmax": choose(base_cands, inner, n_defects, n_good, False),
             "default-base 1se": choose(base_cands, inner, n_defects, n_good, True),
             "segad (shipped)": shipped.blend,
-            "equal base": rule(base="equal"),
-            "paired lead": rule(lead="paired"),
-            "paired 1se weight": select(
-                oof, train_scores, y_train, real, moments, weight_rule="paired-1se", **judged
-            ).blend,
-            "separation weight": select(
-                oof, train_scores, y_train, real, moments, weight_rule="separation", **judged
-            ).blend,
+            "equal base": variant(base="equal"),
+            "paired lead": variant(lead="paired"),
+            "argmax weight": variant(weight_rule="argmax"),
+            "paired 1se weight": variant(weight_rule="paired-1se"),
+            "separation weight": variant(weight_rule="separation"),
             "oracle": max(cands, key=lambda c: test_auroc[c.label]),
         }
         for n in names:
@@ -143,8 +144,8 @@ def main(argv: list[str] | None = None) -> None:
         if cfg.classifier != "logreg":
             z_train, z_test = ensemble_score(train_scores, moments), ensemble_score(test_scores, moments)
             from_ens.add(sp.seed, y, make().fit(X_train, y_train, z_train).decision_function(X_test, z_test))
-        for rule, c in picks.items():
-            results[rule].add(sp.seed, y, c.score(margins, test_scores))
+        for pick, c in picks.items():
+            results[pick].add(sp.seed, y, c.score(margins, test_scores))
         print(f"seed {sp.seed}: " + ", ".join(f"{r}: {c.label}" for r, c in picks.items()), flush=True)
     print(
         f"\n{prep.ds.name}/{prep.ds.category}, {cfg.shots} shots, {len(prep.splits)} seeds, classifier {cfg.classifier}"

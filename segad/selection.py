@@ -27,9 +27,14 @@ The rule (measured against others by ``experiments/ablate_selection.py``):
   alone. Equal-strength detectors keep about equal weights, so the averaging that made the naive
   ensemble beat both on ELPV stays. Judged out of sample: each judged defect's base score uses the
   weights of the other defects;
-- within each base, the blend weight ``w`` with the best inner AUROC (ties: the smaller weight). One
-  parameter along one line is little to over-fit, and it is where the lift is: on the complex product
-  the classifier is worth 10 points, on ELPV mono nothing, and the weight follows;
+- within each base, the blend weight ``w``: one parameter along one line is little to over-fit, and it
+  is where the lift is (on the complex product the classifier is worth 10 points, on ELPV mono
+  nothing). Judged on every good image, the smallest ``w`` whose inner AUROC is within one paired
+  (DeLong) standard error of the base's best (Breiman's one-SE rule): there the inner AUROCs no longer
+  tie at 1, so the argmax follows the classifier's noise on the few shots (gravel: -0.7 points against
+  PatchCore), while the paired error lets a classifier that clearly helps in (the complex board). On the
+  held-out images only, the best inner AUROC (ties: the smaller weight), where the one-SE rule measured
+  worse (brick -0.7, the complex board +5.4 instead of +8);
 - another base (the naive ensemble, a single detector) replaces the default only when its best beats
   the default's best by more than one standard error (Hanley & McNeil, 1982): the argmax over a dozen
   noisy candidates is biased up, and picking single detectors on leads of 1-3 inner points lost 1.7
@@ -58,9 +63,10 @@ Base = Literal["weighted", "equal"]
 # How a challenger's lead is judged: Hanley-McNeil error of its AUROC (shipped), or DeLong's paired error
 # of the difference (measured in experiments/ablate_selection.py: no gain).
 Lead = Literal["hanley", "paired"]
-# How the blend weight is chosen within a base: the best inner AUROC, ties to the smaller weight (shipped),
-# or the smallest weight within one paired standard error of that best (Breiman's one-SE rule, measured in
-# experiments/ablate_selection.py).
+# How the blend weight is chosen within a base: the best inner AUROC, ties to the smaller weight (shipped when
+# judged on the held-out images only), the smallest weight within one paired standard error of that best
+# (Breiman's one-SE rule; shipped when judged on every good image, segad.judging), or the separation rule
+# (measured in experiments/ablate_selection.py).
 WeightRule = Literal["argmax", "paired-1se", "separation"]
 ENSEMBLE = "ensemble"
 WEIGHTED = "weighted ensemble"
@@ -267,7 +273,7 @@ def select(
     prefer_classifier: bool = False,
     lead: Lead = "hanley",
     base: Base = "weighted",
-    weight_rule: WeightRule = "argmax",
+    weight_rule: WeightRule | None = None,
     evidence: Evidence | None = None,
 ) -> Selection:
     """The final score for one seed, decided on the classifier's training rows (see the module's rule).
@@ -275,6 +281,8 @@ def select(
     ``prefer_classifier``: the classifier already starts from the ensemble (``--classifier-start
     ensemble``), so it is the default and any other candidate needs a lead of a standard error.
     ``base="equal"``: the naive ensemble is the default base (the rule before the weighted ensemble).
+    ``weight_rule``: how the blend weight is chosen; by default ``"paired-1se"`` with ``evidence``, else
+    ``"argmax"`` (see the module's rule).
 
     ``oof_margins`` are the classifier's out-of-fold margins on those rows, ``detector_scores`` each
     detector's image scores on the same rows, ``real`` marks rows that are real images (held-out good
@@ -285,6 +293,8 @@ def select(
     fold models and a classifier on their features, so its z-scores are against its own good rows; the
     deployed blend keeps the deployed models' references (``detector_moments``, ``oof_margins``' good rows).
     """
+    if weight_rule is None:
+        weight_rule = "paired-1se" if evidence is not None else "argmax"
     y = np.asarray(y).astype(int)
     real = np.asarray(real, bool)
     oof = np.asarray(oof_margins, np.float64)

@@ -303,3 +303,21 @@ def test_the_evidence_is_judged_against_its_own_good_rows() -> None:
     assert other.inner_auroc == pytest.approx(base.inner_auroc)
     assert other.weights == pytest.approx(base.weights)
     assert other.blend.label == base.blend.label
+
+
+def test_judged_on_every_good_image_the_blend_weight_takes_the_one_se_rule() -> None:
+    """With the fit images' evidence the inner AUROCs no longer tie, so the argmax would chase the classifier's
+    noise on ten shots: the blend weight is the smallest within a paired error of the best."""
+    rng, y, real = _rows(n_good=20, n_bad=10, seed=0)  # a draw where the argmax takes a classifier share
+    det = {"a": rng.normal(0, 1, len(y)) + 2.0 * y, "b": rng.normal(0, 1, len(y)) + 1.5 * y}
+    ref = {k: good_moments(v[y == 0]) for k, v in det.items()}
+    oof = rng.normal(0, 1, len(y)) + 1.0 * y  # a classifier about as good as the detectors
+    n = 200
+    evidence = Evidence(oof, det, rng.normal(0, 1, n), {"a": rng.normal(0, 1, n), "b": rng.normal(0, 1, n)})
+    judged = select(oof, det, y, real, ref, evidence=evidence)
+    one_se = select(oof, det, y, real, ref, evidence=evidence, weight_rule="paired-1se")
+    argmax = select(oof, det, y, real, ref, evidence=evidence, weight_rule="argmax")
+    assert judged.blend.label == one_se.blend.label
+    assert one_se.blend.weight < argmax.blend.weight  # the argmax took a classifier share the evidence did not need
+    held_out = select(oof, det, y, real, ref)
+    assert held_out.blend.label == select(oof, det, y, real, ref, weight_rule="argmax").blend.label
