@@ -101,11 +101,7 @@ def main(argv: list[str] | None = None) -> None:
             return SegadClassifier(cfg.classifier, seed=seed, **cfg.classifier_overrides())
 
         n_real = n_hold + len(sp.train_defects)  # generated defects train, never judge
-        judge = None
-        if prep.judge is not None and judge_X is not None:
-            judge_train_X = prep.training_rows(judge_X[1], judge_X[2], sp)[0]
-            judge_scores = prep.judge.training_scores(sp.train_defects, n_hold, len(X_gen))
-            judge = JudgeRows(judge_train_X, judge_scores, judge_X[0], prep.judge.good_scores)
+        judge = JudgeRows.for_seed(prep, judge_X, sp, len(X_gen)) if judge_X is not None else None
         model = fit_seed_model(
             make, X_train, y_train, groups, train_scores, moments, n_real, sp.seed, False, 0.01, judge
         )

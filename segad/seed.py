@@ -7,12 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from segad.calibration import Calibration, calibrate, out_of_fold_scores
 from segad.classifier import SegadClassifier
 from segad.selection import Evidence, Selection, ensemble_score, select
+
+if TYPE_CHECKING:
+    from segad.prepare import Prepared
+    from segad.protocol import SeedSplit
 
 
 @dataclass(frozen=True)
@@ -24,6 +29,19 @@ class JudgeRows:
     train_scores: dict[str, np.ndarray]
     good_X: np.ndarray
     good_scores: dict[str, np.ndarray]
+
+    @classmethod
+    def for_seed(
+        cls, prep: Prepared, judge_X: tuple[np.ndarray, np.ndarray, np.ndarray], sp: SeedSplit, n_gen: int
+    ) -> JudgeRows:
+        """One seed's rows from the run's fold-model features (``feature_rows.judge_features``: of the fit
+        images, the scored images and the generated defects) and scores (``prep.judge``)."""
+        if prep.judge is None:
+            raise ValueError("no cross-fitted maps: prepare ran with --judge-folds 0")
+        good_X, scored_X, gen_X = judge_X
+        train_X = prep.training_rows(scored_X, gen_X[:n_gen], sp)[0]
+        train_scores = prep.judge.training_scores(sp.train_defects, prep.n_hold, n_gen)
+        return cls(train_X, train_scores, good_X, prep.judge.good_scores)
 
 
 @dataclass(frozen=True)

@@ -101,12 +101,7 @@ def run(cfg: TrainConfig) -> TrainResult:
 
         # 5. the classifier, and the final score chosen on its out-of-fold margins (segad.seed)
         n_real = n_hold + len(sp.train_defects)
-        judge = None
-        if prep.judge is not None and judge_X is not None:
-            judge_good_X, judge_scored_X, judge_gen_X = judge_X
-            judge_train_X = prep.training_rows(judge_scored_X, judge_gen_X, sp)[0]
-            judge_scores = prep.judge.training_scores(sp.train_defects, n_hold, len(X_gen))
-            judge = JudgeRows(judge_train_X, judge_scores, judge_good_X, prep.judge.good_scores)
+        judge = JudgeRows.for_seed(prep, judge_X, sp, len(X_gen)) if judge_X is not None else None
         seed_model = fit_seed_model(
             make_classifier, X_train, y_train, groups, train_scores, moments, n_real, sp.seed, from_ensemble,
             cfg.target_fpr, judge,
