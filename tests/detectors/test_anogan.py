@@ -49,16 +49,24 @@ def test_gan_learns_the_good_images(fitted: AnoGAN, tiny: TinySet) -> None:
     assert np.mean(fitted.loss_history_["gan"][-10:]) > 0
 
 
-def test_encoder_learns_and_planted_defects_are_found(fitted: AnoGAN, tiny: TinySet) -> None:
-    curve = fitted.loss_history_["encoder"]
-    assert len(curve) == 30 and np.mean(curve[-5:]) < 0.7 * np.mean(curve[:5])
-    out = fitted.predict(tiny.test)
-    assert out.maps.shape == (len(tiny.test), 96, 96) and np.isfinite(out.maps).all()
-    assert roc_auc_score(tiny.labels, out.scores) >= 0.8  # the paper's score: residual + feature error
+def test_encoder_learns_and_planted_defects_are_found(tiny: TinySet, quality_set: TinySet, one_torch_thread) -> None:
+    # Its own fit, longer than ``fitted``'s 45 + 30 steps: after those the paper's score reaches AUROC 0.37
+    # to 0.91 over seeds 0-7 on the 40 test images, as the generator may not draw the chip yet (and at
+    # seed 0, on ``tiny``'s 10, 0.67 on one CPU and at least 0.8 on another). After 150 + 150 steps seeds
+    # 0-15 reach 0.82-0.99 on ``quality_set``'s 40 test images, the map's maximum 0.955-1.0, and the map
+    # is 7.3-10.5x as bright inside the defects as outside. (On ``quality_set``'s 60 training images
+    # instead of these 12 the same steps fit worse: 0.77-0.96.)
+    det = make_detector("anogan", **FAST, gan_steps=150, encoder_steps=150).fit(tiny.train)
+    curve = det.loss_history_["encoder"]
+    assert len(curve) == 150 and np.mean(curve[-5:]) < 0.4 * np.mean(curve[:5])
+    test, labels, masks = quality_set.test, quality_set.labels, quality_set.masks
+    out = det.predict(test)
+    assert out.maps.shape == (len(test), 96, 96) and np.isfinite(out.maps).all()
+    assert roc_auc_score(labels, out.scores) >= 0.8  # the paper's score: residual + feature error
     # The map's maximum finds them too, and the map is brighter inside the defects than outside.
-    assert roc_auc_score(tiny.labels, out.maps.reshape(len(out.maps), -1).max(1)) >= 0.8
-    bad = tiny.labels == 1
-    assert out.maps[bad][tiny.masks[bad] > 0].mean() > 1.5 * out.maps[bad][tiny.masks[bad] == 0].mean()
+    assert roc_auc_score(labels, out.maps.reshape(len(out.maps), -1).max(1)) >= 0.9
+    bad = labels == 1
+    assert out.maps[bad][masks[bad]].mean() > 3 * out.maps[bad][~masks[bad]].mean()
 
 
 def test_seeded_training_and_save_load(fitted: AnoGAN, tiny: TinySet, tmp_path: Path) -> None:

@@ -45,17 +45,27 @@ def test_ssim_is_one_for_equal_images_and_falls_with_structure() -> None:
     assert ssim_map(x, slight).mean() > ssim_map(x, torch.rand(x.shape, generator=g)).mean() + 0.5
 
 
-def test_ssim_autoencoder_learns_and_finds_planted_defects(tiny: TinySet, one_torch_thread) -> None:
-    # The SSIM loss starts on a plateau: a 16-wide net needs about 150 steps to leave it (8-wide ones and
-    # fewer steps stay there). At seed 0 it finds the defects (AUROC 0.92); seeds 1 and 2 reach 0.83 and
-    # 0.71 at this length, so the seed is fixed here; the README's 300-step row is the method's figure.
+def test_ssim_autoencoder_learns_and_finds_planted_defects(quality_set: TinySet, one_torch_thread) -> None:
+    # The SSIM loss starts on a plateau (about 0.54; 8-wide nets stay there). When a 16-wide net leaves it
+    # is chaotic: after 80-140 steps over seeds 0-14 (80-170 on ``tiny``'s 12 images, where seed 0 left it
+    # before step 150 on one CPU and after it on another). 300 steps leave room; the loss then ends near
+    # 0.32, 0.58-0.62 of its start.
     ssim = {**FAST, "width": 16, "latent_dim": 64, "batch_size": 4, "learning_rate": 1e-3}
-    det = make_detector("ae_ssim", **ssim, steps=150, seed=0).fit(tiny.train)
+    det = make_detector("ae_ssim", **ssim, steps=300, seed=0).fit(quality_set.train)
     curve = det.loss_history_["train"]
-    assert np.mean(curve[-5:]) < 0.95 * np.mean(curve[:5])
-    out = det.predict(tiny.test)
-    assert out.maps.shape == (len(tiny.test), 96, 96)
-    assert roc_auc_score(tiny.labels, out.scores) >= 0.8
+    assert np.mean(curve[-5:]) < 0.8 * np.mean(curve[:5])  # it left the plateau
+    test, labels, masks = quality_set.test, quality_set.labels, quality_set.masks
+    out = det.predict(test)
+    assert out.maps.shape == (len(test), 96, 96) and np.isfinite(out.maps).all()
+    # What SSIM is for: it localises. Over seeds 0-14, pixel AUROC 0.94-0.97 in the defective images and
+    # the map 2.0-2.2x as bright inside the defects as outside ...
+    bad = labels == 1
+    assert roc_auc_score(masks[bad].ravel(), out.maps[bad].ravel()) >= 0.9
+    assert out.maps[bad][masks[bad]].mean() > 1.5 * out.maps[bad][~masks[bad]].mean()
+    # ... while the image score, the map's maximum, is weaker this early (AUROC 0.69-0.98): the thin pins,
+    # whose place varies by a few pixels, rebuild about as poorly as a small defect. On ``tiny``'s 12
+    # training images it is 0.61-0.83 (seeds 0-17), the net having seen fewer of the pins' places.
+    assert roc_auc_score(labels, out.scores) >= 0.6
 
 
 def test_registry_and_bad_input(tiny: TinySet) -> None:
