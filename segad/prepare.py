@@ -187,8 +187,8 @@ def judge_folds(cfg: TrainConfig, sources: Mapping[str, MapSource], n_fit: int) 
     trains = [n for n in sources if n.startswith(ANOMALIB_PREFIX) or issubclass(detector_class(n), TrainableDetector)]
     if trains:
         log(
-            f"judging the final score on the held-out good images only: {', '.join(trains)} train, so refitting "
-            f"on {JUDGE_FOLDS} folds would repeat their training {JUDGE_FOLDS} times (--judge-folds {JUDGE_FOLDS}: do)"
+            f"judging the final score on the held-out good images only: {', '.join(trains)} train, and refitting "
+            f"on {JUDGE_FOLDS} folds repeats a training {JUDGE_FOLDS} times; --judge-folds {JUDGE_FOLDS} does it anyway"
         )
         return 0
     return JUDGE_FOLDS
