@@ -114,3 +114,18 @@ def test_cross_fit_refuses_more_folds_than_images(prep) -> None:
     source = FittedDetector("patchcore", make_detector("patchcore").config)
     with pytest.raises(ValueError, match="2 fit images cannot be dealt into 3 folds"):
         cross_fit({"patchcore": source}, request, 3, print)
+
+
+def test_judging_is_on_by_default_only_where_a_refit_is_cheap(small: Path) -> None:
+    from segad.prepare import judge_folds
+    from segad.sources import FittedDetector
+
+    def folds(detectors: str, n_fit: int = 100, *extra: str) -> int:
+        cfg = parse_args(["--data", str(small), "--detectors", detectors, *extra])
+        sources = {n: FittedDetector(n, c) for n, c in cfg.detector_configs().items()}
+        return judge_folds(cfg, sources, n_fit)
+
+    assert folds("patchcore,padim") == 5
+    assert folds("patchcore,fastflow") == 0  # a refit would repeat FastFlow's training 5 times
+    assert folds("patchcore,fastflow", 100, "--judge-folds", "3") == 3  # unless asked
+    assert folds("patchcore,padim", 9) == 0  # too few fit images to leave a fold out
