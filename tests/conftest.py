@@ -105,14 +105,20 @@ def _batch(items) -> np.ndarray:
     return np.stack([normalise(it.image.astype(np.float32) / 255.0) for it in items])
 
 
-@pytest.fixture(scope="session")
-def tiny() -> TinySet:
-    train = [render(SPEC, i, GOOD, Split.TRAIN) for i in range(12)]
-    test = [render(SPEC, i, GOOD) for i in range(4)]
-    test += [render(SPEC, i, kind) for kind in ("contamination", "missing") for i in range(3)]
+def tiny_set(n_train: int, n_good: int, n_each: int) -> TinySet:
+    """``n_train`` good training images; ``n_good`` good test images and ``n_each`` of contamination and of
+    missing. The first images of a larger set are a smaller set's."""
+    train = [render(SPEC, i, GOOD, Split.TRAIN) for i in range(n_train)]
+    test = [render(SPEC, i, GOOD) for i in range(n_good)]
+    test += [render(SPEC, i, kind) for kind in ("contamination", "missing") for i in range(n_each)]
     return TinySet(
         _batch(train),
         _batch(test),
         np.array([0 if t.defect_type == GOOD else 1 for t in test]),
         np.stack([t.mask for t in test]),
     )
+
+
+@pytest.fixture(scope="session")
+def tiny() -> TinySet:
+    return tiny_set(12, 4, 3)
