@@ -74,9 +74,6 @@ def parse_numbers(text: str, n: int, option: str, kind: type) -> list:
     return values
 
 
-__all__ = ["gaussian_blur", "gaussian_kernel1d", "parse_layers", "parse_numbers", "pooled_features", "to_image_maps"]
-
-
 def semi_orthogonal(channels: int, out_channels: int, seed: int) -> torch.Tensor:
     """A fixed, seeded (out_channels, channels) map with orthonormal rows or columns (distances kept up to
     scale); the identity when the counts agree. For a teacher's features of another width (EfficientAD,
@@ -133,3 +130,16 @@ def ssim_map(a: torch.Tensor, b: torch.Tensor, window: int = 11, sigma: float = 
         cov = blur(a * b) - mu_a * mu_b
         c1, c2 = 0.01**2, 0.03**2
         return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+
+
+__all__ = [
+    "ChannelStats",
+    "gaussian_blur",
+    "gaussian_kernel1d",
+    "parse_layers",
+    "parse_numbers",
+    "pooled_features",
+    "semi_orthogonal",
+    "ssim_map",
+    "to_image_maps",
+]

@@ -107,8 +107,8 @@ def main(argv: list[str] | None = None) -> None:
         )
         margins, oof, shipped = model.margins(X_test, None), model.oof, model.selection
         real = np.arange(len(y_train)) < n_real
-        judged = {"evidence": model.evidence}  # every rule judges on the shipped rule's evidence
-        # Every rule decides on the shipped rule's evidence: the same candidates and inner AUROCs.
+        # Every rule decides on the shipped rule's evidence: the same candidates, rows and inner AUROCs.
+        judged = {"evidence": model.evidence}
         inner, n_defects, n_good = shipped.inner_auroc, shipped.n_defects, shipped.n_good
         cands = candidates(names, moments, shipped.blend.margin_moments, shipped.weights)
         base_cands = [c for c in cands if c.base == cands[0].base]  # the default base's blends

@@ -10,7 +10,7 @@ import time
 from dataclasses import replace
 
 from segad.config import build_parser, config_from
-from segad.judging import JUDGE_FOLDS, cross_fit
+from segad.judging import JUDGE_FOLDS, cross_fit, judging_images
 from segad.prepare import plan
 
 
@@ -19,16 +19,20 @@ def main(argv: list[str] | None = None) -> None:
     folds = cfg.judge_folds or JUDGE_FOLDS
     p = plan(replace(cfg, no_mlflow=True, judge_folds=0))
     request = replace(p.request, cache=None)  # every fit and map computed here, none read
-    print(f"{p.ds.name}/{p.ds.category}: {len(request.fit_set)} fit images, {len(request.score_set)} scored")
+    judged = judging_images(len(p.fs.holdout_good), [sp.train_defects for sp in p.splits])
+    print(
+        f"{p.ds.name}/{p.ds.category}: {len(request.fit_set)} fit images, {len(request.score_set)} scored, "
+        f"{len(judged)} of them judging"
+    )
     for name, source in p.sources.items():
         t0 = time.perf_counter()
         source.maps(request, lambda _: None)
         full = time.perf_counter() - t0
         t0 = time.perf_counter()
-        cross_fit({name: source}, request, folds, lambda _: None)  # type: ignore[dict-item]
-        judged = time.perf_counter() - t0
-        ratio = judged / full
-        print(f"{name}: fit + predict {full:.1f} s; {folds} fold refits + predictions {judged:.1f} s ({ratio:.1f}x)")
+        cross_fit({name: source}, request, folds, lambda _: None, judged)  # type: ignore[dict-item]
+        folded = time.perf_counter() - t0
+        ratio = folded / full
+        print(f"{name}: fit + predict {full:.1f} s; {folds} fold refits + predictions {folded:.1f} s ({ratio:.1f}x)")
 
 
 if __name__ == "__main__":

@@ -35,13 +35,18 @@ def judge_features(
     prep: Prepared, segmenter, seg: np.ndarray, gen_seg: np.ndarray | None, k: int, with_scores: bool
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Feature rows from the fold models' maps (``segad.judging``): of the fit images (each out of fold),
-    of the scored images and of the generated defects (``seg``, ``gen_seg``: their segments)."""
+    of the scored images (NaN on those that never judge: ``judge.judged``) and of the generated defects
+    (``seg``, ``gen_seg``: their segments)."""
     judge = prep.judge
     if judge is None:
         raise ValueError("no cross-fitted maps: prepare ran with --judge-folds 0")
     fit_seg = segment_images(segmenter, prep.fit_set, segment_paths(prep.spec, prep.ds, prep.fs.fit_good))
     good = pooled({n: (judge.good_maps[n], judge.good_scores[n]) for n in prep.maps}, fit_seg, k, with_scores)
-    scored = pooled({n: (judge.scored_maps[n], judge.scored_scores[n]) for n in prep.maps}, seg, k, with_scores)
+    part = pooled(
+        {n: (judge.scored_maps[n], judge.scored_scores[n]) for n in prep.maps}, seg[judge.judged], k, with_scores
+    )
+    scored = np.full((len(seg), part.shape[1]), np.nan)
+    scored[judge.judged] = part
     if gen_seg is None:
         return good, scored, np.empty((0, good.shape[1]))
     gen = pooled({n: (judge.gen_maps[n], judge.gen_scores[n]) for n in prep.maps}, gen_seg, k, with_scores)

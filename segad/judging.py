@@ -26,7 +26,7 @@ default cross-fits only when no detector trains (see ``segad.prepare.judge_folds
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -40,22 +40,38 @@ FOLD_SEED = 0
 
 @dataclass(frozen=True)
 class JudgeMaps:
-    """Every detector's out-of-fold maps of its fit images, and fold-model scores of every other image."""
+    """Every detector's out-of-fold maps of its fit images, and fold-model maps of the scored images that
+    judge (``judged``: the held-out good images and every seed's shots; the other test images never do)."""
 
     folds: int
     good_maps: dict[str, np.ndarray]  # detector -> (n_fit, H, W) float16, each from the fold model without it
     good_scores: dict[str, np.ndarray]  # detector -> (n_fit,)
-    scored_maps: dict[str, np.ndarray]  # detector -> maps of the scored images (held-out good, then test)
-    scored_scores: dict[str, np.ndarray]
+    judged: np.ndarray  # sorted indices into the scored images (held-out good, then test) mapped here
+    scored_maps: dict[str, np.ndarray]  # detector -> (len(judged), H, W): the maps of those images
+    scored_scores: dict[str, np.ndarray]  # detector -> (len(judged),)
     gen_maps: dict[str, np.ndarray]  # detector -> maps of the generated defects
     gen_scores: dict[str, np.ndarray]
 
+    def rows_of(self, scored: np.ndarray) -> np.ndarray:
+        """Where scored images (indices into the scored images) sit in ``scored_maps`` / ``scored_scores``."""
+        scored = np.asarray(scored, np.int64)
+        at = np.searchsorted(self.judged, scored)
+        if not np.array_equal(self.judged[np.minimum(at, len(self.judged) - 1)], scored):
+            raise ValueError("asked for the fold-model scores of an image that does not judge (not mapped)")
+        return at
+
     def training_scores(self, train_defects: np.ndarray, n_hold: int, n_gen: int) -> dict[str, np.ndarray]:
         """Fold-model scores of one seed's classifier rows, in ``Prepared.training_rows`` order."""
-        return {
-            n: np.concatenate([s[:n_hold], s[n_hold:][train_defects], self.gen_scores[n][:n_gen]])
-            for n, s in self.scored_scores.items()
-        }
+        rows = self.rows_of(np.r_[np.arange(n_hold), n_hold + np.asarray(train_defects, np.int64)])
+        return {n: np.concatenate([s[rows], self.gen_scores[n][:n_gen]]) for n, s in self.scored_scores.items()}
+
+
+def judging_images(n_hold: int, train_defects: Sequence[np.ndarray]) -> np.ndarray:
+    """The scored images that judge (indices into held-out good, then test): the held-out good images and
+    every seed's shots (``train_defects``); the other test images never do, so they are not mapped."""
+    return np.unique(
+        np.r_[np.arange(n_hold), n_hold + np.concatenate([np.asarray(t, np.int64) for t in train_defects])]
+    )
 
 
 def fold_of(n: int, folds: int, seed: int = FOLD_SEED) -> np.ndarray:
@@ -64,40 +80,49 @@ def fold_of(n: int, folds: int, seed: int = FOLD_SEED) -> np.ndarray:
 
 
 def cross_fit(
-    sources: Mapping[str, FittedDetector], request: MapRequest, folds: int, log: Callable[[str], None]
+    sources: Mapping[str, FittedDetector],
+    request: MapRequest,
+    folds: int,
+    log: Callable[[str], None],
+    judged: np.ndarray | None = None,
 ) -> JudgeMaps:
     """Fit each detector ``folds`` times, each without one fold of ``request.fit_set``; map every fit
-    image with the model that never saw it, and score every other image with fold ``i mod folds``."""
+    image with the model that never saw it, every generated defect and the ``judged`` scored images (by
+    default all) with fold ``i mod folds``."""
     if folds < 2:
         raise ValueError(f"cross-fitting needs at least 2 folds, got {folds}")
     n_fit = len(request.fit_set)
     if n_fit < folds:
         raise ValueError(f"{n_fit} fit images cannot be dealt into {folds} folds")
     fold = fold_of(n_fit, folds)
+    judged = np.arange(len(request.score_set)) if judged is None else np.unique(np.asarray(judged, np.int64))
     out: dict[str, tuple[np.ndarray, ...]] = {}
     for name, source in sources.items():
         good = _empty(n_fit, request.size)
-        scored, gen = _empty(len(request.score_set), request.size), _empty(len(request.gen_set), request.size)
+        scored, gen = _empty(len(judged), request.size), _empty(len(request.gen_set), request.size)
         for k in range(folds):
-            inside = np.flatnonzero(fold == k)
             part = replace(request, fit_set=request.fit_set.subset(np.flatnonzero(fold != k).tolist()))
             det, entry, _ = source.fitted(part, log)
-            for images, idx, into in (
-                (request.fit_set, inside, good),
-                (request.score_set, np.arange(k, len(request.score_set), folds), scored),
-                (request.gen_set, np.arange(k, len(request.gen_set), folds), gen),
+            inside, gen_k = np.flatnonzero(fold == k), np.arange(k, len(request.gen_set), folds)
+            mine = np.flatnonzero(judged % folds == k)  # positions in ``judged`` whose image is fold k's
+            for images, ids, into, rows in (
+                (request.fit_set, inside, good, inside),
+                (request.score_set, judged[mine], scored, mine),
+                (request.gen_set, gen_k, gen, gen_k),
             ):
-                if len(idx):
-                    dm = predict_maps(det, images.subset(idx.tolist()), request.size, entry)
-                    into[0][idx], into[1][idx] = dm.maps, dm.scores
+                if len(ids):
+                    dm = predict_maps(det, images.subset(ids.tolist()), request.size, entry)
+                    into[0][rows], into[1][rows] = dm.maps, dm.scores
         out[name] = (*good, *scored, *gen)
         log(f"{name}: cross-fitted over {folds} folds of its {n_fit} fit images (judging the final score)")
-    parts = [{n: v[i] for n, v in out.items()} for i in range(6)]
-    return JudgeMaps(folds, *parts)
+    good_maps, good_scores, scored_maps, scored_scores, gen_maps, gen_scores = (
+        {n: v[i] for n, v in out.items()} for i in range(6)
+    )
+    return JudgeMaps(folds, good_maps, good_scores, judged, scored_maps, scored_scores, gen_maps, gen_scores)
 
 
 def _empty(n: int, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
     return np.empty((n, *size), np.float16), np.empty(n, np.float32)
 
 
-__all__ = ["JUDGE_FOLDS", "JudgeMaps", "cross_fit", "fold_of"]
+__all__ = ["JUDGE_FOLDS", "JudgeMaps", "cross_fit", "fold_of", "judging_images"]

@@ -15,7 +15,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import NamedTuple
 
@@ -214,22 +214,19 @@ class SegadPipeline:
         the saved score is the ensemble or a detector: its shares are the detectors' image scores)."""
         batch = np.asarray(batch, np.float32)
         X = prior = segments = None
-        if self.blend.weight > 0:
-            X, maps, detector_scores, segments = self._rows(batch, segment_paths, names, given)
-        else:  # the chosen score is the ensemble or a detector: segments, statistics, forest would be wasted
-            maps, detector_scores = self.detect(batch, names, given)
         margins = np.zeros(len(batch))
         if self.blend.weight > 0:
+            X, maps, detector_scores, segments = self._rows(batch, segment_paths, names, given)
             prior = None if self.classifier.prior_ is None else self.blend.ensemble_score(detector_scores)
             margins = self.classifier.decision_function(X, prior)
+        else:  # the chosen score is the ensemble or a detector: segments, statistics, forest would be wasted
+            maps, detector_scores = self.detect(batch, names, given)
         scores = self.blend.score(margins, detector_scores)
-        why = None
-        if explain:
-            why = explain_scores(self.blend, self.classifier, self.feature_names, X, detector_scores, prior)
-        stored = {k: m.astype(np.float32) for k, m in maps.items()}
+        out = PipelineOutput(scores, scores >= self.threshold, {k: m.astype(np.float32) for k, m in maps.items()})
         if not explain:
-            return PipelineOutput(scores, scores >= self.threshold, stored)
-        return PipelineOutput(scores, scores >= self.threshold, stored, why, segments, dict(detector_scores))
+            return out
+        why = explain_scores(self.blend, self.classifier, self.feature_names, X, detector_scores, prior)
+        return replace(out, explanations=why, segments=segments, detector_scores=dict(detector_scores))
 
     # --- persistence ----------------------------------------------------------------------------
     def save(self, path: str | Path) -> Path:

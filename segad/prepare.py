@@ -27,7 +27,7 @@ from segad.data import Dataset, DatasetError, load_dataset
 from segad.data.images import check_intensity
 from segad.data.shapes import SourceShape, source_shapes
 from segad.defects import generate_defects
-from segad.judging import JUDGE_FOLDS, JudgeMaps, cross_fit
+from segad.judging import JUDGE_FOLDS, JudgeMaps, cross_fit, judging_images
 from segad.mapfolder import MapFolder
 from segad.maps import DetectorMaps, ImageSet, default_cache
 from segad.paths import cache_root, check_writable_dir
@@ -152,7 +152,10 @@ def prepare(cfg: TrainConfig, stacking: str = "") -> Prepared:
             gen_maps[name] = gen
     r = p.request
     folds = judge_folds(cfg, p.sources, len(r.fit_set))
-    judge = cross_fit(p.sources, r, folds, log) if folds else None  # type: ignore[arg-type]: all FittedDetector
+    judge = None
+    if folds:
+        judged = judging_images(len(p.fs.holdout_good), [sp.train_defects for sp in p.splits])
+        judge = cross_fit(p.sources, r, folds, log, judged)  # type: ignore[arg-type]: all FittedDetector
     return Prepared(
         p.ds,
         p.splits,

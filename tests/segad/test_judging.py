@@ -60,7 +60,8 @@ def test_every_fit_image_is_mapped_by_a_model_that_never_saw_it(prep) -> None:
 
 def test_fold_scores_are_what_a_refit_without_the_fold_gives(prep) -> None:
     """Fold 1's model, refit here by hand: its maps of fold 1's fit images and its scores of every third
-    scored image (i mod 3 == 1) are what the judge holds."""
+    judging image (i mod 3 == 1) are what the judge holds. Only the images that judge are mapped: the
+    held-out good ones and every seed's shots, not the test images no seed trains on."""
     judge, n_fit = prep.judge, len(prep.fit_set)
     fold = fold_of(n_fit, 3)
     det = make_detector("patchcore", coreset_ratio=1.0, device="cpu")
@@ -68,11 +69,16 @@ def test_fold_scores_are_what_a_refit_without_the_fold_gives(prep) -> None:
     inside = np.flatnonzero(fold == 1).tolist()
     out = det.predict(prep.fit_set.load(inside))
     assert np.allclose(judge.good_scores["patchcore"][inside], out.scores, rtol=1e-4, atol=1e-5)
-    mine = list(range(1, len(prep.score_set), 3))
-    scored = det.predict(prep.score_set.load(mine)).scores
-    assert np.allclose(judge.scored_scores["patchcore"][mine], scored, rtol=1e-4, atol=1e-5)
+    shots = np.unique(np.concatenate([sp.train_defects for sp in prep.splits]))
+    assert np.array_equal(judge.judged, np.r_[np.arange(prep.n_hold), prep.n_hold + shots])
+    assert len(judge.judged) < len(prep.score_set)
+    mine = judge.judged[judge.judged % 3 == 1]
+    scored = det.predict(prep.score_set.load(mine.tolist())).scores
+    assert np.allclose(judge.scored_scores["patchcore"][judge.rows_of(mine)], scored, rtol=1e-4, atol=1e-5)
     # Another fold's model scores the others: they are not the full model's scores.
-    assert not np.allclose(judge.scored_scores["patchcore"], prep.maps["patchcore"].scores)
+    assert not np.allclose(judge.scored_scores["patchcore"], prep.maps["patchcore"].scores[judge.judged])
+    with pytest.raises(ValueError, match="does not judge"):
+        judge.rows_of(np.setdiff1d(np.arange(len(prep.score_set)), judge.judged)[:1])
 
 
 def test_a_run_judges_on_every_good_training_image(small: Path, tmp_path: Path, monkeypatch) -> None:
