@@ -23,6 +23,10 @@ only (held-out good images and shots; the classifier's part out of fold). Rows:
 - ``separation weight``: the shipped rule, but within each base the classifier weight whose judged
   defects' 0.3 quantile sits furthest above the good rows, in their standard deviations (the distance
   the detector weights are read from, instead of the inner AUROC, which ties near 1);
+- ``linear weights``: the shipped rule with the detector weights read as before (each detector's 0.3
+  quantile itself, not squared, not shrunk towards equal weights: ``detector_weights(rule="linear")``);
+- ``no min effect``: the shipped rule without the half-point floor on the blend weight's one-SE margin
+  (``select(min_effect=0)``); ``before (linear, no min effect)``: both, the rule of the version before;
 - ``classifier from ensemble``: the same forest boosted from the ensemble (``--classifier-start
   ensemble``: XGBoost's ``base_margin`` = a logistic fit of the ensemble z-score on the training rows),
   alone, so its trees learn a correction to the ensemble rather than everything;
@@ -87,6 +91,9 @@ def main(argv: list[str] | None = None) -> None:
         "argmax weight",
         "paired 1se weight",
         "separation weight",
+        "linear weights",
+        "no min effect",
+        "before (linear, no min effect)",
         "oracle",
     ]
     from_ens = MethodResult("classifier from ensemble")
@@ -131,6 +138,9 @@ def main(argv: list[str] | None = None) -> None:
             "argmax weight": variant(weight_rule="argmax"),
             "paired 1se weight": variant(weight_rule="paired-1se"),
             "separation weight": variant(weight_rule="separation"),
+            "linear weights": variant(weights_rule="linear"),
+            "no min effect": variant(min_effect=0.0),
+            "before (linear, no min effect)": variant(weights_rule="linear", min_effect=0.0),
             "oracle": max(cands, key=lambda c: test_auroc[c.label]),
         }
         for n in names:

@@ -18,13 +18,15 @@ scored by a detector fit without it, with the shots and a classifier scored the 
 
 The rule (measured against others by ``experiments/ablate_selection.py``):
 
-- the default base is the **weighted ensemble**: each detector's weight is how far the weaker
+- the default base is the **weighted ensemble**: each detector's raw weight is how far the weaker
   defects among the judged ones (their 0.3 quantile) sit above good images, in that detector's
-  good-image standard deviations, clipped at zero. The weak defects are the ones that decide AUROC
-  and FPR@95TPR, and their distance is measurable where ranks are not: with 20 good rows and 10 shots
-  every detector's inner AUROC is 0.96-1.00, but PatchCore's weak texture defects sit 3-4 standard
-  deviations out where PaDiM's sit at 1, and an equal mean gave away 1-1.5 test points to PatchCore
-  alone. Equal-strength detectors keep about equal weights, so the averaging that made the naive
+  good-image standard deviations, clipped at zero and squared; the weights are then shrunk towards
+  equal by their own bootstrap noise over the defects (``detector_weights``). The weak defects are the
+  ones that decide AUROC and FPR@95TPR, and their distance is measurable where ranks are not: with 20
+  good rows and 10 shots every detector's inner AUROC is 0.96-1.00, but PatchCore's weak texture
+  defects sit 3-4 standard deviations out where PaDiM's sit at 1. Squared, a detector that only adds
+  false alarms there (PaDiM on gravel) gets a few percent of the weight instead of a fifth; shrunk,
+  detectors that ten shots cannot tell apart keep equal weights, so the averaging that made the naive
   ensemble beat both on ELPV stays. Judged out of sample: each judged defect's base score uses the
   weights of the other defects;
 - within each base, the blend weight ``w``: one parameter along one line is little to over-fit, and it
@@ -32,7 +34,9 @@ The rule (measured against others by ``experiments/ablate_selection.py``):
   nothing). Judged on every good image, the smallest ``w`` whose inner AUROC is within one paired
   (DeLong) standard error of the base's best (Breiman's one-SE rule): there the inner AUROCs no longer
   tie at 1, so the argmax follows the classifier's noise on the few shots (gravel: -0.7 points against
-  PatchCore), while the paired error lets a classifier that clearly helps in (the complex board). On the
+  PatchCore), while the paired error lets a classifier that clearly helps in (the complex board). The
+  margin is at least half a point (``MIN_EFFECT``): near an inner AUROC of 1 the paired error collapses
+  to a few pairs, and leads that small did not hold on test images. On the
   held-out images only, the best inner AUROC (ties: the smaller weight), where the one-SE rule measured
   worse (brick -0.7, the complex board +5.4 instead of +8);
 - another base (the naive ensemble, a single detector) replaces the default only when its best beats
@@ -58,6 +62,21 @@ BLEND_WEIGHTS = (0.0, 0.25, 0.5, 0.75, 1.0)
 # detector that the ensemble needed (grass at 128 px -1.2 points), 0.5 follows the gross defects that
 # every detector finds (grass at 256 px -0.8 against PatchCore alone).
 WEIGHT_QUANTILE = 0.3
+# Each detector's raw weight is that quantile squared (clipped at zero), and the weights are then shrunk
+# towards equal by their own bootstrap noise over the defects (``detector_weights``). Squared alone lost
+# where two detectors are close (128 px grass, ELPV poly: the weights there are noise, and averaging is
+# what helps); linear and unshrunk kept PaDiM at a fifth of the weight on gravel, where it only adds
+# false alarms (experiments/ablate_selection.py, ``linear weights``).
+WEIGHT_POWER = 2.0
+WEIGHT_BOOTSTRAPS = 500
+# How the weights are read: "shrunk" (shipped: squared, shrunk towards equal) or "linear" (the quantile
+# itself, unshrunk: the rule before, for the ablation).
+Weights = Literal["shrunk", "linear"]
+# The smallest inner-AUROC lead that moves the blend weight off the base, whatever the paired error says:
+# half a point, the tolerance of "never materially worse". Near an inner AUROC of 1 the paired (DeLong)
+# error collapses, and a lead of a few good-defect pairs (gravel: +0.003, 6 of 2,000) let a classifier
+# in that cost a test image or two.
+MIN_EFFECT = 0.005
 # The default base: the weighted ensemble (shipped) or the naive one (the rule before it, for the ablation).
 Base = Literal["weighted", "equal"]
 # How a challenger's lead is judged: Hanley-McNeil error of its AUROC (shipped), or DeLong's paired error
@@ -93,14 +112,41 @@ def weighted_score(
     return np.sum([a * z_score(detector_scores[d], *moments[d]) for d, a in used], axis=0)
 
 
-def detector_weights(defect_z: Mapping[str, np.ndarray], quantile: float = WEIGHT_QUANTILE) -> dict[str, float]:
-    """The weighted ensemble's weights: each detector's ``quantile`` of its defects' z-scores, clipped at
-    zero, normalised to sum 1 (equal weights when no detector puts its weaker defects above good images)."""
-    raw = {d: max(0.0, float(np.quantile(z, quantile))) if len(z) else 0.0 for d, z in defect_z.items()}
-    total = sum(raw.values())
-    if not total > 0:
-        return {d: 1.0 / len(raw) for d in raw}
-    return {d: v / total for d, v in raw.items()}
+def detector_weights(
+    defect_z: Mapping[str, np.ndarray], quantile: float = WEIGHT_QUANTILE, rule: Weights = "shrunk"
+) -> dict[str, float]:
+    """The weighted ensemble's weights from each detector's defects' z-scores (equal weights when no
+    detector puts its weaker defects above good images).
+
+    ``"linear"``: each detector's ``quantile``, clipped at zero, normalised to sum 1. ``"shrunk"``: that
+    quantile squared, then pulled towards equal weights by the Ledoit-Wolf shrinkage intensity
+    ``sum_d var(w_d) / sum_d (w_d - 1/k)^2`` (clipped to 1), with ``var`` over bootstrap resamples of the
+    defects (fixed seed). Squaring leans on a detector that clearly sees the weak defects better (a
+    fifth of the weight on a detector that only adds false alarms costs gravel a test image or two);
+    the shrinkage undoes it where ten shots cannot tell the detectors apart, which is where averaging
+    them is what helps (ELPV)."""
+    names = list(defect_z)
+    power = 1.0 if rule == "linear" else WEIGHT_POWER
+
+    def weights(quantiles: np.ndarray) -> np.ndarray:  # (..., k) quantiles -> (..., k) weights
+        raw = np.clip(quantiles, 0.0, None) ** power
+        total = raw.sum(axis=-1, keepdims=True)
+        return np.where(total > 0, raw / np.where(total > 0, total, 1.0), 1.0 / len(names))
+
+    sizes = {len(defect_z[n]) for n in names}
+    if 0 in sizes:
+        return {n: 1.0 / len(names) for n in names}
+    if rule == "linear" or len(names) == 1 or len(sizes) > 1 or sizes == {1}:
+        q = np.array([float(np.quantile(defect_z[n], quantile)) for n in names])
+        return dict(zip(names, weights(q).tolist(), strict=True))
+    z = np.column_stack([np.asarray(defect_z[n], np.float64) for n in names])  # (defects, detectors)
+    point = weights(np.quantile(z, quantile, axis=0))
+    rows = np.random.default_rng(0).integers(0, len(z), (WEIGHT_BOOTSTRAPS, len(z)))
+    boot = weights(np.quantile(z[rows], quantile, axis=1))
+    equal = np.full(len(names), 1.0 / len(names))
+    distance = float(((point - equal) ** 2).sum())
+    intensity = 1.0 if not distance > 0 else min(1.0, float(boot.var(axis=0).sum()) / distance)
+    return dict(zip(names, (equal + (1.0 - intensity) * (point - equal)).tolist(), strict=True))
 
 
 @dataclass(frozen=True)
@@ -247,7 +293,9 @@ def candidates(
     return [*out, blend(1.0, bases[0])]
 
 
-def _base_scores(z: Mapping[str, np.ndarray], defects: np.ndarray, blend: ScoreBlend) -> np.ndarray:
+def _base_scores(
+    z: Mapping[str, np.ndarray], defects: np.ndarray, blend: ScoreBlend, rule: Weights = "shrunk"
+) -> np.ndarray:
     """A blend's base on the judged rows (``z``: each detector's z-scores there); the weighted ensemble's
     defects each with weights read from the other defects (leave one out), as the classifier's margins
     are out of fold."""
@@ -259,7 +307,7 @@ def _base_scores(z: Mapping[str, np.ndarray], defects: np.ndarray, blend: ScoreB
         others = defects.copy()
         others[i] = False
         if others.any():
-            w = detector_weights({d: z[d][others] for d in names})
+            w = detector_weights({d: z[d][others] for d in names}, rule=rule)
             out[i] = sum(w[d] * z[d][i] for d in names)
     return out
 
@@ -275,6 +323,8 @@ def select(
     base: Base = "weighted",
     weight_rule: WeightRule | None = None,
     evidence: Evidence | None = None,
+    weights_rule: Weights = "shrunk",
+    min_effect: float = MIN_EFFECT,
 ) -> Selection:
     """The final score for one seed, decided on the classifier's training rows (see the module's rule).
 
@@ -310,10 +360,10 @@ def select(
     own = evidence is None  # judged on the deployed models' own rows, against their own references
     judge_moments = detector_moments if own else {d: good_moments(v[judged][yj == 0]) for d, v in rows.items()}
     z = {d: z_score(v[judged], *judge_moments[d]) for d, v in rows.items()}
-    weights = detector_weights({d: v[yj == 1] for d, v in z.items()}) if base == "weighted" else None
+    weights = detector_weights({d: v[yj == 1] for d, v in z.items()}, rule=weights_rule) if base == "weighted" else None
     cands = candidates(list(detector_scores), detector_moments, margin_moments, weights)
     zm = z_score(oof[judged], *(margin_moments if own else good_moments(oof[judged][yj == 0])))
-    bases = {c.base: _base_scores(z, yj == 1, c) for c in cands}
+    bases = {c.base: _base_scores(z, yj == 1, c, weights_rule) for c in cands}
     judged_scores = {c.label: c.weight * zm + (1 - c.weight) * bases[c.base] for c in cands}
     inner = {label: image_auroc(yj, s) for label, s in judged_scores.items()}
     n_good, n_defects = int((yj == 0).sum()), int((yj == 1).sum())
@@ -330,7 +380,7 @@ def select(
                 c
                 for c in [*f, classifier]  # smallest weight first; the best itself is within (a zero difference)
                 if inner[top.label] - inner[c.label]
-                <= paired_difference_se(yj, judged_scores[top.label], judged_scores[c.label])
+                <= max(min_effect, paired_difference_se(yj, judged_scores[top.label], judged_scores[c.label]))
             ]
             best[b] = within[0]
     if weight_rule == "separation":  # how far the weaker judged defects sit out, as the detector weights read it
