@@ -25,7 +25,7 @@ The rule (measured against others by ``experiments/ablate_selection.py``):
   ones that decide AUROC and FPR@95TPR, and their distance is measurable where ranks are not: with 20
   good rows and 10 shots every detector's inner AUROC is 0.96-1.00, but PatchCore's weak texture
   defects sit 3-4 standard deviations out where PaDiM's sit at 1. Squared, a detector that only adds
-  false alarms there (PaDiM on gravel) gets a few percent of the weight instead of a fifth; shrunk,
+  false alarms there (PaDiM on gravel) gets 3-11 % of the weight instead of a fifth; shrunk,
   detectors that ten shots cannot tell apart keep equal weights, so the averaging that made the naive
   ensemble beat both on ELPV stays. Judged out of sample: each judged defect's base score uses the
   weights of the other defects;
