@@ -332,7 +332,8 @@ def select(
     ensemble``), so it is the default and any other candidate needs a lead of a standard error.
     ``base="equal"``: the naive ensemble is the default base (the rule before the weighted ensemble).
     ``weight_rule``: how the blend weight is chosen; by default ``"paired-1se"`` with ``evidence``, else
-    ``"argmax"`` (see the module's rule).
+    ``"argmax"`` (see the module's rule); ``min_effect``: the one-SE rule's smallest margin.
+    ``weights_rule``: how the weighted ensemble's weights are read (``detector_weights``).
 
     ``oof_margins`` are the classifier's out-of-fold margins on those rows, ``detector_scores`` each
     detector's image scores on the same rows, ``real`` marks rows that are real images (held-out good
