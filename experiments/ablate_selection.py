@@ -26,7 +26,11 @@ only (held-out good images and shots; the classifier's part out of fold). Rows:
 - ``linear weights``: the shipped rule with the detector weights read as before (each detector's 0.3
   quantile itself, not squared, not shrunk towards equal weights: ``detector_weights(rule="linear")``);
 - ``no min effect``: the shipped rule without the half-point floor on the blend weight's one-SE margin
-  (``select(min_effect=0)``); ``before (linear, no min effect)``: both, the rule of the version before;
+  (``select(min_effect=0)``); ``before (linear, no min effect)``: both, and the weights read from the
+  judged rows, the rule of the version before;
+- ``judged weights``: the shipped rule with the detector weights read from the judged rows (the fold
+  models' shots against the fit images) instead of the deployed models' shots against the held-out
+  images (``select(weights_from="judged")``);
 - ``classifier from ensemble``: the same forest boosted from the ensemble (``--classifier-start
   ensemble``: XGBoost's ``base_margin`` = a logistic fit of the ensemble z-score on the training rows),
   alone, so its trees learn a correction to the ensemble rather than everything;
@@ -94,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
         "linear weights",
         "no min effect",
         "before (linear, no min effect)",
+        "judged weights",
         "oracle",
     ]
     from_ens = MethodResult("classifier from ensemble")
@@ -140,7 +145,8 @@ def main(argv: list[str] | None = None) -> None:
             "separation weight": variant(weight_rule="separation"),
             "linear weights": variant(weights_rule="linear"),
             "no min effect": variant(min_effect=0.0),
-            "before (linear, no min effect)": variant(weights_rule="linear", min_effect=0.0),
+            "before (linear, no min effect)": variant(weights_rule="linear", min_effect=0.0, weights_from="judged"),
+            "judged weights": variant(weights_from="judged"),
             "oracle": max(cands, key=lambda c: test_auroc[c.label]),
         }
         for n in names:

@@ -18,14 +18,15 @@ scored by a detector fit without it, with the shots and a classifier scored the 
 
 The rule (measured against others by ``experiments/ablate_selection.py``):
 
-- the default base is the **weighted ensemble**: each detector's raw weight is how far the weaker
-  defects among the judged ones (their 0.3 quantile) sit above good images, in that detector's
-  good-image standard deviations, clipped at zero and squared; the weights are then shrunk towards
-  equal by their own bootstrap noise over the defects (``detector_weights``). The weak defects are the
-  ones that decide AUROC and FPR@95TPR, and their distance is measurable where ranks are not: with 20
-  good rows and 10 shots every detector's inner AUROC is 0.96-1.00, but PatchCore's weak texture
-  defects sit 3-4 standard deviations out where PaDiM's sit at 1. Squared, a detector that only adds
-  false alarms there (PaDiM on gravel) gets 3-11 % of the weight instead of a fifth; shrunk,
+- the default base is the **weighted ensemble**: each detector's raw weight is how far the weaker shots
+  (their 0.3 quantile) sit above good images, in that detector's good-image standard deviations, clipped
+  at zero and squared, read in the units the weights are applied in (the deployed models' scores against
+  the held-out good images, even when the blend is judged on the fold models); the weights are then
+  shrunk towards equal by their own bootstrap noise over the defects (``detector_weights``). The weak
+  defects are the ones that decide AUROC and FPR@95TPR, and their distance is measurable where ranks are
+  not: with 20 good rows and 10 shots every detector's inner AUROC is 0.96-1.00, but PatchCore's weak
+  texture defects sit 3-4 standard deviations out where PaDiM's sit at 1. Squared, a detector that only
+  adds false alarms there (PaDiM on gravel) gets 6 % of the weight at most instead of a fifth; shrunk,
   detectors that ten shots cannot tell apart keep equal weights, so the averaging that made the naive
   ensemble beat both on ELPV stays. Judged out of sample: each judged defect's base score uses the
   weights of the other defects;
@@ -72,6 +73,12 @@ WEIGHT_BOOTSTRAPS = 500
 # How the weights are read: "shrunk" (shipped: squared, shrunk towards equal) or "linear" (the quantile
 # itself, unshrunk: the rule before, for the ablation).
 Weights = Literal["shrunk", "linear"]
+# Which z-scores the weights are read from when judging on every good image: the deployed models' shots
+# against the held-out images ("deployed", shipped: the units the weights are applied in), or the fold
+# models' shots against the fit images ("judged"; PaDiM's fold models, fit on fewer images, score shots
+# 5-7 higher and good images 4-5 higher than the deployed one, which moves its distance; measured in
+# experiments/ablate_selection.py, ``judged weights``).
+WeightsFrom = Literal["deployed", "judged"]
 # The smallest inner-AUROC lead that moves the blend weight off the base, whatever the paired error says:
 # half a point, the tolerance of "never materially worse". Near an inner AUROC of 1 the paired (DeLong)
 # error collapses, and a lead of a few good-defect pairs (gravel: +0.003, 6 of 2,000) let a classifier
@@ -294,20 +301,25 @@ def candidates(
 
 
 def _base_scores(
-    z: Mapping[str, np.ndarray], defects: np.ndarray, blend: ScoreBlend, rule: Weights = "shrunk"
+    z: Mapping[str, np.ndarray],
+    defects: np.ndarray,
+    blend: ScoreBlend,
+    rule: Weights = "shrunk",
+    weight_z: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """A blend's base on the judged rows (``z``: each detector's z-scores there); the weighted ensemble's
     defects each with weights read from the other defects (leave one out), as the classifier's margins
-    are out of fold."""
+    are out of fold (``weight_z``: the z-scores the weights are read from, by default ``z``)."""
     out = np.sum([a * z[d] for d, a in blend.base_weights.items()], axis=0)
     if blend.base != WEIGHTED:
         return out
     names = list(z)
+    weight_z = z if weight_z is None else weight_z
     for i in np.flatnonzero(defects):
         others = defects.copy()
         others[i] = False
         if others.any():
-            w = detector_weights({d: z[d][others] for d in names}, rule=rule)
+            w = detector_weights({d: weight_z[d][others] for d in names}, rule=rule)
             out[i] = sum(w[d] * z[d][i] for d in names)
     return out
 
@@ -325,6 +337,7 @@ def select(
     evidence: Evidence | None = None,
     weights_rule: Weights = "shrunk",
     min_effect: float = MIN_EFFECT,
+    weights_from: WeightsFrom = "deployed",
 ) -> Selection:
     """The final score for one seed, decided on the classifier's training rows (see the module's rule).
 
@@ -333,7 +346,8 @@ def select(
     ``base="equal"``: the naive ensemble is the default base (the rule before the weighted ensemble).
     ``weight_rule``: how the blend weight is chosen; by default ``"paired-1se"`` with ``evidence``, else
     ``"argmax"`` (see the module's rule); ``min_effect``: the one-SE rule's smallest margin.
-    ``weights_rule``: how the weighted ensemble's weights are read (``detector_weights``).
+    ``weights_rule``: how the weighted ensemble's weights are read (``detector_weights``); ``weights_from``:
+    from which rows, when judging on ``evidence`` (the deployed ones by default).
 
     ``oof_margins`` are the classifier's out-of-fold margins on those rows, ``detector_scores`` each
     detector's image scores on the same rows, ``real`` marks rows that are real images (held-out good
@@ -342,7 +356,8 @@ def select(
 
     ``evidence``: judge on it instead (``segad.judging``): every score there comes from the detectors'
     fold models and a classifier on their features, so its z-scores are against its own good rows; the
-    deployed blend keeps the deployed models' references (``detector_moments``, ``oof_margins``' good rows).
+    deployed blend keeps the deployed models' references (``detector_moments``, ``oof_margins``' good rows)
+    and, by default, takes its detector weights from the deployed models' shots.
     """
     if weight_rule is None:
         weight_rule = "paired-1se" if evidence is not None else "argmax"
@@ -361,10 +376,17 @@ def select(
     own = evidence is None  # judged on the deployed models' own rows, against their own references
     judge_moments = detector_moments if own else {d: good_moments(v[judged][yj == 0]) for d, v in rows.items()}
     z = {d: z_score(v[judged], *judge_moments[d]) for d, v in rows.items()}
-    weights = detector_weights({d: v[yj == 1] for d, v in z.items()}, rule=weights_rule) if base == "weighted" else None
+    weight_z = z
+    if weights_from == "deployed" and not own:  # the deployed models' shots against the held-out images
+        n = len(detector_scores[next(iter(detector_scores))])
+        deployed = {d: np.r_[z_score(detector_scores[d], *detector_moments[d]), np.zeros(len(y) - n)] for d in rows}
+        weight_z = {d: v[judged] for d, v in deployed.items()}
+    weights = None
+    if base == "weighted":
+        weights = detector_weights({d: v[yj == 1] for d, v in weight_z.items()}, rule=weights_rule)
     cands = candidates(list(detector_scores), detector_moments, margin_moments, weights)
     zm = z_score(oof[judged], *(margin_moments if own else good_moments(oof[judged][yj == 0])))
-    bases = {c.base: _base_scores(z, yj == 1, c, weights_rule) for c in cands}
+    bases = {c.base: _base_scores(z, yj == 1, c, weights_rule, weight_z) for c in cands}
     judged_scores = {c.label: c.weight * zm + (1 - c.weight) * bases[c.base] for c in cands}
     inner = {label: image_auroc(yj, s) for label, s in judged_scores.items()}
     n_good, n_defects = int((yj == 0).sum()), int((yj == 1).sum())

@@ -316,8 +316,14 @@ def test_more_good_images_out_of_fold_show_what_the_held_out_ones_cannot() -> No
     judged = select(oof, det, y, real, ref, evidence=evidence)
     assert judged.n_good == 20 + n
     assert judged.inner_auroc["b"] < 0.85 < judged.inner_auroc["a"]
-    assert judged.weights["a"] > 0.95 > held_out.weights["a"] + 0.1
     assert judged.blend.base in (WEIGHTED, "a")
+    # The weights are read where they are applied, from the deployed models' shots against the held-out
+    # images, so they stay; read from the fit images' evidence (the rule before) they move to "a".
+    assert judged.weights == pytest.approx(held_out.weights)
+    shots = {k: (v[y == 1] - ref[k][0]) / ref[k][1] for k, v in det.items()}
+    assert judged.weights == pytest.approx(detector_weights(shots))
+    from_evidence = select(oof, det, y, real, ref, evidence=evidence, weights_from="judged")
+    assert from_evidence.weights["a"] > 0.95 > held_out.weights["a"] + 0.1
     # The deployed blend keeps the deployed models' references: the held-out images, the deployed margins.
     assert judged.blend.detector_moments == ref
     assert judged.blend.margin_moments == good_moments(oof[y == 0])
@@ -355,9 +361,10 @@ def test_judged_on_every_good_image_the_blend_weight_takes_the_one_se_rule() -> 
     oof = rng.normal(0, 1, len(y)) + 1.0 * y  # a classifier about as good as the detectors
     n = 200
     evidence = Evidence(oof, det, rng.normal(0, 1, n), {"a": rng.normal(0, 1, n), "b": rng.normal(0, 1, n)})
-    judged = select(oof, det, y, real, ref, evidence=evidence)
-    one_se = select(oof, det, y, real, ref, evidence=evidence, weight_rule="paired-1se")
-    argmax = select(oof, det, y, real, ref, evidence=evidence, weight_rule="argmax")
+    kw = {"evidence": evidence, "weights_from": "judged"}  # the weights as this draw was picked for
+    judged = select(oof, det, y, real, ref, **kw)
+    one_se = select(oof, det, y, real, ref, weight_rule="paired-1se", **kw)
+    argmax = select(oof, det, y, real, ref, weight_rule="argmax", **kw)
     assert judged.blend.label == one_se.blend.label
     assert one_se.blend.weight < argmax.blend.weight  # the argmax took a classifier share the evidence did not need
     held_out = select(oof, det, y, real, ref)
