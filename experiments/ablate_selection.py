@@ -143,9 +143,11 @@ def main(argv: list[str] | None = None) -> None:
             "argmax weight": variant(weight_rule="argmax"),
             "paired 1se weight": variant(weight_rule="paired-1se"),
             "separation weight": variant(weight_rule="separation"),
-            "linear weights": variant(weights_rule="linear"),
+            "linear weights": variant(detector_weighting="linear"),
             "no min effect": variant(min_effect=0.0),
-            "before (linear, no min effect)": variant(weights_rule="linear", min_effect=0.0, weights_from="judged"),
+            "before (linear, no min effect)": variant(
+                detector_weighting="linear", min_effect=0.0, weights_from="judged"
+            ),
             "judged weights": variant(weights_from="judged"),
             "oracle": max(cands, key=lambda c: test_auroc[c.label]),
         }

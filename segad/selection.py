@@ -70,14 +70,15 @@ WEIGHT_QUANTILE = 0.3
 # false alarms (experiments/ablate_selection.py, ``linear weights``).
 WEIGHT_POWER = 2.0
 WEIGHT_BOOTSTRAPS = 500
-# How the weights are read: "shrunk" (shipped: squared, shrunk towards equal) or "linear" (the quantile
-# itself, unshrunk: the rule before, for the ablation).
-Weights = Literal["shrunk", "linear"]
+# How the detector weights are read: "shrunk" (shipped: squared, shrunk towards equal) or "linear" (the
+# quantile itself, unshrunk: the rule before, for the ablation). Not the blend weight (``WeightRule``).
+DetectorWeighting = Literal["shrunk", "linear"]
 # Which z-scores the weights are read from when judging on every good image: the deployed models' shots
 # against the held-out images ("deployed", shipped: the units the weights are applied in), or the fold
-# models' shots against the fit images ("judged"; PaDiM's fold models, fit on fewer images, score shots
-# 5-7 higher and good images 4-5 higher than the deployed one, which moves its distance; measured in
-# experiments/ablate_selection.py, ``judged weights``).
+# models' shots against the fit images ("judged"; on the textures PaDiM's fold models, fit on fewer
+# images, score shots 6-9 higher and held-out good images 4.7-7.1 higher than the deployed one, which moves
+# its distance: experiments/diagnose_weights.py; measured in experiments/ablate_selection.py, ``judged
+# weights``).
 WeightsFrom = Literal["deployed", "judged"]
 # The smallest inner-AUROC lead that moves the blend weight off the base, whatever the paired error says:
 # half a point, the tolerance of "never materially worse". Near an inner AUROC of 1 the paired (DeLong)
@@ -120,7 +121,7 @@ def weighted_score(
 
 
 def detector_weights(
-    defect_z: Mapping[str, np.ndarray], quantile: float = WEIGHT_QUANTILE, rule: Weights = "shrunk"
+    defect_z: Mapping[str, np.ndarray], quantile: float = WEIGHT_QUANTILE, rule: DetectorWeighting = "shrunk"
 ) -> dict[str, float]:
     """The weighted ensemble's weights from each detector's defects' z-scores (equal weights when no
     detector puts its weaker defects above good images).
@@ -304,23 +305,23 @@ def _base_scores(
     z: Mapping[str, np.ndarray],
     defects: np.ndarray,
     blend: ScoreBlend,
-    rule: Weights = "shrunk",
-    weight_z: Mapping[str, np.ndarray] | None = None,
+    weighting: DetectorWeighting = "shrunk",
+    defect_z: Mapping[str, np.ndarray] | None = None,
 ) -> np.ndarray:
     """A blend's base on the judged rows (``z``: each detector's z-scores there); the weighted ensemble's
     defects each with weights read from the other defects (leave one out), as the classifier's margins
-    are out of fold (``weight_z``: the z-scores the weights are read from, by default ``z``)."""
+    are out of fold (``defect_z``: the defects' z-scores the weights are read from, by default ``z``'s)."""
     out = np.sum([a * z[d] for d, a in blend.base_weights.items()], axis=0)
     if blend.base != WEIGHTED:
         return out
     names = list(z)
-    weight_z = z if weight_z is None else weight_z
-    for i in np.flatnonzero(defects):
-        others = defects.copy()
-        others[i] = False
-        if others.any():
-            w = detector_weights({d: weight_z[d][others] for d in names}, rule=rule)
-            out[i] = sum(w[d] * z[d][i] for d in names)
+    rows = np.flatnonzero(defects)
+    defect_z = {d: z[d][rows] for d in names} if defect_z is None else defect_z
+    if len(rows) < 2:
+        return out
+    for j, i in enumerate(rows):
+        w = detector_weights({d: np.delete(defect_z[d], j) for d in names}, rule=weighting)
+        out[i] = sum(w[d] * z[d][i] for d in names)
     return out
 
 
@@ -335,7 +336,7 @@ def select(
     base: Base = "weighted",
     weight_rule: WeightRule | None = None,
     evidence: Evidence | None = None,
-    weights_rule: Weights = "shrunk",
+    detector_weighting: DetectorWeighting = "shrunk",
     min_effect: float = MIN_EFFECT,
     weights_from: WeightsFrom = "deployed",
 ) -> Selection:
@@ -346,8 +347,8 @@ def select(
     ``base="equal"``: the naive ensemble is the default base (the rule before the weighted ensemble).
     ``weight_rule``: how the blend weight is chosen; by default ``"paired-1se"`` with ``evidence``, else
     ``"argmax"`` (see the module's rule); ``min_effect``: the one-SE rule's smallest margin.
-    ``weights_rule``: how the weighted ensemble's weights are read (``detector_weights``); ``weights_from``:
-    from which rows, when judging on ``evidence`` (the deployed ones by default).
+    ``detector_weighting``: how the weighted ensemble's weights are read (``detector_weights``);
+    ``weights_from``: from which shots' z-scores, when judging on ``evidence`` (the deployed ones by default).
 
     ``oof_margins`` are the classifier's out-of-fold margins on those rows, ``detector_scores`` each
     detector's image scores on the same rows, ``real`` marks rows that are real images (held-out good
@@ -376,17 +377,16 @@ def select(
     own = evidence is None  # judged on the deployed models' own rows, against their own references
     judge_moments = detector_moments if own else {d: good_moments(v[judged][yj == 0]) for d, v in rows.items()}
     z = {d: z_score(v[judged], *judge_moments[d]) for d, v in rows.items()}
-    weight_z = z
+    defect_z = {d: v[yj == 1] for d, v in z.items()}
     if weights_from == "deployed" and not own:  # the deployed models' shots against the held-out images
-        n = len(detector_scores[next(iter(detector_scores))])
-        deployed = {d: np.r_[z_score(detector_scores[d], *detector_moments[d]), np.zeros(len(y) - n)] for d in rows}
-        weight_z = {d: v[judged] for d, v in deployed.items()}
-    weights = None
-    if base == "weighted":
-        weights = detector_weights({d: v[yj == 1] for d, v in weight_z.items()}, rule=weights_rule)
+        shots = np.flatnonzero(judged & (y == 1))  # all among the classifier's rows, in ``yj == 1`` order
+        defect_z = {
+            d: z_score(np.asarray(v, np.float64)[shots], *detector_moments[d]) for d, v in detector_scores.items()
+        }
+    weights = detector_weights(defect_z, rule=detector_weighting) if base == "weighted" else None
     cands = candidates(list(detector_scores), detector_moments, margin_moments, weights)
     zm = z_score(oof[judged], *(margin_moments if own else good_moments(oof[judged][yj == 0])))
-    bases = {c.base: _base_scores(z, yj == 1, c, weights_rule, weight_z) for c in cands}
+    bases = {c.base: _base_scores(z, yj == 1, c, detector_weighting, defect_z) for c in cands}
     judged_scores = {c.label: c.weight * zm + (1 - c.weight) * bases[c.base] for c in cands}
     inner = {label: image_auroc(yj, s) for label, s in judged_scores.items()}
     n_good, n_defects = int((yj == 0).sum()), int((yj == 1).sum())

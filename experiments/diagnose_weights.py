@@ -1,0 +1,95 @@
+"""Where the weighted ensemble's detector weights come from, and what the test set says about them.
+
+Classifier-free: the maps, fold maps and seed splits of ``python -m segad.train`` with the same options.
+Prints, mean over SegAD's seeds:
+
+- each detector's weight (``segad.selection.detector_weights``, read as ``segad.train`` reads it: the
+  deployed models' shots against the held-out good images), seed by seed;
+- how far the weak defects sit out, as z-scores against good images, read three ways: the judged
+  shots (fold models, against every good training image, as ``segad.selection`` judges), the
+  deployed shots (against the held-out good images) and the test defects (against the test good
+  images); the 0.3 quantile is what the weights read, the 0.05 quantile what FPR@95TPR depends on;
+- how much higher the fold models score the held-out good images and the shots than the deployed ones;
+- for two detectors, the test set's image AUROC and FPR@95TPR of ``a z_1 + (1 - a) z_2`` over ``a``
+  (a sweep of the first detector's share; the test set, so a diagnosis, never a rule).
+
+    python experiments/diagnose_weights.py --data elpv --category dra
+    python experiments/diagnose_weights.py --data textures --category grass --image-size 128
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+
+from segad.config import build_parser, config_from
+from segad.evaluate import good_moments
+from segad.metrics import fpr_at_tpr, image_auroc
+from segad.prepare import prepare
+from segad.selection import detector_weights, z_score
+
+QUANTILES = (0.05, 0.3)
+
+
+def _distance(defects: np.ndarray, good: np.ndarray, q: float) -> float:
+    return float((np.quantile(defects, q) - good.mean()) / good.std())
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = replace(config_from(vars(build_parser("diagnose_weights.py").parse_args(argv))), no_mlflow=True)
+    prep = prepare(cfg, stacking="diagnose_weights.py")
+    if prep.judge is None:
+        raise SystemExit("no fold maps (--judge-folds 0 or a detector that trains): pass --judge-folds 5")
+    names, n_hold = list(prep.maps), prep.n_hold
+    moments = {n: good_moments(prep.maps[n].scores[:n_hold]) for n in names}
+    rows: dict[str, list[list[float]]] = {n: [] for n in names}
+    weights: dict[str, list[float]] = {n: [] for n in names}
+    sweep = np.linspace(0.0, 1.0, 11)
+    swept = []
+    for sp in prep.splits:
+        shots = n_hold + np.asarray(sp.train_defects)
+        judged = prep.judge.training_scores(sp.train_defects, n_hold, 0)  # held-out good, then shots
+        y = prep.labels[sp.test]
+        for n in names:
+            deployed = np.asarray(prep.maps[n].scores, np.float64)
+            fold, fit_good = np.asarray(judged[n], np.float64), np.asarray(prep.judge.good_scores[n], np.float64)
+            test = deployed[n_hold:][sp.test]
+            row = []
+            for q in QUANTILES:
+                row += [
+                    _distance(fold[n_hold:], np.r_[fold[:n_hold], fit_good], q),
+                    _distance(deployed[shots], deployed[:n_hold], q),
+                    _distance(test[y == 1], test[y == 0], q),
+                ]
+            row += [fold[:n_hold].mean() - deployed[:n_hold].mean(), fold[n_hold:].mean() - deployed[shots].mean()]
+            rows[n].append(row)
+        w = detector_weights({n: z_score(prep.maps[n].scores[shots], *moments[n]) for n in names})
+        for n in names:
+            weights[n].append(w[n])
+        if len(names) == 2:
+            z = [z_score(prep.maps[n].scores[n_hold:][sp.test], *moments[n]) for n in names]
+            swept.append(
+                [(image_auroc(y, a * z[0] + (1 - a) * z[1]), fpr_at_tpr(y, a * z[0] + (1 - a) * z[1])) for a in sweep]
+            )
+    print(f"\n{prep.ds.name}/{prep.ds.category}, {cfg.shots} shots, {len(prep.splits)} seeds")
+    for n in names:
+        print(f"{n} weight per seed: " + ", ".join(f"{v:.2f}" for v in weights[n]))
+    print("\nweak defects' z, mean over seeds (judged shots / deployed shots / test defects):")
+    for n, r in rows.items():
+        m = np.mean(r, axis=0)
+        cells = [f"q{q}: {m[3 * i]:.2f} / {m[3 * i + 1]:.2f} / {m[3 * i + 2]:.2f}" for i, q in enumerate(QUANTILES)]
+        print(
+            f"  {n}: "
+            + "; ".join(cells)
+            + f"; fold minus deployed score: held-out good {m[-2]:+.2f}, shots {m[-1]:+.2f}"
+        )
+    if swept:
+        mean = np.mean(swept, axis=0)
+        print(f"\ntest set, {names[0]}'s share a of a z_{names[0]} + (1 - a) z_{names[1]} (image AUROC / FPR@95TPR):")
+        for a, (auc, fpr) in zip(sweep, mean, strict=True):
+            print(f"  a = {a:.1f}: {auc:.4f} / {fpr:.3f}")
+
+
+if __name__ == "__main__":
+    main()
