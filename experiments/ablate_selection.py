@@ -27,10 +27,13 @@ only (held-out good images and shots; the classifier's part out of fold). Rows:
   quantile itself, not squared, not shrunk towards equal weights: ``detector_weights(rule="linear")``);
 - ``no min effect``: the shipped rule without the half-point floor on the blend weight's one-SE margin
   (``select(min_effect=0)``); ``before (linear, no min effect)``: both, and the weights read from the
-  judged rows, the rule of the version before;
+  judged rows, the rule of two versions before;
 - ``judged weights``: the shipped rule with the detector weights read from the judged rows (the fold
-  models' shots against the fit images) instead of the deployed models' shots against the held-out
-  images (``select(weights_from="judged")``);
+  models' shots against the fit images) instead of the deployed models' shots
+  (``select(weights_from="judged")``);
+- ``held-out spread``: the shipped rule with the deployed models' shots read against the held-out
+  images' own spread, not the spread the fold models' view of every good image corrects
+  (``select(weights_from="held-out")``, the rule of the version before);
 - ``classifier from ensemble``: the same forest boosted from the ensemble (``--classifier-start
   ensemble``: XGBoost's ``base_margin`` = a logistic fit of the ensemble z-score on the training rows),
   alone, so its trees learn a correction to the ensemble rather than everything;
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> None:
         "no min effect",
         "before (linear, no min effect)",
         "judged weights",
+        "held-out spread",
         "oracle",
     ]
     from_ens = MethodResult("classifier from ensemble")
@@ -149,6 +153,7 @@ def main(argv: list[str] | None = None) -> None:
                 detector_weighting="linear", min_effect=0.0, weights_from="judged"
             ),
             "judged weights": variant(weights_from="judged"),
+            "held-out spread": variant(weights_from="held-out"),
             "oracle": max(cands, key=lambda c: test_auroc[c.label]),
         }
         for n in names:

@@ -73,13 +73,18 @@ WEIGHT_BOOTSTRAPS = 500
 # How the detector weights are read: "shrunk" (shipped: squared, shrunk towards equal) or "linear" (the
 # quantile itself, unshrunk: the rule before, for the ablation). Not the blend weight (``WeightRule``).
 DetectorWeighting = Literal["shrunk", "linear"]
-# Which z-scores the weights are read from when judging on every good image: the deployed models' shots
-# against the held-out images ("deployed", shipped: the units the weights are applied in), or the fold
-# models' shots against the fit images ("judged"; on the textures PaDiM's fold models, fit on fewer
-# images, score shots 6-9 higher and held-out good images 4.7-7.1 higher than the deployed one, which moves
-# its distance: experiments/diagnose_weights.py; measured in experiments/ablate_selection.py, ``judged
-# weights``).
-WeightsFrom = Literal["deployed", "judged"]
+# Which z-scores the weights are read from when judging on every good image:
+# - "deployed" (shipped): the deployed models' shots (the units the weights are applied in), against the
+#   held-out images' mean and a good-image spread that the fold models' view of every good training
+#   image corrects (``pooled_spread``): the held-out images are one fixed draw of 20 on the textures, and
+#   on grass they show PaDiM's spread at 0.82 where the test set's good images show 1.64 times that, which
+#   hands PaDiM a weight its false alarms do not earn;
+# - "held-out": the same shots against the held-out images' own mean and spread (the rule before);
+# - "judged": the fold models' shots against the fit images (on the textures PaDiM's fold models, fit on
+#   fewer images, score shots 6-9 higher and held-out good images 4.7-7.1 higher than the deployed one,
+#   which moves its distance: experiments/diagnose_weights.py).
+# Measured in experiments/ablate_selection.py, rows ``held-out spread`` and ``judged weights``.
+WeightsFrom = Literal["deployed", "held-out", "judged"]
 # The smallest inner-AUROC lead that moves the blend weight off the base, whatever the paired error says:
 # half a point, the tolerance of "never materially worse". Near an inner AUROC of 1 the paired (DeLong)
 # error collapses, and a lead of a few good-defect pairs (gravel: +0.003, 6 of 2,000) let a classifier
@@ -103,6 +108,26 @@ CLASSIFIER = "classifier"
 def z_score(values: np.ndarray, mean: float, std: float) -> np.ndarray:
     """Scores against a (mean, std) of good images' (``evaluate.good_moments``)."""
     return (np.asarray(values, np.float64) - mean) / std
+
+
+def pooled_spread(deployed_held: np.ndarray, fold_held: np.ndarray, fold_all: np.ndarray) -> float:
+    """The deployed model's standard deviation on good images, from the few held-out ones it can score
+    fairly, corrected by what the fold models see on every good image (the regression estimator of
+    double sampling, Cochran 1977, ch. 12): ``var = s_H^2 + b^2 (S_A^2 - s_H'^2)``, where ``s_H`` is the
+    deployed scores' spread on the held-out images, ``s_H'`` and ``S_A`` the fold scores' spread on them
+    and on every good image (held-out and fit, each out of fold), and ``b`` the slope of deployed on fold
+    scores over the held-out images. Exact when the two models' scores are affine in each other, and the
+    held-out spread itself when they are unrelated (``b = 0``): the correction is only as strong as the
+    two models agree on which good images look unusual."""
+    dep, fh, fa = (np.asarray(v, np.float64) for v in (deployed_held, fold_held, fold_all))
+    keep = np.isfinite(dep) & np.isfinite(fh)
+    dep, fh, fa = dep[keep], fh[keep], fa[np.isfinite(fa)]
+    base = float(np.std(dep)) if dep.size else 0.0
+    if dep.size < 3 or not np.var(fh) > 0 or fa.size < 2:
+        return base if base > 0 else 1.0
+    slope = float(np.cov(dep, fh, bias=True)[0, 1] / np.var(fh))
+    var = base**2 + slope**2 * (np.var(fa) - np.var(fh))
+    return float(np.sqrt(var)) if var > 0 else (base if base > 0 else 1.0)
 
 
 def ensemble_score(detector_scores: Mapping[str, np.ndarray], moments: Mapping[str, tuple[float, float]]) -> np.ndarray:
@@ -348,7 +373,8 @@ def select(
     ``weight_rule``: how the blend weight is chosen; by default ``"paired-1se"`` with ``evidence``, else
     ``"argmax"`` (see the module's rule); ``min_effect``: the one-SE rule's smallest margin.
     ``detector_weighting``: how the weighted ensemble's weights are read (``detector_weights``);
-    ``weights_from``: from which shots' z-scores, when judging on ``evidence`` (the deployed ones by default).
+    ``weights_from``: from which shots' z-scores, when judging on ``evidence`` (``WeightsFrom``; by default
+    the deployed ones, against a good-image spread the fold models correct: ``pooled_spread``).
 
     ``oof_margins`` are the classifier's out-of-fold margins on those rows, ``detector_scores`` each
     detector's image scores on the same rows, ``real`` marks rows that are real images (held-out good
@@ -367,6 +393,7 @@ def select(
     oof = np.asarray(oof_margins, np.float64)
     margin_moments = good_moments(oof[(y == 0) & np.isfinite(oof)])  # the deployed classifier's reference
     rows = {d: np.asarray(v, np.float64) for d, v in detector_scores.items()}
+    held = np.flatnonzero(real & (y == 0))  # the held-out good images among the classifier's rows
     if evidence is not None:
         n_extra = len(evidence.good_margins)
         oof = np.r_[np.asarray(evidence.margins, np.float64), np.asarray(evidence.good_margins, np.float64)]
@@ -378,11 +405,16 @@ def select(
     judge_moments = detector_moments if own else {d: good_moments(v[judged][yj == 0]) for d, v in rows.items()}
     z = {d: z_score(v[judged], *judge_moments[d]) for d, v in rows.items()}
     defect_z = {d: v[yj == 1] for d, v in z.items()}
-    if weights_from == "deployed" and not own:  # the deployed models' shots against the held-out images
+    if weights_from != "judged" and not own:  # the deployed models' shots
         shots = np.flatnonzero(judged & (y == 1))  # all among the classifier's rows, in ``yj == 1`` order
-        defect_z = {
-            d: z_score(np.asarray(v, np.float64)[shots], *detector_moments[d]) for d, v in detector_scores.items()
-        }
+        reference = dict(detector_moments)  # "held-out": their own mean and spread
+        if weights_from == "deployed" and evidence is not None:  # the spread as the fold models correct it
+            for d, v in detector_scores.items():
+                fold = np.asarray(evidence.scores[d], np.float64)
+                fold_all = np.r_[fold[held], np.asarray(evidence.good_scores[d], np.float64)]
+                spread = pooled_spread(np.asarray(v, np.float64)[held], fold[held], fold_all)
+                reference[d] = (detector_moments[d][0], spread)
+        defect_z = {d: z_score(np.asarray(v, np.float64)[shots], *reference[d]) for d, v in detector_scores.items()}
     weights = detector_weights(defect_z, rule=detector_weighting) if base == "weighted" else None
     cands = candidates(list(detector_scores), detector_moments, margin_moments, weights)
     zm = z_score(oof[judged], *(margin_moments if own else good_moments(oof[judged][yj == 0])))

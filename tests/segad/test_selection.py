@@ -14,6 +14,7 @@ from segad.selection import (
     candidates,
     detector_weights,
     paired_difference_se,
+    pooled_spread,
     select,
 )
 
@@ -317,16 +318,42 @@ def test_more_good_images_out_of_fold_show_what_the_held_out_ones_cannot() -> No
     assert judged.n_good == 20 + n
     assert judged.inner_auroc["b"] < 0.85 < judged.inner_auroc["a"]
     assert judged.blend.base in (WEIGHTED, "a")
-    # The weights are read where they are applied, from the deployed models' shots against the held-out
-    # images, so they stay; read from the fit images' evidence (the rule before) they move to "a".
-    assert judged.weights == pytest.approx(held_out.weights)
-    shots = {k: (v[y == 1] - ref[k][0]) / ref[k][1] for k, v in det.items()}
+    # The weights are read where they are applied, from the deployed models' shots, against the held-out
+    # images' mean and a spread the fit images correct (here the fold and deployed scores agree on the
+    # held-out images, so "b"'s spread is all its good images'): they move to "a".
+    spread = {k: pooled_spread(v[:20], v[:20], np.r_[v[:20], evidence.good_scores[k]]) for k, v in det.items()}
+    assert spread["a"] == pytest.approx(np.std(np.r_[det["a"][:20], evidence.good_scores["a"]]))
+    shots = {k: (v[y == 1] - ref[k][0]) / spread[k] for k, v in det.items()}
     assert judged.weights == pytest.approx(detector_weights(shots))
+    assert judged.weights["a"] > held_out.weights["a"] + 0.1
+    # Against the held-out images' own spread (the rule before) they stay where the held-out rows put them.
+    own_spread = select(oof, det, y, real, ref, evidence=evidence, weights_from="held-out")
+    assert own_spread.weights == pytest.approx(held_out.weights)
     from_evidence = select(oof, det, y, real, ref, evidence=evidence, weights_from="judged")
     assert from_evidence.weights["a"] > 0.95 > held_out.weights["a"] + 0.1
     # The deployed blend keeps the deployed models' references: the held-out images, the deployed margins.
     assert judged.blend.detector_moments == ref
     assert judged.blend.margin_moments == good_moments(oof[y == 0])
+
+
+def test_the_pooled_spread_corrects_the_held_out_spread_as_far_as_the_two_models_agree() -> None:
+    """Deployed scores affine in the fold scores: the spread is exactly the fold models' spread over
+    every good image, in deployed units. Unrelated scores: the held-out spread, uncorrected. A fold view
+    that finds the held-out images typical: the held-out spread."""
+    rng = np.random.default_rng(0)
+    fold_held, fit = rng.normal(0, 1, 20), rng.normal(0, 3, 300)  # the held-out draw looks too calm
+    fold_all = np.r_[fold_held, fit]
+    assert pooled_spread(5.0 + 2.0 * fold_held, fold_held, fold_all) == pytest.approx(2.0 * np.std(fold_all))
+    assert pooled_spread(-2.0 * fold_held, fold_held, fold_all) == pytest.approx(2.0 * np.std(fold_all))
+    unrelated = rng.normal(0, 1, 20)
+    unrelated -= np.polyval(np.polyfit(fold_held, unrelated, 1), fold_held) - unrelated.mean()  # slope 0
+    assert pooled_spread(unrelated, fold_held, fold_all) == pytest.approx(np.std(unrelated))
+    deployed = fold_held + rng.normal(0, 0.5, 20)
+    assert pooled_spread(deployed, fold_held, fold_held) == pytest.approx(np.std(deployed))
+    # Partly related: widened by what the fold view adds, in proportion to the squared slope.
+    half = 0.5 * fold_held + rng.normal(0, 0.5, 20)
+    assert 1.5 * np.std(half) < pooled_spread(half, fold_held, fold_all) < 0.6 * np.std(fold_all)
+    assert pooled_spread(deployed[:2], fold_held[:2], fold_all) == pytest.approx(np.std(deployed[:2]))  # too few
 
 
 def test_the_evidence_is_judged_against_its_own_good_rows() -> None:
