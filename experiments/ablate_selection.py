@@ -52,7 +52,7 @@ import numpy as np
 from features import make_segmenter
 from segad.classifier import SegadClassifier
 from segad.config import build_parser, config_from
-from segad.evaluate import MethodResult, format_table, good_moments
+from segad.evaluate import MethodResult, format_table, good_moments, paired_difference
 from segad.feature_rows import features, judge_features
 from segad.metrics import image_auroc
 from segad.prepare import prepare
@@ -76,7 +76,12 @@ def choose(cands, inner: dict[str, float], n_defects: int, n_good: int, one_se: 
 
 
 def main(argv: list[str] | None = None) -> None:
-    cfg = replace(config_from(vars(build_parser("ablate_selection.py").parse_args(argv))), no_mlflow=True)
+    parser = build_parser("ablate_selection.py")
+    parser.add_argument(
+        "--resample-test", type=int, default=200, help="resamples of the test images for the differences' intervals"
+    )
+    args = parser.parse_args(argv)
+    cfg = replace(config_from(vars(args)), no_mlflow=True)
     prep = prepare(cfg, stacking="ablate_selection.py")
     names = list(prep.maps)
     segmenter = fit_segmenter(make_segmenter(prep.spec, cfg.backbone, cfg.device), prep)
@@ -106,6 +111,7 @@ def main(argv: list[str] | None = None) -> None:
         "oracle",
     ]
     from_ens = MethodResult("classifier from ensemble")
+    kept: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {n: [] for n in [*names, ENSEMBLE, "segad (shipped)"]}
     results = {r: MethodResult(r) for r in [*names, ENSEMBLE, "classifier", *rules]}
     for sp in prep.splits:
         X_train, y_train, groups = prep.training_rows(X, X_gen, sp)
@@ -165,11 +171,44 @@ def main(argv: list[str] | None = None) -> None:
             from_ens.add(sp.seed, y, make().fit(X_train, y_train, z_train).decision_function(X_test, z_test))
         for pick, c in picks.items():
             results[pick].add(sp.seed, y, c.score(margins, test_scores))
+        for n in names:
+            kept[n].append((y, test_scores[n]))
+        kept[ENSEMBLE].append((y, ensemble_score(test_scores, moments)))
+        kept["segad (shipped)"].append((y, shipped.blend.score(margins, test_scores)))
         print(f"seed {sp.seed}: " + ", ".join(f"{r}: {c.label}" for r, c in picks.items()), flush=True)
     print(
         f"\n{prep.ds.name}/{prep.ds.category}, {cfg.shots} shots, {len(prep.splits)} seeds, classifier {cfg.classifier}"
     )
     print(format_table([*results.values(), *([from_ens] if from_ens.per_seed else [])]))
+    if args.resample_test > 0:
+        _print_differences(kept, results, args.resample_test)
+
+
+def _print_differences(
+    kept: dict[str, list[tuple[np.ndarray, np.ndarray]]], results: dict[str, MethodResult], resamples: int
+) -> None:
+    """segad against each input, and the verdict on "never materially worse" against the best of them."""
+    inputs = [n for n in kept if n != "segad (shipped)"]
+    reference = max(inputs, key=lambda n: results[n].auroc_mean)
+    print(
+        "\nsegad (shipped) minus each input: mean over seeds "
+        f"[95 % interval over {resamples} paired resamples of the test images]"
+    )
+    for n in inputs:
+        per_seed = [(y, a, b) for (y, a), (_, b) in zip(kept["segad (shipped)"], kept[n], strict=True)]
+        d = paired_difference(per_seed, resamples)
+        print(
+            f"  {n:<10} AUROC {100 * d.auroc:+.2f} points "
+            f"[{100 * d.auroc_interval[0]:+.2f}, {100 * d.auroc_interval[1]:+.2f}]"
+            f"   FPR@95TPR {d.fpr95:+.4f} [{d.fpr95_interval[0]:+.4f}, {d.fpr95_interval[1]:+.4f}]"
+        )
+    seg, ref = results["segad (shipped)"], results[reference]
+    auroc_ok = seg.auroc_mean >= ref.auroc_mean - 0.005
+    fpr_ok = seg.fpr95_mean <= ref.fpr95_mean + 1e-9
+    print(
+        f"never materially worse than the best input ({reference}): AUROC within half a point: "
+        f"{'yes' if auroc_ok else 'NO'}; FPR@95TPR no worse: {'yes' if fpr_ok else 'NO'}"
+    )
 
 
 if __name__ == "__main__":

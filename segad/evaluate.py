@@ -77,3 +77,45 @@ def format_table(results: list[MethodResult]) -> str:
             f"{r.name:<{width}}  {r.auroc_mean:>7.4f} ± {r.auroc_std:.4f}  {r.fpr95_mean:>7.4f} ± {r.fpr95_std:.4f}"
         )
     return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class PairedDifference:
+    """``a - b`` over seeds (mean of the per-seed differences) with its interval over resamples of the
+    test images: how far the seeds' mean could move on another draw of a test set this size."""
+
+    auroc: float
+    auroc_interval: tuple[float, float]
+    fpr95: float
+    fpr95_interval: tuple[float, float]
+
+
+def paired_difference(
+    per_seed: list[tuple[np.ndarray, np.ndarray, np.ndarray]], resamples: int = 200, level: float = 0.95, seed: int = 0
+) -> PairedDifference:
+    """Image AUROC and FPR@95TPR of score ``a`` minus score ``b`` on each seed's test set ``(labels, a,
+    b)``, averaged over seeds, with a percentile interval over ``resamples`` bootstrap draws of the test
+    images (within each class, so every draw keeps the test set's class sizes; the same draw scores
+    both, so what the two scores share cancels). The std over SegAD's seeds only shows the shots'
+    noise: on a fixed test set it can be far smaller than the test set's own, which decides whether a
+    difference of a test image or two is there at all."""
+    rng = np.random.default_rng(seed)
+
+    def diff(y: np.ndarray, a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+        return image_auroc(y, a) - image_auroc(y, b), fpr_at_tpr(y, a) - fpr_at_tpr(y, b)
+
+    point = np.mean([diff(*row) for row in per_seed], axis=0)
+    draws = np.empty((resamples, 2))
+    for r in range(resamples):
+        rows = []
+        for y, a, b in per_seed:
+            y = np.asarray(y)
+            good, bad = np.flatnonzero(y == 0), np.flatnonzero(y == 1)
+            i = np.r_[rng.choice(good, len(good)), rng.choice(bad, len(bad))]
+            rows.append(diff(y[i], np.asarray(a)[i], np.asarray(b)[i]))
+        draws[r] = np.mean(rows, axis=0)
+    tail = (1.0 - level) / 2 * 100
+    lo, hi = np.percentile(draws, [tail, 100 - tail], axis=0)
+    return PairedDifference(
+        float(point[0]), (float(lo[0]), float(hi[0])), float(point[1]), (float(lo[1]), float(hi[1]))
+    )
