@@ -4,12 +4,15 @@ Classifier-free: the maps, fold maps and seed splits of ``python -m segad.train`
 Prints, mean over SegAD's seeds:
 
 - each detector's weight (``segad.selection.detector_weights``, read as ``segad.train`` reads it: the
-  deployed models' shots against the held-out good images), seed by seed;
+  deployed models' shots against the held-out good images' mean and the corrected spread), seed by seed;
 - how far the weak defects sit out, as z-scores against good images, read three ways: the judged
   shots (fold models, against every good training image, as ``segad.selection`` judges), the
   deployed shots (against the held-out good images) and the test defects (against the test good
   images); the 0.3 quantile is what the weights read, the 0.05 quantile what FPR@95TPR depends on;
 - how much higher the fold models score the held-out good images and the shots than the deployed ones;
+- each detector's good-image spread in the deployed units: the held-out images', the one the fold models'
+  view of every good image corrects (``segad.selection.pooled_spread``, what the weights are read
+  against), and the test set's good images' (the target);
 - for two detectors, the test set's image AUROC and FPR@95TPR of ``a z_1 + (1 - a) z_2`` over ``a``
   (a sweep of the first detector's share; the test set, so a diagnosis, never a rule).
 
@@ -27,7 +30,7 @@ from segad.config import build_parser, config_from
 from segad.evaluate import good_moments
 from segad.metrics import fpr_at_tpr, image_auroc
 from segad.prepare import prepare
-from segad.selection import detector_weights, z_score
+from segad.selection import detector_weights, pooled_spread, z_score
 
 QUANTILES = (0.05, 0.3)
 
@@ -51,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
         shots = n_hold + np.asarray(sp.train_defects)
         judged = prep.judge.training_scores(sp.train_defects, n_hold, 0)  # held-out good, then shots
         y = prep.labels[sp.test]
+        spread: dict[str, float] = {}
         for n in names:
             deployed = np.asarray(prep.maps[n].scores, np.float64)
             fold, fit_good = np.asarray(judged[n], np.float64), np.asarray(prep.judge.good_scores[n], np.float64)
@@ -62,9 +66,11 @@ def main(argv: list[str] | None = None) -> None:
                     _distance(deployed[shots], deployed[:n_hold], q),
                     _distance(test[y == 1], test[y == 0], q),
                 ]
+            spread[n] = pooled_spread(deployed[:n_hold], fold[:n_hold], np.r_[fold[:n_hold], fit_good])
+            row += [deployed[:n_hold].std(), spread[n], test[y == 0].std()]
             row += [fold[:n_hold].mean() - deployed[:n_hold].mean(), fold[n_hold:].mean() - deployed[shots].mean()]
             rows[n].append(row)
-        w = detector_weights({n: z_score(prep.maps[n].scores[shots], *moments[n]) for n in names})
+        w = detector_weights({n: z_score(prep.maps[n].scores[shots], moments[n][0], spread[n]) for n in names})
         for n in names:
             weights[n].append(w[n])
         if len(names) == 2:
@@ -84,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
             + "; ".join(cells)
             + f"; fold minus deployed score: held-out good {m[-2]:+.2f}, shots {m[-1]:+.2f}"
         )
+        print(f"    good-image spread: held-out {m[-5]:.3f}, corrected {m[-4]:.3f}, test {m[-3]:.3f}")
     if swept:
         mean = np.mean(swept, axis=0)
         print(f"\ntest set, {names[0]}'s share a of a z_{names[0]} + (1 - a) z_{names[1]} (image AUROC / FPR@95TPR):")
