@@ -192,7 +192,7 @@ def _print_differences(
     reference = max(inputs, key=lambda n: results[n].auroc_mean)
     print(
         "\nsegad (shipped) minus each input: mean over seeds "
-        f"[95 % interval over {resamples} paired resamples of the test images]"
+        f"[95 % normal interval, standard error over {resamples} paired resamples of the test images]"
     )
     for n in inputs:
         per_seed = [(y, a, b) for (y, a), (_, b) in zip(kept["segad (shipped)"], kept[n], strict=True)]
