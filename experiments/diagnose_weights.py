@@ -13,6 +13,9 @@ Prints, mean over SegAD's seeds:
 - each detector's good-image spread in the deployed units: the held-out images', the one the fold models'
   view of every good image corrects (``segad.selection.pooled_spread``, what the weights are read
   against), and the test set's good images' (the target);
+- the share of test defects each detector misses (below the test good images' median, where
+  FPR@95TPR is decided when it is near 0.5), and how many labelled defects it would take to tell two
+  detectors' shares apart (two standard errors of the difference of two proportions);
 - for two detectors, the test set's image AUROC and FPR@95TPR of ``a z_1 + (1 - a) z_2`` over ``a``
   (a sweep of the first detector's share; the test set, so a diagnosis, never a rule).
 
@@ -67,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
                     _distance(test[y == 1], test[y == 0], q),
                 ]
             spread[n] = pooled_spread(deployed[:n_hold], fold[:n_hold], np.r_[fold[:n_hold], fit_good])
+            row += [float(np.mean(test[y == 1] < np.median(test[y == 0])))]  # the defects it misses
             row += [deployed[:n_hold].std(), spread[n], test[y == 0].std()]
             row += [fold[:n_hold].mean() - deployed[:n_hold].mean(), fold[n_hold:].mean() - deployed[shots].mean()]
             rows[n].append(row)
@@ -81,6 +85,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\n{prep.ds.name}/{prep.ds.category}, {cfg.shots} shots, {len(prep.splits)} seeds")
     for n in names:
         print(f"{n} weight per seed: " + ", ".join(f"{v:.2f}" for v in weights[n]))
+    missed: dict[str, float] = {}
     print("\nweak defects' z, mean over seeds (judged shots / deployed shots / test defects):")
     for n, r in rows.items():
         m = np.mean(r, axis=0)
@@ -91,6 +96,16 @@ def main(argv: list[str] | None = None) -> None:
             + f"; fold minus deployed score: held-out good {m[-2]:+.2f}, shots {m[-1]:+.2f}"
         )
         print(f"    good-image spread: held-out {m[-5]:.3f}, corrected {m[-4]:.3f}, test {m[-3]:.3f}")
+        missed[n] = m[-6]
+        print(f"    test defects below the test good images' median (missed): {100 * m[-6]:.1f} %")
+    if len(names) == 2:
+        p, q = missed[names[0]], missed[names[1]]
+        if p != q:
+            need = 4 * (p * (1 - p) + q * (1 - q)) / (p - q) ** 2
+            print(
+                f"  labelled defects needed to tell these two miss rates apart (difference over 2 standard "
+                f"errors, independent shots): {need:.0f}"
+            )
     if swept:
         mean = np.mean(swept, axis=0)
         print(f"\ntest set, {names[0]}'s share a of a z_{names[0]} + (1 - a) z_{names[1]} (image AUROC / FPR@95TPR):")
