@@ -1,8 +1,10 @@
 """Ablation of the weighted ensemble's weights (``segad.selection.detector_weights``), classifier-free.
 
 Same data, detectors, maps and seed splits as ``python -m segad.train`` with the same options. Each
-seed reads every detector's weight from its shots' z-scores (against the held-out good images) and
-scores its test set with ``sum_d a_d z_d``. Rows, image AUROC and FPR@95TPR, and the AUROC minus the
+seed reads every detector's weight from its shots' z-scores (against the held-out good images, their
+own mean and spread: no fold models here, so not the spread ``segad.train`` corrects with them when it
+judges on every good image, ``selection.pooled_spread``; that is ``ablate_selection.py``'s) and scores
+its test set with ``sum_d a_d z_d``. Rows, image AUROC and FPR@95TPR, and the AUROC minus the
 best of each detector and the naive ensemble, in points:
 
 - ``quantile q``: the 0.2, 0.3 and 0.5 quantile of the shots' z-scores, clipped at zero (the rule
