@@ -16,8 +16,9 @@ on its own rows; the fit images are never its rows). Every judged score then com
 would mislead: fold models score good images a little higher (PaDiM's covariances from fewer images),
 and the deployed classifier, reading their features, flagged so many fit images that on the complex
 board it lost to the ensemble it beats by ten points. The deployed detectors and classifier are still
-the ones fit on everything: the folds only decide the blend and its classifier share (the detector
-weights are read from the deployed models' shots, ``selection.WeightsFrom``).
+the ones fit on everything: the folds only decide the blend and its classifier share, and correct the
+good-image spread the detector weights are read against (the weights themselves come from the
+deployed models' shots: ``selection.WeightsFrom``, ``selection.pooled_spread``).
 
 Cost: ``folds`` extra fits per detector, one more prediction of every image (both cached like any fit)
 and a second classifier per seed. ``--judge-folds 0`` judges on the held-out rows only, as before; the

@@ -20,8 +20,9 @@ The rule (measured against others by ``experiments/ablate_selection.py``):
 
 - the default base is the **weighted ensemble**: each detector's raw weight is how far the weaker shots
   (their 0.3 quantile) sit above good images, in that detector's good-image standard deviations, clipped
-  at zero and squared, read in the units the weights are applied in (the deployed models' scores against
-  the held-out good images, even when the blend is judged on the fold models); the weights are then
+  at zero and squared, read in the units the weights are applied in (the deployed models' scores, even
+  when the blend is judged on the fold models, against the held-out good images' mean and a spread the
+  fold models' view of every good image corrects: ``pooled_spread``); the weights are then
   shrunk towards equal by their own bootstrap noise over the defects (``detector_weights``). The weak
   defects are the ones that decide AUROC and FPR@95TPR, and their distance is measurable where ranks are
   not: with 20 good rows and 10 shots every detector's inner AUROC is 0.96-1.00, but PatchCore's weak
