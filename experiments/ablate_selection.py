@@ -60,6 +60,7 @@ from segad.seed import JudgeRows, fit_seed_model
 from segad.segmenting import fit_segmenter, segment
 from segad.selection import (
     ENSEMBLE,
+    MIN_EFFECT,
     auroc_standard_error,
     candidates,
     ensemble_score,
@@ -162,19 +163,18 @@ def main(argv: list[str] | None = None) -> None:
             "held-out spread": variant(weights_from="held-out"),
             "oracle": max(cands, key=lambda c: test_auroc[c.label]),
         }
-        for n in names:
-            results[n].add(sp.seed, y, test_scores[n])
-        results[ENSEMBLE].add(sp.seed, y, ensemble_score(test_scores, moments))
+        inputs = {**test_scores, ENSEMBLE: ensemble_score(test_scores, moments)}
+        for n, s in inputs.items():
+            results[n].add(sp.seed, y, s)
+            kept[n].append((y, s))
         results["classifier"].add(sp.seed, y, margins)
         if cfg.classifier != "logreg":
             z_train, z_test = ensemble_score(train_scores, moments), ensemble_score(test_scores, moments)
             from_ens.add(sp.seed, y, make().fit(X_train, y_train, z_train).decision_function(X_test, z_test))
-        for pick, c in picks.items():
-            results[pick].add(sp.seed, y, c.score(margins, test_scores))
-        for n in names:
-            kept[n].append((y, test_scores[n]))
-        kept[ENSEMBLE].append((y, ensemble_score(test_scores, moments)))
-        kept["segad (shipped)"].append((y, shipped.blend.score(margins, test_scores)))
+        picked = {pick: c.score(margins, test_scores) for pick, c in picks.items()}
+        for pick, s in picked.items():
+            results[pick].add(sp.seed, y, s)
+        kept["segad (shipped)"].append((y, picked["segad (shipped)"]))
         print(f"seed {sp.seed}: " + ", ".join(f"{r}: {c.label}" for r, c in picks.items()), flush=True)
     print(
         f"\n{prep.ds.name}/{prep.ds.category}, {cfg.shots} shots, {len(prep.splits)} seeds, classifier {cfg.classifier}"
@@ -203,7 +203,7 @@ def _print_differences(
             f"   FPR@95TPR {d.fpr95:+.4f} [{d.fpr95_interval[0]:+.4f}, {d.fpr95_interval[1]:+.4f}]"
         )
     seg, ref = results["segad (shipped)"], results[reference]
-    auroc_ok = seg.auroc_mean >= ref.auroc_mean - 0.005
+    auroc_ok = seg.auroc_mean >= ref.auroc_mean - MIN_EFFECT  # half a point, the tolerance
     fpr_ok = seg.fpr95_mean <= ref.fpr95_mean + 1e-9
     print(
         f"never materially worse than the best input ({reference}): AUROC within half a point: "

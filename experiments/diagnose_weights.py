@@ -11,7 +11,7 @@ Prints, mean over SegAD's seeds:
   images); the 0.3 quantile is what the weights read, the 0.05 quantile what FPR@95TPR depends on;
 - how much higher the fold models score the held-out good images and the shots than the deployed ones;
 - each detector's good-image spread in the deployed units: the held-out images', the one the fold models'
-  view of every good image corrects (``segad.selection.pooled_spread``, what the weights are read
+  view of every good image corrects (``segad.selection.weight_reference``, what the weights are read
   against), and the test set's good images' (the target);
 - the share of test defects each detector misses (below the test good images' median, where
   FPR@95TPR is decided when it is near 0.5), and how many labelled defects it would take to tell two
@@ -33,7 +33,7 @@ from segad.config import build_parser, config_from
 from segad.evaluate import good_moments
 from segad.metrics import fpr_at_tpr, image_auroc
 from segad.prepare import prepare
-from segad.selection import detector_weights, pooled_spread, z_score
+from segad.selection import detector_weights, weight_reference, z_score
 
 QUANTILES = (0.05, 0.3)
 
@@ -49,36 +49,39 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("no fold maps (--judge-folds 0 or a detector that trains): pass --judge-folds 5")
     names, n_hold = list(prep.maps), prep.n_hold
     moments = {n: good_moments(prep.maps[n].scores[:n_hold]) for n in names}
-    rows: dict[str, list[list[float]]] = {n: [] for n in names}
+    rows: dict[str, list[dict[str, float]]] = {n: [] for n in names}
     weights: dict[str, list[float]] = {n: [] for n in names}
     sweep = np.linspace(0.0, 1.0, 11)
     swept = []
+    fit_good = {n: np.asarray(prep.judge.good_scores[n], np.float64) for n in names}
     for sp in prep.splits:
         shots = n_hold + np.asarray(sp.train_defects)
         judged = prep.judge.training_scores(sp.train_defects, n_hold, 0)  # held-out good, then shots
+        deployed = {n: np.asarray(prep.maps[n].scores, np.float64) for n in names}
+        fold = {n: np.asarray(judged[n], np.float64) for n in names}
+        reference = weight_reference(
+            moments, {n: v[:n_hold] for n, v in deployed.items()}, {n: v[:n_hold] for n, v in fold.items()}, fit_good
+        )
         y = prep.labels[sp.test]
-        spread: dict[str, float] = {}
         for n in names:
-            deployed = np.asarray(prep.maps[n].scores, np.float64)
-            fold, fit_good = np.asarray(judged[n], np.float64), np.asarray(prep.judge.good_scores[n], np.float64)
-            test = deployed[n_hold:][sp.test]
-            row = []
+            test = deployed[n][n_hold:][sp.test]
+            row = {}
             for q in QUANTILES:
-                row += [
-                    _distance(fold[n_hold:], np.r_[fold[:n_hold], fit_good], q),
-                    _distance(deployed[shots], deployed[:n_hold], q),
-                    _distance(test[y == 1], test[y == 0], q),
-                ]
-            spread[n] = pooled_spread(deployed[:n_hold], fold[:n_hold], np.r_[fold[:n_hold], fit_good])
-            row += [float(np.mean(test[y == 1] < np.median(test[y == 0])))]  # the defects it misses
-            row += [deployed[:n_hold].std(), spread[n], test[y == 0].std()]
-            row += [fold[:n_hold].mean() - deployed[:n_hold].mean(), fold[n_hold:].mean() - deployed[shots].mean()]
+                row[f"judged {q}"] = _distance(fold[n][n_hold:], np.r_[fold[n][:n_hold], fit_good[n]], q)
+                row[f"deployed {q}"] = _distance(deployed[n][shots], deployed[n][:n_hold], q)
+                row[f"test {q}"] = _distance(test[y == 1], test[y == 0], q)
+            row["missed"] = float(np.mean(test[y == 1] < np.median(test[y == 0])))
+            row["held-out spread"] = float(deployed[n][:n_hold].std())
+            row["corrected spread"] = reference[n][1]
+            row["test spread"] = float(test[y == 0].std())
+            row["good shift"] = float(fold[n][:n_hold].mean() - deployed[n][:n_hold].mean())
+            row["shot shift"] = float(fold[n][n_hold:].mean() - deployed[n][shots].mean())
             rows[n].append(row)
-        w = detector_weights({n: z_score(prep.maps[n].scores[shots], moments[n][0], spread[n]) for n in names})
+        w = detector_weights({n: z_score(deployed[n][shots], *reference[n]) for n in names})
         for n in names:
             weights[n].append(w[n])
         if len(names) == 2:
-            z = [z_score(prep.maps[n].scores[n_hold:][sp.test], *moments[n]) for n in names]
+            z = [z_score(deployed[n][n_hold:][sp.test], *moments[n]) for n in names]
             swept.append(
                 [(image_auroc(y, a * z[0] + (1 - a) * z[1]), fpr_at_tpr(y, a * z[0] + (1 - a) * z[1])) for a in sweep]
             )
@@ -88,16 +91,19 @@ def main(argv: list[str] | None = None) -> None:
     missed: dict[str, float] = {}
     print("\nweak defects' z, mean over seeds (judged shots / deployed shots / test defects):")
     for n, r in rows.items():
-        m = np.mean(r, axis=0)
-        cells = [f"q{q}: {m[3 * i]:.2f} / {m[3 * i + 1]:.2f} / {m[3 * i + 2]:.2f}" for i, q in enumerate(QUANTILES)]
+        m = {k: float(np.mean([row[k] for row in r])) for k in r[0]}
+        cells = [f"q{q}: {m[f'judged {q}']:.2f} / {m[f'deployed {q}']:.2f} / {m[f'test {q}']:.2f}" for q in QUANTILES]
         print(
             f"  {n}: "
             + "; ".join(cells)
-            + f"; fold minus deployed score: held-out good {m[-2]:+.2f}, shots {m[-1]:+.2f}"
+            + f"; fold minus deployed score: held-out good {m['good shift']:+.2f}, shots {m['shot shift']:+.2f}"
         )
-        print(f"    good-image spread: held-out {m[-5]:.3f}, corrected {m[-4]:.3f}, test {m[-3]:.3f}")
-        missed[n] = m[-6]
-        print(f"    test defects below the test good images' median (missed): {100 * m[-6]:.1f} %")
+        print(
+            f"    good-image spread: held-out {m['held-out spread']:.3f}, corrected {m['corrected spread']:.3f}, "
+            f"test {m['test spread']:.3f}"
+        )
+        missed[n] = m["missed"]
+        print(f"    test defects below the test good images' median (missed): {100 * m['missed']:.1f} %")
     if len(names) == 2:
         p, q = missed[names[0]], missed[names[1]]
         if abs(p - q) < 0.001:

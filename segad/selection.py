@@ -27,7 +27,7 @@ The rule (measured against others by ``experiments/ablate_selection.py``):
   defects are the ones that decide AUROC and FPR@95TPR, and their distance is measurable where ranks are
   not: with 20 good rows and 10 shots every detector's inner AUROC is 0.96-1.00, but PatchCore's weak
   texture defects sit 3-4 standard deviations out where PaDiM's sit at 1. Squared, a detector that only
-  adds false alarms there (PaDiM on gravel) gets 6 % of the weight at most instead of a fifth; shrunk,
+  adds false alarms there (PaDiM on gravel) gets 9 % of the weight at most instead of a fifth; shrunk,
   detectors that ten shots cannot tell apart keep equal weights, so the averaging that made the naive
   ensemble beat both on ELPV stays. Judged out of sample: each judged defect's base score uses the
   weights of the other defects;
@@ -111,16 +111,17 @@ def z_score(values: np.ndarray, mean: float, std: float) -> np.ndarray:
     return (np.asarray(values, np.float64) - mean) / std
 
 
-def pooled_spread(deployed_held: np.ndarray, fold_held: np.ndarray, fold_all: np.ndarray) -> float:
+def pooled_spread(deployed_held: np.ndarray, fold_held: np.ndarray, fold_fit: np.ndarray) -> float:
     """The deployed model's standard deviation on good images, from the few held-out ones it can score
     fairly, corrected by what the fold models see on every good image (the regression estimator of
     double sampling, Cochran 1977, ch. 12): ``var = s_H^2 + b^2 (S_A^2 - s_H'^2)``, where ``s_H`` is the
     deployed scores' spread on the held-out images, ``s_H'`` and ``S_A`` the fold scores' spread on them
-    and on every good image (held-out and fit, each out of fold), and ``b`` the slope of deployed on fold
-    scores over the held-out images. Exact when the two models' scores are affine in each other, and the
-    held-out spread itself when they are unrelated (``b = 0``): the correction is only as strong as the
-    two models agree on which good images look unusual."""
-    dep, fh, fa = (np.asarray(v, np.float64) for v in (deployed_held, fold_held, fold_all))
+    and on every good image (the held-out ones and the fit images, ``fold_fit``, each out of fold), and
+    ``b`` the slope of deployed on fold scores over the held-out images. Exact when the two models'
+    scores are affine in each other, and the held-out spread itself when they are unrelated (``b = 0``):
+    the correction is only as strong as the two models agree on which good images look unusual."""
+    dep, fh = np.asarray(deployed_held, np.float64), np.asarray(fold_held, np.float64)
+    fa = np.r_[fh, np.asarray(fold_fit, np.float64)]
     keep = np.isfinite(dep) & np.isfinite(fh)
     dep, fh, fa = dep[keep], fh[keep], fa[np.isfinite(fa)]
     base = float(np.std(dep)) if dep.size else 0.0
@@ -129,6 +130,17 @@ def pooled_spread(deployed_held: np.ndarray, fold_held: np.ndarray, fold_all: np
     slope = float(np.cov(dep, fh, bias=True)[0, 1] / np.var(fh))
     var = base**2 + slope**2 * (np.var(fa) - np.var(fh))
     return float(np.sqrt(var)) if var > 0 else (base if base > 0 else 1.0)
+
+
+def weight_reference(
+    detector_moments: Mapping[str, tuple[float, float]],
+    deployed_held: Mapping[str, np.ndarray],
+    fold_held: Mapping[str, np.ndarray],
+    fold_fit: Mapping[str, np.ndarray],
+) -> dict[str, tuple[float, float]]:
+    """Each detector's (mean, spread) the shots' z-scores are read against for the weights: the held-out
+    good images' mean (``detector_moments``) and the spread ``pooled_spread`` corrects."""
+    return {d: (m[0], pooled_spread(deployed_held[d], fold_held[d], fold_fit[d])) for d, m in detector_moments.items()}
 
 
 def ensemble_score(detector_scores: Mapping[str, np.ndarray], moments: Mapping[str, tuple[float, float]]) -> np.ndarray:
@@ -408,18 +420,20 @@ def select(
     defect_z = {d: v[yj == 1] for d, v in z.items()}
     if weights_from != "judged" and not own:  # the deployed models' shots
         shots = np.flatnonzero(judged & (y == 1))  # all among the classifier's rows, in ``yj == 1`` order
-        reference = dict(detector_moments)  # "held-out": their own mean and spread
+        reference = detector_moments  # "held-out": their own mean and spread
         if weights_from == "deployed" and evidence is not None:  # the spread as the fold models correct it
-            for d, v in detector_scores.items():
-                fold = np.asarray(evidence.scores[d], np.float64)
-                fold_all = np.r_[fold[held], np.asarray(evidence.good_scores[d], np.float64)]
-                spread = pooled_spread(np.asarray(v, np.float64)[held], fold[held], fold_all)
-                reference[d] = (detector_moments[d][0], spread)
+            reference = weight_reference(
+                detector_moments,
+                {d: np.asarray(v)[held] for d, v in detector_scores.items()},
+                {d: np.asarray(v)[held] for d, v in evidence.scores.items()},
+                evidence.good_scores,
+            )
         defect_z = {d: z_score(np.asarray(v, np.float64)[shots], *reference[d]) for d, v in detector_scores.items()}
     weights = detector_weights(defect_z, rule=detector_weighting) if base == "weighted" else None
     cands = candidates(list(detector_scores), detector_moments, margin_moments, weights)
     zm = z_score(oof[judged], *(margin_moments if own else good_moments(oof[judged][yj == 0])))
-    bases = {c.base: _base_scores(z, yj == 1, c, detector_weighting, defect_z) for c in cands}
+    first = {c.base: c for c in reversed(cands)}  # one candidate per base: its base score is the same for all
+    bases = {b: _base_scores(z, yj == 1, c, detector_weighting, defect_z) for b, c in first.items()}
     judged_scores = {c.label: c.weight * zm + (1 - c.weight) * bases[c.base] for c in cands}
     inner = {label: image_auroc(yj, s) for label, s in judged_scores.items()}
     n_good, n_defects = int((yj == 0).sum()), int((yj == 1).sum())

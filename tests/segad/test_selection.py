@@ -321,7 +321,7 @@ def test_more_good_images_out_of_fold_show_what_the_held_out_ones_cannot() -> No
     # The weights are read where they are applied, from the deployed models' shots, against the held-out
     # images' mean and a spread the fit images correct (here the fold and deployed scores agree on the
     # held-out images, so "b"'s spread is all its good images'): they move to "a".
-    spread = {k: pooled_spread(v[:20], v[:20], np.r_[v[:20], evidence.good_scores[k]]) for k, v in det.items()}
+    spread = {k: pooled_spread(v[:20], v[:20], evidence.good_scores[k]) for k, v in det.items()}
     assert spread["a"] == pytest.approx(np.std(np.r_[det["a"][:20], evidence.good_scores["a"]]))
     shots = {k: (v[y == 1] - ref[k][0]) / spread[k] for k, v in det.items()}
     assert judged.weights == pytest.approx(detector_weights(shots))
@@ -343,17 +343,17 @@ def test_the_pooled_spread_corrects_the_held_out_spread_as_far_as_the_two_models
     rng = np.random.default_rng(0)
     fold_held, fit = rng.normal(0, 1, 20), rng.normal(0, 3, 300)  # the held-out draw looks too calm
     fold_all = np.r_[fold_held, fit]
-    assert pooled_spread(5.0 + 2.0 * fold_held, fold_held, fold_all) == pytest.approx(2.0 * np.std(fold_all))
-    assert pooled_spread(-2.0 * fold_held, fold_held, fold_all) == pytest.approx(2.0 * np.std(fold_all))
+    assert pooled_spread(5.0 + 2.0 * fold_held, fold_held, fit) == pytest.approx(2.0 * np.std(fold_all))
+    assert pooled_spread(-2.0 * fold_held, fold_held, fit) == pytest.approx(2.0 * np.std(fold_all))
     unrelated = rng.normal(0, 1, 20)
     unrelated -= np.polyval(np.polyfit(fold_held, unrelated, 1), fold_held) - unrelated.mean()  # slope 0
-    assert pooled_spread(unrelated, fold_held, fold_all) == pytest.approx(np.std(unrelated))
+    assert pooled_spread(unrelated, fold_held, fit) == pytest.approx(np.std(unrelated))
     deployed = fold_held + rng.normal(0, 0.5, 20)
     assert pooled_spread(deployed, fold_held, fold_held) == pytest.approx(np.std(deployed))
     # Partly related: widened by what the fold view adds, in proportion to the squared slope.
     half = 0.5 * fold_held + rng.normal(0, 0.5, 20)
-    assert 1.5 * np.std(half) < pooled_spread(half, fold_held, fold_all) < 0.6 * np.std(fold_all)
-    assert pooled_spread(deployed[:2], fold_held[:2], fold_all) == pytest.approx(np.std(deployed[:2]))  # too few
+    assert 1.5 * np.std(half) < pooled_spread(half, fold_held, fit) < 0.6 * np.std(fold_all)
+    assert pooled_spread(deployed[:2], fold_held[:2], fit) == pytest.approx(np.std(deployed[:2]))  # too few
 
 
 def test_the_evidence_is_judged_against_its_own_good_rows() -> None:
